@@ -401,7 +401,11 @@ impl Config {
                     if !addrs.insert(ip) {
                         bad(f("address"), "is listed twice");
                     }
-                    if self.links.iter().any(|l| l.local_ip == ip || l.peer_ip == ip) {
+                    if self
+                        .links
+                        .iter()
+                        .any(|l| l.local_ip == ip || l.peer_ip == ip)
+                    {
                         bad(
                             f("address"),
                             "is a server's own address; a VIP must be a separate address",
@@ -411,8 +415,7 @@ impl Config {
                 Err(reason) => bad(f("address"), &reason),
             }
             check_ifname(&v.interface, &f("interface"), &mut bad);
-            if !v.interface.is_empty() && !self.links.iter().any(|l| l.interface == v.interface)
-            {
+            if !v.interface.is_empty() && !self.links.iter().any(|l| l.interface == v.interface) {
                 bad(
                     f("interface"),
                     "is not the interface of any [[link]]: a VIP must live on a monitored link",
@@ -600,7 +603,10 @@ instance = "inside_network"
             .replace("priority = 101", "priority = 0")
             .replace("\"10.96.153.114\"", "\"10.96.153.110\"")
             .replace("192.168.1.150/24", "192.168.1.150/40")
-            .replace("interface = \"eth1\"\ninstance", "interface = \"eth7\"\ninstance");
+            .replace(
+                "interface = \"eth1\"\ninstance",
+                "interface = \"eth7\"\ninstance",
+            );
         let f = fields(&text);
         assert_eq!(
             f,

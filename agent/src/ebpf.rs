@@ -1,0 +1,494 @@
+//! Thin loader for the kernel liveness detector (`agent-ebpf`, program `ha_xdp`).
+//!
+//! The kernel does the detection on its own: it accepts the peer's probes,
+//! re-arms a `bpf_timer` per link and emits `EVENT_PEER_DOWN` when the peer
+//! stays silent for `detect_ns`, with no help from userspace. This module only
+//! loads the object, writes the per-link settings, keeps the VIP set current
+//! and hands the kernel's events to the agent.
+//!
+//! ```ignore
+//! let mut live = Liveness::load(cfg.ebpf.object.as_deref())?;
+//! let kcfg = kernel_link_config(&cfg.links[0], cfg.node.port, 40);
+//! live.attach_link(0, &cfg.links[0].interface, &kcfg, XdpMode::Native)?;
+//! live.set_peer_token(0, token_from_verified_probe)?;
+//! loop { for ev in live.next_events().await? { /* EVENT_* */ } }
+//! ```
+//!
+//! Dropping [`Liveness`] detaches the program from every interface and frees
+//! the maps (and with them the timers).
+
+use std::fmt;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use agent_ebpf::{Event, LinkConfig, LinkState, MAX_LINKS, MAX_VIPS};
+use aya::maps::{Array, HashMap, MapData, MapError, RingBuf};
+use aya::programs::{ProgramError, Xdp, XdpMode as AyaXdpMode};
+use aya::Ebpf;
+use tokio::io::unix::AsyncFd;
+
+pub use agent_ebpf::{
+    EVENT_PEER_DOWN, EVENT_PEER_UP, EVENT_VIP_CONFLICT, EVENT_WITNESS_DOWN, EVENT_WITNESS_UP,
+};
+
+/// The object built by `cargo xtask build-ebpf` and embedded by `build.rs`
+/// (empty when the agent was built without one).
+static EMBEDDED_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ha-agent.bpf.o"));
+
+const PROGRAM: &str = "ha_xdp";
+const MAP_LINK_CONFIG: &str = "LINK_CONFIG";
+const MAP_LINK_STATE: &str = "LINK_STATE";
+const MAP_VIPS: &str = "VIPS";
+const MAP_EVENTS: &str = "EVENTS";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error(
+        "this ha-agent binary has no built-in eBPF object: build it with `cargo xtask build` \
+         or set `[ebpf] object = \"/path/to/agent-ebpf\"` in the config"
+    )]
+    NoObject,
+    #[error("cannot read eBPF object {path}: {source} (check `[ebpf] object` in the config)")]
+    ReadObject { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot load the eBPF object ({origin}): {source}. ha-agent must run as root \
+         (or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON) on Linux >= 5.15 with BTF"
+    )]
+    Load {
+        origin: String,
+        source: Box<aya::EbpfError>,
+    },
+    #[error(
+        "the eBPF object ({origin}) has no {what}: it does not belong to this ha-agent; \
+         rebuild it with `cargo xtask build-ebpf`"
+    )]
+    Missing { origin: String, what: String },
+    #[error("the kernel refused program {PROGRAM}: {source}")]
+    Program { source: Box<ProgramError> },
+    #[error("eBPF map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: Box<MapError>,
+    },
+    #[error("link index {link} is out of range: at most {MAX_LINKS} links are supported")]
+    BadLink { link: u32 },
+    #[error("link {link} is not attached to an interface")]
+    NotAttached { link: u32 },
+    #[error("network interface {ifname} does not exist (check `interface` in the [[link]] section)")]
+    UnknownInterface { ifname: String },
+    #[error("cannot read the MAC address of {ifname}: {reason}")]
+    Mac { ifname: String, reason: String },
+    #[error(
+        "cannot attach XDP ({mode}) to {ifname}: {source}. If another XDP program is attached \
+         (`ip link show dev {ifname}`), remove it with `ip link set dev {ifname} xdp off`"
+    )]
+    Attach {
+        ifname: String,
+        mode: &'static str,
+        source: Box<ProgramError>,
+    },
+    #[error("{count} VIPs configured, the kernel map holds at most {MAX_VIPS}")]
+    TooManyVips { count: usize },
+    #[error("reading kernel events: {0}")]
+    Events(#[source] io::Error),
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> EbpfError {
+    move |source| EbpfError::Map {
+        map,
+        source: Box::new(source),
+    }
+}
+
+/// How to attach the XDP program.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Driver (native) XDP; falls back to generic XDP where the driver has none.
+    #[default]
+    Native,
+    /// Generic (skb) XDP only.
+    Generic,
+}
+
+impl FromStr for XdpMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "native" => Ok(Self::Native),
+            "generic" => Ok(Self::Generic),
+            other => Err(format!(
+                "unknown XDP mode {other:?}: use \"native\" or \"generic\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Native => "native",
+            Self::Generic => "generic",
+        })
+    }
+}
+
+/// IPv4 address as the kernel program compares it (network order).
+pub fn ip_to_kernel(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+/// The kernel's form of a session token. On the wire the token is
+/// `token.to_be_bytes()` (like `seq` and `ctl_gen`); the kernel compares the
+/// 8 wire bytes read as a native u64.
+pub fn token_to_kernel(token: u64) -> u64 {
+    u64::from_ne_bytes(token.to_be_bytes())
+}
+
+/// The kernel settings of one configured link. `ifindex` and `local_mac` are
+/// filled in by [`Liveness::attach_link`]; the peer token starts unknown (0).
+pub fn kernel_link_config(
+    link: &crate::config::LinkConfig,
+    port: u16,
+    pass_every: u32,
+) -> LinkConfig {
+    LinkConfig {
+        local_ip: ip_to_kernel(link.local_ip),
+        peer_ip: ip_to_kernel(link.peer_ip),
+        witness_ip: link.witness.map(ip_to_kernel).unwrap_or(0),
+        port: port.to_be(),
+        pass_every,
+        detect_ns: link.detect_time().as_nanos() as u64,
+        witness_detect_ns: link.witness_detect_time().as_nanos() as u64,
+        ..LinkConfig::default()
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`, so
+/// comparable with `Event::ts_ns` and `LinkState::*_last_ns`.
+pub fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+struct Attached {
+    ifname: String,
+    id: aya::programs::xdp::XdpLinkId,
+}
+
+/// The loaded liveness detector: program, maps and event ring buffer.
+pub struct Liveness {
+    // Field order = drop order: detach links (held by `ebpf`) before the maps go.
+    ebpf: Ebpf,
+    link_config: Array<MapData, LinkConfig>,
+    link_state: Array<MapData, LinkState>,
+    vips: HashMap<MapData, u32, u32>,
+    events: AsyncFd<RingBuf<MapData>>,
+    configs: [Option<LinkConfig>; MAX_LINKS as usize],
+    attached: [Option<Attached>; MAX_LINKS as usize],
+}
+
+impl Liveness {
+    /// Loads the object (`override_path` if given, else the embedded one) and
+    /// verifies the program. Must run inside a tokio runtime (the event ring
+    /// buffer is registered with it).
+    pub fn load(override_path: Option<&Path>) -> Result<Self, EbpfError> {
+        let (bytes, origin): (std::borrow::Cow<'_, [u8]>, String) = match override_path {
+            Some(path) => (
+                std::fs::read(path)
+                    .map_err(|source| EbpfError::ReadObject {
+                        path: path.to_owned(),
+                        source,
+                    })?
+                    .into(),
+                path.display().to_string(),
+            ),
+            None if EMBEDDED_OBJECT.is_empty() => return Err(EbpfError::NoObject),
+            None => (EMBEDDED_OBJECT.into(), "built-in".to_owned()),
+        };
+        let mut ebpf = Ebpf::load(&bytes).map_err(|source| EbpfError::Load {
+            origin: origin.clone(),
+            source: Box::new(source),
+        })?;
+        let missing = |what: &str| EbpfError::Missing {
+            origin: origin.clone(),
+            what: what.to_owned(),
+        };
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| missing("program ha_xdp"))?
+            .try_into()
+            .map_err(|_| missing("XDP program ha_xdp"))?;
+        prog.load().map_err(|source| EbpfError::Program {
+            source: Box::new(source),
+        })?;
+
+        let mut take = |name: &'static str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| missing(&format!("map {name}")))
+        };
+        let link_config = Array::try_from(take(MAP_LINK_CONFIG)?).map_err(map_err(MAP_LINK_CONFIG))?;
+        let link_state = Array::try_from(take(MAP_LINK_STATE)?).map_err(map_err(MAP_LINK_STATE))?;
+        let vips = HashMap::try_from(take(MAP_VIPS)?).map_err(map_err(MAP_VIPS))?;
+        let ring = RingBuf::try_from(take(MAP_EVENTS)?).map_err(map_err(MAP_EVENTS))?;
+        // SAFETY: the ring buffer owns its map fd and keeps it open (and
+        // unchanged) for as long as the AsyncFd owns the ring buffer.
+        let events = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| EbpfError::Events(e.into()))?;
+        Ok(Self {
+            ebpf,
+            link_config,
+            link_state,
+            vips,
+            events,
+            configs: Default::default(),
+            attached: Default::default(),
+        })
+    }
+
+    fn prog(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("checked in load()")
+    }
+
+    fn check_link(link: u32) -> Result<usize, EbpfError> {
+        if link < MAX_LINKS {
+            Ok(link as usize)
+        } else {
+            Err(EbpfError::BadLink { link })
+        }
+    }
+
+    /// Writes `LINK_CONFIG[link]` (with `ifindex` and, when zero, `local_mac`
+    /// taken from `ifname`) and attaches `ha_xdp` to `ifname`. Re-attaching a
+    /// link first detaches it. `Native` tries driver mode and falls back to
+    /// generic (skb) mode, logging which one is in use.
+    pub fn attach_link(
+        &mut self,
+        link: u32,
+        ifname: &str,
+        cfg: &LinkConfig,
+        mode: XdpMode,
+    ) -> Result<(), EbpfError> {
+        let slot = Self::check_link(link)?;
+        self.detach_link(link)?;
+        let ifindex = if_index(ifname)?;
+        let mut cfg = *cfg;
+        cfg.ifindex = ifindex;
+        if cfg.local_mac == [0; 6] {
+            cfg.local_mac = if_mac(ifname)?;
+        }
+        self.link_config
+            .set(link, cfg, 0)
+            .map_err(map_err(MAP_LINK_CONFIG))?;
+        self.configs[slot] = Some(cfg);
+
+        let attach = |prog: &mut Xdp, m: AyaXdpMode, name: &'static str| {
+            prog.attach_to_if_index(ifindex, m)
+                .map_err(|source| EbpfError::Attach {
+                    ifname: ifname.to_owned(),
+                    mode: name,
+                    source: Box::new(source),
+                })
+        };
+        let id = match mode {
+            XdpMode::Generic => attach(self.prog(), AyaXdpMode::Skb, "generic")?,
+            XdpMode::Native => match attach(self.prog(), AyaXdpMode::Driver, "native") {
+                Ok(id) => {
+                    tracing::info!(link, ifname, "XDP attached in native (driver) mode");
+                    id
+                }
+                Err(e) => {
+                    tracing::warn!(link, ifname, error = %e, "native XDP unavailable, using generic (skb) mode");
+                    attach(self.prog(), AyaXdpMode::Skb, "generic")?
+                }
+            },
+        };
+        if mode == XdpMode::Generic {
+            tracing::info!(link, ifname, "XDP attached in generic (skb) mode");
+        }
+        self.attached[slot] = Some(Attached {
+            ifname: ifname.to_owned(),
+            id,
+        });
+        Ok(())
+    }
+
+    /// Detaches `ha_xdp` from the link's interface (if attached) and clears
+    /// its `LINK_CONFIG` slot.
+    pub fn detach_link(&mut self, link: u32) -> Result<(), EbpfError> {
+        let slot = Self::check_link(link)?;
+        if let Some(att) = self.attached[slot].take() {
+            if let Err(e) = self.prog().detach(att.id) {
+                tracing::warn!(link, ifname = %att.ifname, error = %e, "XDP detach failed");
+            }
+        }
+        if self.configs[slot].take().is_some() {
+            self.link_config
+                .set(link, LinkConfig::default(), 0)
+                .map_err(map_err(MAP_LINK_CONFIG))?;
+        }
+        Ok(())
+    }
+
+    /// Installs the peer's session token (the number whose big-endian bytes
+    /// are on the wire; 0 = unknown) after userspace verified a probe carrying it.
+    pub fn set_peer_token(&mut self, link: u32, token: u64) -> Result<(), EbpfError> {
+        let slot = Self::check_link(link)?;
+        let cfg = self.configs[slot]
+            .as_mut()
+            .ok_or(EbpfError::NotAttached { link })?;
+        cfg.peer_token = token_to_kernel(token);
+        let cfg = *cfg;
+        self.link_config
+            .set(link, cfg, 0)
+            .map_err(map_err(MAP_LINK_CONFIG))
+    }
+
+    /// The kernel's counters and liveness for `link`.
+    pub fn link_state(&self, link: u32) -> Result<LinkState, EbpfError> {
+        Self::check_link(link)?;
+        self.link_state
+            .get(&link, 0)
+            .map_err(map_err(MAP_LINK_STATE))
+    }
+
+    /// Replaces the set of VIPs this node holds (VIP, link). ARP from another
+    /// MAC claiming one of them raises `EVENT_VIP_CONFLICT`.
+    pub fn set_vips(&mut self, vips: &[(Ipv4Addr, u32)]) -> Result<(), EbpfError> {
+        if vips.len() > MAX_VIPS as usize {
+            return Err(EbpfError::TooManyVips { count: vips.len() });
+        }
+        let wanted: std::collections::HashMap<u32, u32> =
+            vips.iter().map(|&(ip, l)| (ip_to_kernel(ip), l)).collect();
+        let current: Vec<u32> = self
+            .vips
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(MAP_VIPS))?;
+        for key in current {
+            if !wanted.contains_key(&key) {
+                match self.vips.remove(&key) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(MAP_VIPS)(e)),
+                }
+            }
+        }
+        for (ip, link) in wanted {
+            self.vips
+                .insert(ip, link, 0)
+                .map_err(map_err(MAP_VIPS))?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the next kernel events and returns all queued ones (never an
+    /// empty Vec). Cancel-safe: events are only taken after the wait.
+    pub async fn next_events(&mut self) -> Result<Vec<Event>, EbpfError> {
+        loop {
+            let mut guard = self.events.readable_mut().await.map_err(EbpfError::Events)?;
+            let ring = guard.get_inner_mut();
+            let mut out = Vec::new();
+            while let Some(item) = ring.next() {
+                if item.len() >= std::mem::size_of::<Event>() {
+                    // SAFETY: Event is plain #[repr(C)] data; length checked.
+                    out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+                }
+            }
+            guard.clear_ready();
+            if !out.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+fn if_index(ifname: &str) -> Result<u32, EbpfError> {
+    let unknown = || EbpfError::UnknownInterface {
+        ifname: ifname.to_owned(),
+    };
+    let c = std::ffi::CString::new(ifname).map_err(|_| unknown())?;
+    // SAFETY: valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(unknown()),
+        i => Ok(i),
+    }
+}
+
+/// The interface's MAC, asked of the kernel (SIOCGIFHWADDR) in the calling
+/// thread's network namespace (sysfs may show another namespace).
+fn if_mac(ifname: &str) -> Result<[u8; 6], EbpfError> {
+    let err = |reason: String| EbpfError::Mac {
+        ifname: ifname.to_owned(),
+        reason,
+    };
+    let name = ifname.as_bytes();
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() {
+        return Err(err("interface name too long".into()));
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: plain socket creation; closed by OwnedFd.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(err(format!("socket: {}", io::Error::last_os_error())));
+    }
+    // SAFETY: fd was just created and is owned here.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: SIOCGIFHWADDR reads ifr_name and writes ifr_hwaddr of `req`.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SIOCGIFHWADDR,
+            &mut req,
+        )
+    };
+    if rc < 0 {
+        return Err(err(format!("SIOCGIFHWADDR: {}", io::Error::last_os_error())));
+    }
+    // SAFETY: the kernel filled ifr_hwaddr.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (d, s) in mac.iter_mut().zip(data.iter()) {
+        *d = *s as u8;
+    }
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_byte_orders() {
+        let ip = Ipv4Addr::new(198, 51, 100, 1);
+        assert_eq!(ip_to_kernel(ip).to_ne_bytes(), [198, 51, 100, 1]);
+        let t = 0x0102_0304_0506_0708u64;
+        assert_eq!(token_to_kernel(t).to_ne_bytes(), t.to_be_bytes());
+        assert_eq!(XdpMode::from_str("native"), Ok(XdpMode::Native));
+        assert!(XdpMode::from_str("drv").is_err());
+    }
+
+    #[test]
+    fn missing_embedded_object_is_reported() {
+        if EMBEDDED_OBJECT.is_empty() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _guard = rt.enter();
+            assert!(matches!(Liveness::load(None), Err(EbpfError::NoObject)));
+        }
+    }
+}

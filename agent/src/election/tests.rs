@@ -1,0 +1,691 @@
+//! Failover stories, told with two state machines on a simulated network.
+//!
+//! `World` models what the drivers do around the election: a kernel per node
+//! that timestamps the peer's probes (every 5 ms per link, 15 ms detection)
+//! and the witness's ARP replies (every 20 ms, 60 ms detection), the probe
+//! sender that carries each node's advertised control, and the VIPs. Time
+//! advances in 1 ms ticks; nothing here sleeps.
+
+use super::*;
+
+const LINKS: usize = 2;
+const OUTSIDE: usize = 0;
+const INSIDE: usize = 1;
+const PROBE_MS: u64 = 5;
+const DETECT_MS: u64 = 15;
+const WITNESS_MS: u64 = 20;
+const WITNESS_DETECT_MS: u64 = 60;
+const REFRESH_MS: u64 = 100;
+
+fn config(priority: u8, router_id: [u8; 4]) -> ElectionConfig {
+    ElectionConfig {
+        priority,
+        nopreempt: true,
+        preempt_delay: Duration::ZERO,
+        init_timeout: Duration::from_millis(100),
+        fence_timeout: Duration::from_millis(300),
+        detect_time: Duration::from_millis(DETECT_MS),
+        contest_delay: Duration::from_millis(DETECT_MS),
+        handover_hold: Duration::from_millis(1000),
+        shutdown_wait: Duration::from_millis(500),
+        links: LINKS,
+        // The seed: the outside gateway is the only witness.
+        witness_links: 1 << OUTSIDE,
+        router_id: Ipv4Addr::from(router_id),
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Kernel {
+    token: u64,
+    last_heard: [Option<u64>; LINKS],
+    up: [bool; LINKS],
+    witness_last: [Option<u64>; LINKS],
+    witness_up: [bool; LINKS],
+}
+
+struct Node {
+    cfg: ElectionConfig,
+    e: Election,
+    session: u64,
+    alive: bool,
+    hung: bool,
+    stopped: bool,
+    holds: bool,
+    advertised: Control,
+    dirty: bool,
+    kernel: Kernel,
+    inbox: VecDeque<Input>,
+    transitions: Vec<Transition>,
+    announces: usize,
+}
+
+impl Node {
+    fn new(cfg: ElectionConfig, session: u64, now: Instant) -> Self {
+        let e = Election::new(cfg.clone(), now);
+        let advertised = e.control(now);
+        Node {
+            cfg,
+            e,
+            session,
+            alive: true,
+            hung: false,
+            stopped: false,
+            holds: false,
+            advertised,
+            dirty: true,
+            kernel: Kernel::default(),
+            inbox: VecDeque::new(),
+            transitions: Vec::new(),
+            announces: 0,
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(o) = self.e.poll_output() {
+            match o {
+                Output::AddVips => self.holds = true,
+                Output::RemoveVips => self.holds = false,
+                Output::AnnounceVips => self.announces += 1,
+                Output::Advertise(c) => {
+                    self.advertised = c;
+                    self.dirty = true;
+                }
+                Output::Transition(t) => self.transitions.push(t),
+                Output::Stopped => self.stopped = true,
+            }
+        }
+    }
+}
+
+struct World {
+    t0: Instant,
+    ms: u64,
+    nodes: [Node; 2],
+    /// Path between the servers per link (the switch forwards s1 <-> s2).
+    path: [bool; LINKS],
+    /// Whether node n's port on link i forwards anything at all.
+    port: [[bool; LINKS]; 2],
+    /// Whether the witness answers node n on link i (besides the port).
+    witness: [[bool; LINKS]; 2],
+    /// Random probe loss in percent on every port, with a fixed seed.
+    loss_pct: u64,
+    rng: u64,
+    next_session: u64,
+    /// Ticks during which both nodes held the VIPs while both were running.
+    double_holder_ms: u64,
+}
+
+impl World {
+    fn new() -> Self {
+        Self::with(config(101, [10, 0, 0, 1]), config(100, [10, 0, 0, 2]))
+    }
+
+    fn with(c1: ElectionConfig, c2: ElectionConfig) -> Self {
+        let t0 = Instant::now();
+        World {
+            t0,
+            ms: 0,
+            nodes: [Node::new(c1, 11, t0), Node::new(c2, 22, t0)],
+            path: [true; LINKS],
+            port: [[true; LINKS]; 2],
+            witness: [[true; LINKS]; 2],
+            loss_pct: 0,
+            rng: 0x9E37_79B9_7F4A_7C15,
+            next_session: 100,
+            double_holder_ms: 0,
+        }
+    }
+
+    fn now(&self) -> Instant {
+        self.t0 + Duration::from_millis(self.ms)
+    }
+
+    fn lost(&mut self) -> bool {
+        if self.loss_pct == 0 {
+            return false;
+        }
+        // xorshift64: deterministic loss pattern.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng % 100 < self.loss_pct
+    }
+
+    fn sending(&self, n: usize) -> bool {
+        let node = &self.nodes[n];
+        node.alive && !node.hung && !node.stopped
+    }
+
+    fn tick(&mut self) {
+        self.ms += 1;
+        let now = self.now();
+        let ms = self.ms;
+        // Userspace: timers, then queued kernel/socket input.
+        for n in 0..2 {
+            let node = &mut self.nodes[n];
+            if !node.alive || node.hung {
+                continue;
+            }
+            if node.e.poll_timeout().is_some_and(|t| t <= now) {
+                node.e.handle_timeout(now);
+            }
+            while let Some(input) = node.inbox.pop_front() {
+                if let Input::PeerControl { session, .. } = input {
+                    // The daemon installs a verified peer token in the kernel.
+                    node.kernel.token = session;
+                }
+                node.e.handle_input(input, now);
+            }
+            node.drain();
+        }
+        // Probes from a to b.
+        for a in 0..2 {
+            let b = 1 - a;
+            let periodic = ms.is_multiple_of(PROBE_MS);
+            let send = self.sending(a) && (periodic || self.nodes[a].dirty);
+            if send {
+                let dirty = self.nodes[a].dirty;
+                let session = self.nodes[a].session;
+                let control = self.nodes[a].advertised;
+                for i in 0..LINKS {
+                    let ok = self.path[i] && self.port[a][i] && self.port[b][i] && !self.lost();
+                    if !ok || !self.nodes[b].alive {
+                        continue;
+                    }
+                    let nb = &mut self.nodes[b];
+                    let known = nb.kernel.token == session;
+                    // The kernel passes a probe up when the peer's token is
+                    // new, its control changed, the link just came back, or
+                    // for the periodic refresh.
+                    let came_back = !nb.kernel.up[i];
+                    if !known || dirty || came_back || ms.is_multiple_of(REFRESH_MS) {
+                        nb.inbox.push_back(Input::PeerControl { session, control });
+                    }
+                    if known {
+                        nb.kernel.last_heard[i] = Some(ms);
+                        if !nb.kernel.up[i] {
+                            nb.kernel.up[i] = true;
+                            nb.inbox.push_back(Input::PeerLink { link: i, up: true });
+                        }
+                    }
+                }
+                self.nodes[a].dirty = false;
+            }
+        }
+        // Kernel timers and witness ARP, per node.
+        for n in 0..2 {
+            let reach: [bool; LINKS] =
+                std::array::from_fn(|i| self.port[n][i] && self.witness[n][i]);
+            let node = &mut self.nodes[n];
+            if !node.alive {
+                continue;
+            }
+            for (i, reach) in reach.into_iter().enumerate() {
+                if node.kernel.up[i]
+                    && node.kernel.last_heard[i].is_some_and(|t| ms - t >= DETECT_MS)
+                {
+                    node.kernel.up[i] = false;
+                    node.inbox.push_back(Input::PeerLink { link: i, up: false });
+                }
+                // The RT sender thread probes the witness; a hung agent's does not.
+                if !node.hung && ms.is_multiple_of(WITNESS_MS) && reach {
+                    node.kernel.witness_last[i] = Some(ms);
+                    if !node.kernel.witness_up[i] {
+                        node.kernel.witness_up[i] = true;
+                        node.inbox.push_back(Input::Witness { link: i, up: true });
+                    }
+                }
+                if node.kernel.witness_up[i]
+                    && node.kernel.witness_last[i].is_some_and(|t| ms - t >= WITNESS_DETECT_MS)
+                {
+                    node.kernel.witness_up[i] = false;
+                    node.inbox.push_back(Input::Witness { link: i, up: false });
+                }
+            }
+        }
+        if std::env::var_os("ELECTION_TRACE").is_some() {
+            for (n, node) in self.nodes.iter().enumerate() {
+                if let Some(t) = node.transitions.last().filter(|t| t.at == now) {
+                    eprintln!(
+                        "{ms} ms: server{} {} -> {} epoch {}: {}",
+                        n + 1,
+                        t.from,
+                        t.to,
+                        t.epoch,
+                        t.reason
+                    );
+                }
+            }
+        }
+        let running = |n: &Node| n.alive && !n.hung && !n.stopped;
+        let connected = (0..LINKS).any(|i| self.path[i] && self.port[0][i] && self.port[1][i]);
+        if connected
+            && running(&self.nodes[0])
+            && running(&self.nodes[1])
+            && self.nodes[0].holds
+            && self.nodes[1].holds
+        {
+            self.double_holder_ms += 1;
+        }
+    }
+
+    fn run(&mut self, ms: u64) {
+        for _ in 0..ms {
+            self.tick();
+        }
+    }
+
+    /// Runs until `cond` holds (at most `limit` ms); returns the ms it took.
+    fn run_until(&mut self, limit: u64, what: &str, cond: impl Fn(&World) -> bool) -> u64 {
+        let start = self.ms;
+        for _ in 0..limit {
+            if cond(self) {
+                return self.ms - start;
+            }
+            self.tick();
+        }
+        assert!(cond(self), "{what}: did not happen within {limit} ms");
+        self.ms - start
+    }
+
+    fn role(&self, n: usize) -> Role {
+        self.nodes[n].e.role()
+    }
+
+    fn holders(&self) -> Vec<usize> {
+        (0..2)
+            .filter(|n| self.nodes[*n].alive && self.nodes[*n].holds)
+            .collect()
+    }
+
+    fn kill(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        node.alive = false;
+        node.holds = false; // the machine is gone, and its addresses with it
+        node.kernel = Kernel::default();
+        node.inbox.clear();
+    }
+
+    fn boot(&mut self, n: usize) {
+        self.next_session += 1;
+        let now = self.now();
+        let cfg = self.nodes[n].cfg.clone();
+        self.nodes[n] = Node::new(cfg, self.next_session, now);
+    }
+
+    /// Both nodes started together and settled.
+    fn started() -> Self {
+        let mut w = World::new();
+        w.run_until(500, "server1 master", |w| {
+            w.role(0) == Role::Master && w.role(1) == Role::Backup
+        });
+        w.run(50);
+        w
+    }
+
+    fn moves(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| {
+                n.transitions
+                    .iter()
+                    .filter(|t| t.to == Role::Master)
+                    .count()
+            })
+            .sum()
+    }
+}
+
+#[test]
+fn start_elects_the_higher_priority_and_holds_once() {
+    let mut w = World::new();
+    let took = w.run_until(500, "election", |w| w.holders() == vec![0]);
+    w.run(1000);
+    assert_eq!(w.holders(), vec![0]);
+    assert_eq!(w.role(1), Role::Backup);
+    assert_eq!(w.nodes[0].e.epoch(), 1);
+    assert_eq!(w.nodes[1].e.epoch(), 1, "the backup learns the epoch");
+    assert!(took <= 150, "election took {took} ms");
+    assert_eq!(w.double_holder_ms, 0);
+}
+
+#[test]
+fn starting_node_removes_leftover_vips_first() {
+    let mut e = Election::new(config(100, [10, 0, 0, 1]), Instant::now());
+    assert_eq!(e.poll_output(), Some(Output::RemoveVips));
+}
+
+#[test]
+fn death_of_the_holder_moves_vips_within_detection_time() {
+    let mut w = World::started();
+    w.kill(0);
+    let took = w.run_until(100, "server2 takes over", |w| w.holders() == vec![1]);
+    assert!(
+        (DETECT_MS - PROBE_MS..=DETECT_MS + 2).contains(&took),
+        "took {took} ms"
+    );
+    assert_eq!(w.nodes[1].e.epoch(), 2);
+    assert!(w.nodes[1].announces >= 1, "takeover announces the VIPs");
+    let reason = &w.nodes[1].transitions.last().unwrap().reason;
+    assert!(reason.contains("silent on all links"), "{reason}");
+}
+
+#[test]
+fn nopreempt_after_reboot() {
+    let mut w = World::started();
+    w.kill(0);
+    w.run(500);
+    w.boot(0);
+    w.run(2000);
+    assert_eq!(w.holders(), vec![1]);
+    assert_eq!(w.role(0), Role::Backup);
+    assert_eq!(w.double_holder_ms, 0);
+}
+
+#[test]
+fn one_cut_link_moves_nothing_and_is_degraded() {
+    for link in [OUTSIDE, INSIDE] {
+        let mut w = World::started();
+        let moves = w.moves();
+        w.path[link] = false;
+        w.run(3000);
+        assert_eq!(w.holders(), vec![0], "link {link}");
+        assert_eq!(w.moves(), moves, "link {link}");
+        assert!(w.nodes[0].e.degraded() && w.nodes[1].e.degraded());
+        assert!(!w.nodes[1].e.link_up(link));
+        w.path[link] = true;
+        w.run(100);
+        assert!(!w.nodes[1].e.degraded());
+    }
+}
+
+#[test]
+fn inside_port_down_on_holder_moves_nothing() {
+    // keepalived's sync group dropped both VIPs here: a 3.35 s outside outage.
+    let mut w = World::started();
+    w.port[0][INSIDE] = false;
+    w.run(3000);
+    assert_eq!(w.holders(), vec![0]);
+    assert_eq!(w.moves(), 1);
+}
+
+#[test]
+fn holder_losing_its_outside_uplink_hands_over() {
+    let mut w = World::started();
+    w.port[0][OUTSIDE] = false; // silent: carrier up, frames dropped
+    let took = w.run_until(200, "server2 takes over", |w| w.holders() == vec![1]);
+    assert!(took <= 100, "took {took} ms");
+    assert_eq!(w.role(0), Role::Backup);
+    assert_eq!(
+        w.double_holder_ms, 0,
+        "the holder yields before the peer takes"
+    );
+    // The uplink comes back: no move back (nopreempt, equal reach).
+    w.port[0][OUTSIDE] = true;
+    w.run(3000);
+    assert_eq!(w.holders(), vec![1]);
+}
+
+#[test]
+fn isolated_holder_fences_itself_and_peer_keeps_vips_after_heal() {
+    let mut w = World::started();
+    w.port[0] = [false; LINKS];
+    let took = w.run_until(100, "server2 takes over", |w| w.nodes[1].holds);
+    assert!(took <= DETECT_MS + 2, "took {took}");
+    let fenced = w.run_until(1000, "server1 fences", |w| !w.nodes[0].holds);
+    assert!(
+        (WITNESS_DETECT_MS..=WITNESS_DETECT_MS + 300 + 25).contains(&fenced),
+        "fenced after {fenced} ms"
+    );
+    assert_eq!(w.role(0), Role::Fault);
+    w.port[0] = [true; LINKS];
+    w.run(3000);
+    assert_eq!(w.holders(), vec![1]);
+    assert_eq!(w.role(0), Role::Backup);
+    assert_eq!(
+        w.double_holder_ms, 0,
+        "never two holders while both reach each other"
+    );
+}
+
+#[test]
+fn short_isolation_heals_to_the_most_recent_takeover() {
+    let mut w = World::started();
+    w.port[0] = [false; LINKS];
+    w.run(100); // shorter than detection + fence: server1 still holds
+    assert_eq!(w.holders(), vec![0, 1]);
+    w.port[0] = [true; LINKS];
+    let took = w.run_until(50, "one holder", |w| w.holders() == vec![1]);
+    assert!(took <= PROBE_MS + 1, "agreed after {took} ms");
+    w.run(2000);
+    assert_eq!(w.holders(), vec![1]);
+}
+
+#[test]
+fn silent_partition_between_servers_heals_to_one_holder() {
+    // Both still reach the gateway: both hold during the partition (no quorum
+    // can be had with two nodes); on heal the most recent takeover wins.
+    let mut w = World::started();
+    w.path = [false; LINKS];
+    w.run(2000);
+    assert_eq!(w.holders(), vec![0, 1]);
+    w.path = [true; LINKS];
+    let took = w.run_until(50, "one holder", |w| w.holders() == vec![1]);
+    assert!(took <= PROBE_MS + 2, "agreed after {took} ms");
+    w.run(3000);
+    assert_eq!(w.holders(), vec![1]);
+    assert!(w.nodes[1].announces >= 2, "the winner repairs ARP caches");
+}
+
+#[test]
+fn hung_holder_resumes_without_taking_vips_back() {
+    let mut w = World::started();
+    w.nodes[0].hung = true; // SIGSTOP
+    w.run_until(100, "server2 takes over", |w| w.nodes[1].holds);
+    w.run(5000);
+    w.nodes[0].hung = false; // SIGCONT
+    let took = w.run_until(50, "server1 drops", |w| !w.nodes[0].holds);
+    assert!(took <= 2, "dropped after {took} ms");
+    w.run(3000);
+    assert_eq!(w.holders(), vec![1]);
+    assert_eq!(w.role(0), Role::Backup);
+}
+
+#[test]
+fn hung_backup_resumes_as_backup() {
+    let mut w = World::started();
+    w.nodes[1].hung = true;
+    w.run(3000);
+    w.nodes[1].hung = false;
+    w.run(3000);
+    assert_eq!(w.holders(), vec![0]);
+    assert_eq!(w.moves(), 1);
+}
+
+#[test]
+fn switchover_hands_over_without_two_holders() {
+    let mut w = World::started();
+    let now = w.now();
+    w.nodes[0].e.switchover(now).unwrap();
+    w.nodes[0].drain();
+    assert!(!w.nodes[0].holds, "the holder drops first");
+    let took = w.run_until(20, "server2 takes over", |w| w.nodes[1].holds);
+    assert!(took <= 2, "took {took} ms");
+    w.run(3000);
+    assert_eq!(w.holders(), vec![1]);
+    assert_eq!(w.double_holder_ms, 0);
+}
+
+#[test]
+fn switchover_from_the_backup_asks_the_holder() {
+    let mut w = World::started();
+    let now = w.now();
+    w.nodes[1].e.switchover(now).unwrap();
+    w.nodes[1].drain();
+    w.run_until(20, "server2 takes over", |w| w.holders() == vec![1]);
+    w.run(2000);
+    assert_eq!(w.holders(), vec![1]);
+}
+
+#[test]
+fn switchover_refused_when_peer_cannot_take() {
+    let mut w = World::started();
+    w.kill(1);
+    w.run(50);
+    let now = w.now();
+    assert_eq!(w.nodes[0].e.switchover(now), Err(SwitchoverError::PeerDead));
+    assert_eq!(w.holders(), vec![0]);
+}
+
+#[test]
+fn shutdown_of_holder_hands_over_then_stops() {
+    let mut w = World::started();
+    let now = w.now();
+    w.nodes[0].e.handle_input(Input::Shutdown, now);
+    w.nodes[0].drain();
+    assert!(!w.nodes[0].holds);
+    w.run_until(20, "server1 stopped", |w| w.nodes[0].stopped);
+    w.run_until(20, "server2 holds", |w| w.nodes[1].holds);
+    w.run(1000);
+    assert_eq!(w.holders(), vec![1]);
+    assert_eq!(w.double_holder_ms, 0);
+}
+
+#[test]
+fn shutdown_without_peer_releases_and_stops_at_once() {
+    let mut w = World::started();
+    w.kill(1);
+    w.run(50);
+    let now = w.now();
+    w.nodes[0].e.handle_input(Input::Shutdown, now);
+    w.nodes[0].drain();
+    assert!(w.nodes[0].stopped);
+    assert!(!w.nodes[0].holds);
+}
+
+#[test]
+fn preemption_after_delay_when_enabled() {
+    let mut c1 = config(101, [10, 0, 0, 1]);
+    c1.nopreempt = false;
+    c1.preempt_delay = Duration::from_millis(200);
+    let mut w = World::with(c1, config(100, [10, 0, 0, 2]));
+    w.run_until(500, "server1 master", |w| w.holders() == vec![0]);
+    w.kill(0);
+    w.run_until(100, "server2 master", |w| w.holders() == vec![1]);
+    w.boot(0);
+    w.run(150);
+    assert_eq!(w.holders(), vec![1], "not before the delay");
+    w.run_until(400, "server1 preempts", |w| w.holders() == vec![0]);
+    w.run(2000);
+    assert_eq!(w.holders(), vec![0]);
+    assert_eq!(w.double_holder_ms, 0);
+}
+
+#[test]
+fn alone_without_witness_refuses_vips() {
+    let mut w = World::new();
+    w.kill(1);
+    w.witness[0] = [false; LINKS];
+    w.run(1000);
+    assert_eq!(w.role(0), Role::Fault);
+    assert!(w.holders().is_empty());
+    // The gateway answers again: it listens for a peer, then takes over.
+    w.witness[0] = [true; LINKS];
+    w.run_until(300, "server1 master", |w| w.holders() == vec![0]);
+}
+
+#[test]
+fn without_witnesses_takeover_still_works_and_never_fences() {
+    let mut c1 = config(101, [10, 0, 0, 1]);
+    let mut c2 = config(100, [10, 0, 0, 2]);
+    c1.witness_links = 0;
+    c2.witness_links = 0;
+    let mut w = World::with(c1, c2);
+    w.run_until(500, "server1 master", |w| w.holders() == vec![0]);
+    w.port[0] = [false; LINKS];
+    w.run(2000);
+    // No witness: both hold (the status warns about this), and heal resolves.
+    assert_eq!(w.holders(), vec![0, 1]);
+    w.port[0] = [true; LINKS];
+    w.run(100);
+    assert_eq!(w.holders(), vec![1]);
+}
+
+#[test]
+fn vip_conflict_triggers_announce_only_on_holder() {
+    let mut w = World::started();
+    let now = w.now();
+    let before = (w.nodes[0].announces, w.nodes[1].announces);
+    for n in 0..2 {
+        w.nodes[n].e.handle_input(
+            Input::VipConflict {
+                vip: Ipv4Addr::new(198, 51, 100, 100),
+            },
+            now,
+        );
+        w.nodes[n].drain();
+    }
+    assert_eq!(w.nodes[0].announces, before.0 + 1);
+    assert_eq!(w.nodes[1].announces, before.1);
+}
+
+#[test]
+fn equal_epoch_tie_goes_to_priority() {
+    let now = Instant::now();
+    let mut e = Election::new(config(100, [10, 0, 0, 2]), now);
+    // Alone at start: becomes master with epoch 1.
+    e.handle_input(Input::Witness { link: 0, up: true }, now);
+    e.handle_timeout(now + Duration::from_millis(100));
+    assert_eq!(e.role(), Role::Master);
+    let peer = Control {
+        role: Role::Master,
+        priority: 101,
+        epoch: 1,
+        eligible: true,
+        want_takeover: false,
+        witness_reach: 1,
+        witness_count: 1,
+        links_up: 3,
+        router_id: u32::from(Ipv4Addr::new(10, 0, 0, 1)),
+    };
+    let later = now + Duration::from_millis(101);
+    e.handle_input(Input::PeerLink { link: 0, up: true }, later);
+    e.handle_input(
+        Input::PeerControl {
+            session: 7,
+            control: peer,
+        },
+        later,
+    );
+    assert_eq!(e.role(), Role::Backup);
+    let outs: Vec<_> = std::iter::from_fn(|| e.poll_output()).collect();
+    assert!(outs.contains(&Output::RemoveVips));
+}
+
+#[test]
+fn timers_never_report_a_past_deadline_twice() {
+    // A deadline that stays in the past would spin the daemon's loop.
+    let mut c1 = config(101, [10, 0, 0, 1]);
+    c1.nopreempt = false;
+    c1.preempt_delay = Duration::from_millis(50);
+    let mut w = World::with(c1, config(100, [10, 0, 0, 2]));
+    w.run(300);
+    for _ in 0..2000 {
+        w.tick();
+        for n in &w.nodes {
+            if let Some(t) = n.e.poll_timeout() {
+                assert!(t >= w.now() - Duration::from_millis(1), "stale deadline");
+            }
+        }
+    }
+}
+
+#[test]
+fn ten_minutes_of_two_percent_loss_give_no_false_failover() {
+    let mut w = World::started();
+    w.loss_pct = 2;
+    w.run(600_000);
+    assert_eq!(w.moves(), 1, "false failovers under 2% loss");
+    assert_eq!(w.holders(), vec![0]);
+}

@@ -1,0 +1,339 @@
+//! `ha-agent status` and `ha-agent switchover`: a line protocol over a local
+//! Unix socket (mode 0600). The client sends one command line (`status` or
+//! `switchover`), the daemon answers one JSON line and closes.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// Everything `ha-agent status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub node: String,
+    pub state: String,
+    pub epoch: u64,
+    pub priority: u8,
+    pub nopreempt: bool,
+    pub degraded: bool,
+    /// When the isolated holder will fence itself, if it is counting down.
+    pub fencing_in_ms: Option<u64>,
+    pub peer: Option<PeerStatus>,
+    pub links: Vec<LinkStatus>,
+    pub vips: Vec<VipStatus>,
+    pub vips_held: Vec<String>,
+    pub warnings: Vec<String>,
+    pub transitions: Vec<TransitionStatus>,
+    pub hooks: Vec<HookStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerStatus {
+    pub node: String,
+    pub state: String,
+    pub epoch: u64,
+    pub priority: u8,
+    pub eligible: bool,
+    pub witness_reach: u8,
+    pub alive: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LinkStatus {
+    pub name: String,
+    pub interface: String,
+    pub peer_up: bool,
+    pub last_seen_ms_ago: Option<u64>,
+    pub probes_received: u64,
+    pub probes_lost: u64,
+    pub probes_rejected: u64,
+    pub witness: Option<String>,
+    pub witness_up: Option<bool>,
+    pub witness_last_seen_ms_ago: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VipStatus {
+    pub address: String,
+    pub interface: String,
+    pub held: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TransitionStatus {
+    /// UTC, RFC 3339 with milliseconds.
+    pub time: String,
+    pub from: String,
+    pub to: String,
+    pub epoch: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HookStatus {
+    pub command: String,
+    pub state: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// The daemon's answer to one command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Reply {
+    Status(Box<Status>),
+    Ok { message: String },
+    Error { message: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the agent's status socket {path}: {source} (is ha-agent running, and are you root?)")]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("talking to the agent on {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the agent on {path} sent an answer this client does not understand: {message}")]
+    BadReply { path: String, message: String },
+    #[error(
+        "no answer from the agent on {path} within {0:?}",
+        Duration::from_secs(5)
+    )]
+    Timeout { path: String },
+}
+
+/// Sends one command to the daemon and returns its reply.
+pub async fn request(socket: &Path, command: &str) -> Result<Reply, ClientError> {
+    let path = socket.display().to_string();
+    let work = async {
+        let mut stream =
+            UnixStream::connect(socket)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    path: path.clone(),
+                    source,
+                })?;
+        let io = |source| ClientError::Io {
+            path: path.clone(),
+            source,
+        };
+        stream
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .map_err(io)?;
+        let mut line = String::new();
+        BufReader::new(stream)
+            .read_line(&mut line)
+            .await
+            .map_err(io)?;
+        serde_json::from_str::<Reply>(&line).map_err(|e| ClientError::BadReply {
+            path: path.clone(),
+            message: e.to_string(),
+        })
+    };
+    match tokio::time::timeout(Duration::from_secs(5), work).await {
+        Ok(r) => r,
+        Err(_) => Err(ClientError::Timeout { path }),
+    }
+}
+
+/// Human-readable rendering of a status.
+pub fn render(s: &Status) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "node {}  state {}  epoch {}  priority {}{}",
+        s.node,
+        s.state,
+        s.epoch,
+        s.priority,
+        if s.nopreempt { "  nopreempt" } else { "" }
+    );
+    let held = if s.vips_held.is_empty() {
+        "none".to_string()
+    } else {
+        s.vips_held.join(", ")
+    };
+    let _ = writeln!(o, "VIPs held: {held}");
+    match &s.peer {
+        Some(p) => {
+            let _ = writeln!(
+                o,
+                "peer {}: {} epoch {} priority {}{}{}",
+                p.node,
+                p.state,
+                p.epoch,
+                p.priority,
+                if p.alive {
+                    ""
+                } else {
+                    " (silent on all links)"
+                },
+                if p.eligible { "" } else { " (not eligible)" }
+            );
+        }
+        None => {
+            let _ = writeln!(o, "peer: never heard");
+        }
+    }
+    let _ = writeln!(o, "links:");
+    for l in &s.links {
+        let age = l
+            .last_seen_ms_ago
+            .map_or("never".to_string(), |ms| format!("{ms} ms ago"));
+        let _ = writeln!(
+            o,
+            "  {:<10} {:<8} peer {:<4} last seen {:<12} rx {} lost {} rejected {}",
+            l.name,
+            l.interface,
+            if l.peer_up { "UP" } else { "DOWN" },
+            age,
+            l.probes_received,
+            l.probes_lost,
+            l.probes_rejected
+        );
+        if let Some(w) = &l.witness {
+            let wage = l
+                .witness_last_seen_ms_ago
+                .map_or("never".to_string(), |ms| format!("{ms} ms ago"));
+            let _ = writeln!(
+                o,
+                "  {:<10} witness {} {} (last reply {})",
+                "",
+                w,
+                if l.witness_up == Some(true) {
+                    "reachable"
+                } else {
+                    "UNREACHABLE"
+                },
+                wage
+            );
+        }
+    }
+    if s.degraded {
+        let _ = writeln!(
+            o,
+            "DEGRADED: the peer is silent on some links (no failover while one link still works)"
+        );
+    }
+    if let Some(ms) = s.fencing_in_ms {
+        let _ = writeln!(
+            o,
+            "ISOLATED: neither peer nor witness answers; dropping the VIPs in {ms} ms"
+        );
+    }
+    for w in &s.warnings {
+        let _ = writeln!(o, "WARNING: {w}");
+    }
+    if !s.transitions.is_empty() {
+        let _ = writeln!(o, "transitions (oldest first):");
+        for t in &s.transitions {
+            let _ = writeln!(
+                o,
+                "  {}  {} -> {}  epoch {}  {}",
+                t.time, t.from, t.to, t.epoch, t.reason
+            );
+        }
+    }
+    if !s.hooks.is_empty() {
+        let _ = writeln!(o, "recent hooks:");
+        for h in &s.hooks {
+            let _ = writeln!(
+                o,
+                "  {} [{}] {} {}",
+                h.state,
+                if h.ok { "ok" } else { "FAILED" },
+                h.command,
+                h.detail
+            );
+        }
+    }
+    o
+}
+
+/// Formats a wall-clock time as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_instants() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_764_031_256_789);
+        assert_eq!(rfc3339(t), "2025-11-25T00:40:56.789Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn reply_round_trips_and_renders() {
+        let s = Status {
+            node: "server1".into(),
+            state: "MASTER".into(),
+            epoch: 3,
+            priority: 101,
+            nopreempt: true,
+            degraded: true,
+            fencing_in_ms: None,
+            peer: None,
+            links: vec![LinkStatus {
+                name: "inside".into(),
+                interface: "eth1".into(),
+                peer_up: false,
+                last_seen_ms_ago: Some(1200),
+                probes_received: 10,
+                probes_lost: 2,
+                probes_rejected: 0,
+                witness: None,
+                witness_up: None,
+                witness_last_seen_ms_ago: None,
+            }],
+            vips: vec![],
+            vips_held: vec!["198.51.100.100/24".into()],
+            warnings: vec!["no witness".into()],
+            transitions: vec![],
+            hooks: vec![],
+        };
+        let json = serde_json::to_string(&Reply::Status(Box::new(s.clone()))).unwrap();
+        match serde_json::from_str::<Reply>(&json).unwrap() {
+            Reply::Status(back) => assert_eq!(*back, s),
+            other => panic!("{other:?}"),
+        }
+        let text = render(&s);
+        assert!(text.contains("state MASTER"));
+        assert!(text.contains("DEGRADED"));
+        assert!(text.contains("inside     eth1     peer DOWN"));
+        assert!(text.contains("WARNING: no witness"));
+    }
+}
