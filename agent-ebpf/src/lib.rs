@@ -59,7 +59,8 @@ pub struct LinkConfig {
     /// control generation did not change (refresh); 0 = never.
     pub pass_every: u32,
     /// Session token the peer currently uses (wire bytes as u64, native
-    /// reading); 0 = not known yet: probes are passed up, not counted.
+    /// reading); 0 = not known yet: every probe is passed up and counted in
+    /// `LinkState::rejected` until userspace installs the token.
     pub peer_token: u64,
     /// Silence longer than this marks the peer down on this link.
     pub detect_ns: u64,
@@ -84,11 +85,14 @@ pub struct LinkState {
     pub rx: u64,
     /// Probes missing according to sequence gaps.
     pub lost: u64,
-    /// Probes dropped for a wrong/unknown token or source.
+    /// Probes whose token is not `LinkConfig::peer_token` (or no token is
+    /// known yet); they are passed to userspace, which verifies them.
     pub rejected: u64,
     pub witness_rx: u64,
     pub last_seq: u32,
-    /// Control generation of the last probe passed to userspace.
+    /// Control generation of the last probe passed to userspace. An accepted
+    /// probe is passed up when its `ctl_gen` differs, when it brings the peer
+    /// up, or when `seq % pass_every == 0`; otherwise the kernel drops it.
     pub passed_ctl_gen: u32,
 }
 
@@ -100,7 +104,10 @@ pub const EVENT_WITNESS_DOWN: u32 = 4;
 /// Someone else answered/announced ARP for one of our VIPs. `value` = the VIP (network order).
 pub const EVENT_VIP_CONFLICT: u32 = 5;
 
-/// Ring buffer record (map `EVENTS`).
+/// Ring buffer record (map `EVENTS`). `value` by kind: PEER_UP = the probe's
+/// seq; PEER_DOWN / WITNESS_DOWN = `*_last_ns` (last accepted probe / witness
+/// reply, so `ts_ns - value` >= the detection time); WITNESS_UP = the witness
+/// IP; VIP_CONFLICT = the VIP (IPv4 in network order, in the low 32 bits).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {

@@ -258,7 +258,10 @@ fn on_arp(ctx: &XdpContext, data: usize, end: usize) {
             st.witness_last_ns = now;
             st.witness_rx += 1;
             if cfg.witness_detect_ns != 0 {
-                arm_timer(link * TIMERS_PER_LINK + TIMER_WITNESS, cfg.witness_detect_ns);
+                arm_timer(
+                    link * TIMERS_PER_LINK + TIMER_WITNESS,
+                    cfg.witness_detect_ns,
+                );
             }
             if st.witness_up == 0 {
                 st.witness_up = 1;
@@ -337,7 +340,12 @@ unsafe extern "C" fn timer_cb(_map: *mut c_void, key: *mut u32, value: *mut Link
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let (last, detect, up, kind) = if which == TIMER_PEER {
-        (st.peer_last_ns, cfg.detect_ns, &mut st.peer_up, EVENT_PEER_DOWN)
+        (
+            st.peer_last_ns,
+            cfg.detect_ns,
+            &mut st.peer_up,
+            EVENT_PEER_DOWN,
+        )
     } else {
         (
             st.witness_last_ns,
@@ -346,7 +354,7 @@ unsafe extern "C" fn timer_cb(_map: *mut c_void, key: *mut u32, value: *mut Link
             EVENT_WITNESS_DOWN,
         )
     };
-    let elapsed = if now > last { now - last } else { 0 };
+    let elapsed = now.saturating_sub(last);
     if elapsed >= detect {
         if *up == 1 {
             *up = 0;

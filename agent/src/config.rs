@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -66,6 +66,12 @@ pub struct Config {
     pub hooks: HooksConfig,
     #[serde(default)]
     pub ebpf: EbpfConfig,
+    /// Keep the local Atlas proxy's backends right (absent: Atlas is not managed).
+    #[serde(default)]
+    pub atlas: Option<AtlasConfig>,
+    /// Fence, promote and rejoin the local MySQL/MariaDB (absent: not managed).
+    #[serde(default)]
+    pub mysql: Option<MysqlConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,6 +201,259 @@ pub struct EbpfConfig {
     /// "native" (driver XDP, fall back to generic), or "generic" (skb mode).
     #[serde(default)]
     pub xdp_mode: Option<String>,
+}
+
+/// `[atlas]`: the local Atlas proxy, reconciled through its admin port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AtlasConfig {
+    /// Atlas's `admin-address`.
+    #[serde(default = "default_atlas_admin_address")]
+    pub admin_address: SocketAddr,
+    /// Atlas's `admin-username`.
+    pub user: String,
+    /// File holding Atlas's `admin-password` (mode 0600 or 0400, owned by root).
+    pub password_file: PathBuf,
+    /// The rw backend Atlas must list. Default: the inside VIP, port 3306.
+    #[serde(default)]
+    pub rw_backend: Option<SocketAddrV4>,
+    /// How run-time changes survive an Atlas restart.
+    #[serde(default)]
+    pub persist: AtlasPersist,
+    /// Atlas's `.cnf`, rewritten with `persist = "cnf"`.
+    #[serde(default)]
+    pub cnf_path: Option<PathBuf>,
+    /// Re-check the table this often (and at once when the wanted table changes).
+    #[serde(default = "default_atlas_period_ms")]
+    pub period_ms: u64,
+    #[serde(default = "default_atlas_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_atlas_timeout_ms")]
+    pub query_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AtlasPersist {
+    /// `SAVE CONFIG` after each change (Atlas rewrites its own `.cnf`).
+    #[default]
+    SaveConfig,
+    /// The agent rewrites the two backend lines of `cnf_path` itself.
+    Cnf,
+    /// Run-time changes only (the agent re-applies them after a restart anyway).
+    None,
+}
+
+impl AtlasConfig {
+    /// The rw backend: `rw_backend`, or the inside VIP on port 3306.
+    pub fn rw_backend_or(&self, inside_vip: Ipv4Addr) -> SocketAddrV4 {
+        self.rw_backend
+            .unwrap_or(SocketAddrV4::new(inside_vip, 3306))
+    }
+    pub fn period(&self) -> Duration {
+        Duration::from_millis(self.period_ms)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn query_timeout(&self) -> Duration {
+        Duration::from_millis(self.query_timeout_ms)
+    }
+
+    fn problems(&self, bad: &mut impl FnMut(String, &str)) {
+        let f = |name: &str| format!("atlas.{name}");
+        if self.admin_address.port() == 0 {
+            bad(
+                f("admin_address"),
+                "must have a port (Atlas's admin-address, e.g. 127.0.0.1:2345)",
+            );
+        }
+        if self.user.is_empty() || self.user.contains('\0') {
+            bad(
+                f("user"),
+                "must be Atlas's admin-username (not empty, no NUL)",
+            );
+        }
+        if self.password_file.as_os_str().is_empty() {
+            bad(
+                f("password_file"),
+                "must name the file holding Atlas's admin-password",
+            );
+        }
+        if let Some(rw) = self.rw_backend {
+            if !is_unicast(*rw.ip()) || rw.port() == 0 {
+                bad(
+                    f("rw_backend"),
+                    "must be a unicast IPv4 address with a port, e.g. 192.168.1.150:3306",
+                );
+            }
+        }
+        match (self.persist, &self.cnf_path) {
+            (AtlasPersist::Cnf, None) => bad(
+                f("cnf_path"),
+                "is needed with persist = \"cnf\" (Atlas's .cnf, e.g. /usr/local/mysql-proxy/conf/my.cnf)",
+            ),
+            (AtlasPersist::SaveConfig | AtlasPersist::None, Some(_)) => bad(
+                f("cnf_path"),
+                "is only used with persist = \"cnf\" (remove it, or set persist = \"cnf\")",
+            ),
+            _ => {}
+        }
+        if !(100..=3_600_000).contains(&self.period_ms) {
+            bad(f("period_ms"), "must be between 100 and 3600000");
+        }
+        for (name, v) in [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("query_timeout_ms", self.query_timeout_ms),
+        ] {
+            if !(10..=60_000).contains(&v) {
+                bad(f(name), "must be between 10 and 60000");
+            }
+        }
+    }
+}
+
+fn default_atlas_admin_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 2345))
+}
+fn default_atlas_period_ms() -> u64 {
+    1000
+}
+fn default_atlas_timeout_ms() -> u64 {
+    500
+}
+
+/// `[mysql]`: the local MySQL/MariaDB server the agent fences, promotes and
+/// rejoins (absent: the database is not managed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlConfig {
+    /// The local server (TCP: the agent never relies on a socket path).
+    #[serde(default = "default_mysql_address")]
+    pub address: SocketAddr,
+    /// Local admin account (needs SUPER or, on MariaDB, READ_ONLY ADMIN +
+    /// REPLICATION SLAVE ADMIN + BINLOG ADMIN; RELOAD for a forced rejoin).
+    pub user: String,
+    /// File holding `user`'s password (mode 0600 or 0400; never logged).
+    pub password_file: PathBuf,
+    /// The account each server replicates with; the agent also reads the
+    /// peer's GTID state with it.
+    pub replication_user: String,
+    /// File holding `replication_user`'s password (mode 0600 or 0400).
+    pub replication_password_file: PathBuf,
+    /// The peer's MySQL on its inside address (not the VIP): source of the
+    /// rejoin and the other side of the errant-GTID comparison.
+    pub peer_address: SocketAddr,
+    /// How long a promotion waits for the relay log to be applied.
+    #[serde(default = "default_catchup_timeout_ms")]
+    pub catchup_timeout_ms: u64,
+    /// What a promotion does when the relay log is not applied in time.
+    #[serde(default)]
+    pub catchup_policy: CatchupPolicy,
+    /// The local server down this long makes this node unfit to hold the VIPs.
+    #[serde(default = "default_down_handover_ms")]
+    pub down_handover_ms: u64,
+    /// Semi-synchronous replication (AFTER_SYNC) on promotion and rejoin.
+    #[serde(default)]
+    pub semisync: bool,
+    /// How often the daemon probes the local server's health.
+    #[serde(default = "default_check_interval_ms")]
+    pub check_interval_ms: u64,
+    /// Bound on connecting and on every statement (the catch-up wait has its own).
+    #[serde(default = "default_mysql_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// What a promotion does when the replica has not applied everything it
+/// received within `catchup_timeout_ms`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchupPolicy {
+    /// Stay read-only (the VIP is held but writes fail) and keep applying;
+    /// the promotion completes once caught up. No received transaction is
+    /// ever skipped; a stuck applier needs an operator.
+    #[default]
+    StayReadOnly,
+    /// Become writable anyway, discarding the unapplied relay log (the
+    /// seed's behaviour); the skipped GTIDs are logged and reported.
+    Promote,
+}
+
+impl MysqlConfig {
+    pub fn catchup_timeout(&self) -> Duration {
+        Duration::from_millis(self.catchup_timeout_ms)
+    }
+    pub fn down_handover(&self) -> Duration {
+        Duration::from_millis(self.down_handover_ms)
+    }
+    pub fn check_interval(&self) -> Duration {
+        Duration::from_millis(self.check_interval_ms)
+    }
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    fn problems(&self, bad: &mut impl FnMut(String, &str)) {
+        let f = |name: &str| format!("mysql.{name}");
+        if self.address.port() == 0 {
+            bad(f("address"), "must have a port (e.g. 127.0.0.1:3306)");
+        }
+        let peer = self.peer_address.ip();
+        if peer.is_unspecified() || peer.is_loopback() || peer.is_multicast() || self.peer_address.port() == 0 {
+            bad(
+                f("peer_address"),
+                "must be the peer's own inside address with a port (e.g. 192.168.1.101:3306), not loopback or the VIP",
+            );
+        }
+        if self.peer_address == self.address {
+            bad(f("peer_address"), "must differ from address (the local server)");
+        }
+        if self.user.is_empty() || self.user.contains('\0') {
+            bad(f("user"), "must name the local admin account (not empty, no NUL)");
+        }
+        if let Err(e) = crate::mysql::flavor::check_value("user", &self.replication_user, 80) {
+            bad(f("replication_user"), &e.to_string());
+        }
+        for (name, path) in [
+            ("password_file", &self.password_file),
+            ("replication_password_file", &self.replication_password_file),
+        ] {
+            if path.as_os_str().is_empty() {
+                bad(f(name), "must name a file holding the password (mode 0600)");
+            }
+        }
+        if !(1..=600_000).contains(&self.catchup_timeout_ms) {
+            bad(f("catchup_timeout_ms"), "must be between 1 and 600000");
+        }
+        if !(10..=60_000).contains(&self.check_interval_ms) {
+            bad(f("check_interval_ms"), "must be between 10 and 60000");
+        }
+        if self.down_handover_ms < self.check_interval_ms || self.down_handover_ms > 600_000 {
+            bad(
+                f("down_handover_ms"),
+                "must be at least check_interval_ms (one failed probe is not an outage) and at most 600000",
+            );
+        }
+        if !(100..=60_000).contains(&self.timeout_ms) {
+            bad(f("timeout_ms"), "must be between 100 and 60000");
+        }
+    }
+}
+
+fn default_mysql_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 3306))
+}
+fn default_catchup_timeout_ms() -> u64 {
+    5000
+}
+fn default_down_handover_ms() -> u64 {
+    3000
+}
+fn default_check_interval_ms() -> u64 {
+    200
+}
+fn default_mysql_timeout_ms() -> u64 {
+    2000
 }
 
 fn default_priority() -> u8 {
@@ -454,6 +713,12 @@ impl Config {
                 bad("ebpf.xdp_mode".into(), "must be \"native\" or \"generic\"");
             }
         }
+        if let Some(atlas) = &self.atlas {
+            atlas.problems(&mut bad);
+        }
+        if let Some(mysql) = &self.mysql {
+            mysql.problems(&mut bad);
+        }
         errs
     }
 
@@ -641,6 +906,146 @@ instance = "inside_network"
     fn vip_must_not_be_a_server_address() {
         let text = GOOD.replace("10.96.153.239/24", "10.96.153.114/24");
         assert_eq!(fields(&text), vec!["vip[0].address"]);
+    }
+
+    const ATLAS: &str = r#"
+[atlas]
+user = "user"
+password_file = "/etc/ha-agent/atlas-password"
+"#;
+
+    #[test]
+    fn atlas_section_is_optional_and_has_defaults() {
+        assert!(parse(GOOD).unwrap().atlas.is_none());
+        let c = parse(&format!("{GOOD}{ATLAS}")).unwrap();
+        let a = c.atlas.unwrap();
+        assert_eq!(a.admin_address, "127.0.0.1:2345".parse().unwrap());
+        assert_eq!(a.persist, AtlasPersist::SaveConfig);
+        assert_eq!(a.period(), Duration::from_millis(1000));
+        assert_eq!(a.connect_timeout(), Duration::from_millis(500));
+        assert_eq!(a.query_timeout(), Duration::from_millis(500));
+        assert_eq!(
+            a.rw_backend_or(Ipv4Addr::new(192, 168, 1, 150)),
+            "192.168.1.150:3306".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn atlas_fields_are_validated() {
+        let text = format!(
+            "{GOOD}{}",
+            ATLAS.replace(
+                "user = \"user\"",
+                "user = \"\"\nrw_backend = \"0.0.0.0:3306\"\npersist = \"cnf\"\nperiod_ms = 5\nquery_timeout_ms = 0"
+            )
+        );
+        assert_eq!(
+            fields(&text),
+            vec![
+                "atlas.user",
+                "atlas.rw_backend",
+                "atlas.cnf_path",
+                "atlas.period_ms",
+                "atlas.query_timeout_ms"
+            ]
+        );
+        let stray_cnf = format!("{GOOD}{ATLAS}cnf_path = \"/etc/my.cnf\"\n");
+        assert_eq!(fields(&stray_cnf), vec!["atlas.cnf_path"]);
+        let cnf = format!("{GOOD}{ATLAS}persist = \"cnf\"\ncnf_path = \"/etc/my.cnf\"\nrw_backend = \"192.168.1.150:3307\"\n");
+        let a = parse(&cnf).unwrap().atlas.unwrap();
+        assert_eq!(a.persist, AtlasPersist::Cnf);
+        assert_eq!(
+            a.rw_backend_or(Ipv4Addr::new(1, 2, 3, 4)),
+            "192.168.1.150:3307".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn atlas_typos_are_syntax_errors_naming_the_field() {
+        for (bad, name) in [
+            ("persist = \"save\"", "persist"),
+            ("admin_address = \"localhost:2345\"", "admin_address"),
+            ("pasword_file = \"/x\"", "pasword_file"),
+        ] {
+            match parse(&format!("{GOOD}{ATLAS}{bad}\n")) {
+                Err(ConfigError::Syntax { message, .. }) => {
+                    assert!(message.contains(name), "{bad}: {message}")
+                }
+                other => panic!("{bad}: expected a syntax error, got {other:?}"),
+            }
+        }
+        let missing = GOOD.to_string() + "[atlas]\nuser = \"u\"\n";
+        match parse(&missing) {
+            Err(ConfigError::Syntax { message, .. }) => {
+                assert!(message.contains("password_file"), "{message}")
+            }
+            other => panic!("expected a syntax error, got {other:?}"),
+        }
+    }
+
+    const MYSQL: &str = r#"
+[mysql]
+user = "ha_agent"
+password_file = "/etc/ha-agent/mysql-password"
+replication_user = "repl"
+replication_password_file = "/etc/ha-agent/repl-password"
+peer_address = "192.168.1.101:3306"
+"#;
+
+    #[test]
+    fn mysql_section_is_optional_and_has_safe_defaults() {
+        assert!(parse(GOOD).unwrap().mysql.is_none());
+        let m = parse(&format!("{GOOD}{MYSQL}")).unwrap().mysql.unwrap();
+        assert_eq!(m.address, "127.0.0.1:3306".parse().unwrap());
+        assert_eq!(m.catchup_policy, CatchupPolicy::StayReadOnly);
+        assert_eq!(m.catchup_timeout(), Duration::from_millis(5000));
+        assert_eq!(m.down_handover(), Duration::from_millis(3000));
+        assert_eq!(m.check_interval(), Duration::from_millis(200));
+        assert_eq!(m.timeout(), Duration::from_millis(2000));
+        assert!(!m.semisync);
+        let m = parse(&format!("{GOOD}{MYSQL}catchup_policy = \"promote\"\nsemisync = true\n"))
+            .unwrap()
+            .mysql
+            .unwrap();
+        assert_eq!(m.catchup_policy, CatchupPolicy::Promote);
+        assert!(m.semisync);
+    }
+
+    #[test]
+    fn mysql_fields_are_validated() {
+        let text = format!(
+            "{GOOD}{}catchup_timeout_ms = 0\ncheck_interval_ms = 500\ndown_handover_ms = 100\ntimeout_ms = 5\n",
+            MYSQL
+                .replace("\"repl\"", "\"re'pl\"")
+                .replace("192.168.1.101:3306", "127.0.0.1:3306")
+                .replace("\"ha_agent\"", "\"\"")
+        );
+        assert_eq!(
+            fields(&text),
+            vec![
+                "mysql.peer_address",
+                "mysql.peer_address",
+                "mysql.user",
+                "mysql.replication_user",
+                "mysql.catchup_timeout_ms",
+                "mysql.down_handover_ms",
+                "mysql.timeout_ms"
+            ]
+        );
+        for (bad, name) in [
+            ("catchup_policy = \"yolo\"", "catchup_policy"),
+            ("peer_address = \"server2:3306\"", "peer_address"),
+            ("pasword = \"x\"", "pasword"),
+        ] {
+            let text = format!("{GOOD}{}", MYSQL.replace("peer_address = \"192.168.1.101:3306\"", bad));
+            let text = if bad.starts_with("peer") { text } else { format!("{text}peer_address = \"192.168.1.101:3306\"\n") };
+            match parse(&text) {
+                Err(ConfigError::Syntax { message, .. }) => {
+                    assert!(message.contains(name), "{bad}: {message}")
+                }
+                other => panic!("{bad}: expected a syntax error, got {other:?}"),
+            }
+        }
     }
 
     #[test]

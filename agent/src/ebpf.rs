@@ -35,7 +35,8 @@ pub use agent_ebpf::{
 
 /// The object built by `cargo xtask build-ebpf` and embedded by `build.rs`
 /// (empty when the agent was built without one).
-static EMBEDDED_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ha-agent.bpf.o"));
+static EMBEDDED_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ha-agent.bpf.o"));
 
 const PROGRAM: &str = "ha_xdp";
 const MAP_LINK_CONFIG: &str = "LINK_CONFIG";
@@ -76,7 +77,9 @@ pub enum EbpfError {
     BadLink { link: u32 },
     #[error("link {link} is not attached to an interface")]
     NotAttached { link: u32 },
-    #[error("network interface {ifname} does not exist (check `interface` in the [[link]] section)")]
+    #[error(
+        "network interface {ifname} does not exist (check `interface` in the [[link]] section)"
+    )]
     UnknownInterface { ifname: String },
     #[error("cannot read the MAC address of {ifname}: {reason}")]
     Mac { ifname: String, reason: String },
@@ -233,14 +236,16 @@ impl Liveness {
             ebpf.take_map(name)
                 .ok_or_else(|| missing(&format!("map {name}")))
         };
-        let link_config = Array::try_from(take(MAP_LINK_CONFIG)?).map_err(map_err(MAP_LINK_CONFIG))?;
+        let link_config =
+            Array::try_from(take(MAP_LINK_CONFIG)?).map_err(map_err(MAP_LINK_CONFIG))?;
         let link_state = Array::try_from(take(MAP_LINK_STATE)?).map_err(map_err(MAP_LINK_STATE))?;
         let vips = HashMap::try_from(take(MAP_VIPS)?).map_err(map_err(MAP_VIPS))?;
         let ring = RingBuf::try_from(take(MAP_EVENTS)?).map_err(map_err(MAP_EVENTS))?;
         // SAFETY: the ring buffer owns its map fd and keeps it open (and
         // unchanged) for as long as the AsyncFd owns the ring buffer.
-        let events = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| EbpfError::Events(e.into()))?;
+        let events =
+            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(|e| EbpfError::Events(e.into()))?;
         Ok(Self {
             ebpf,
             link_config,
@@ -383,9 +388,7 @@ impl Liveness {
             }
         }
         for (ip, link) in wanted {
-            self.vips
-                .insert(ip, link, 0)
-                .map_err(map_err(MAP_VIPS))?;
+            self.vips.insert(ip, link, 0).map_err(map_err(MAP_VIPS))?;
         }
         Ok(())
     }
@@ -394,7 +397,11 @@ impl Liveness {
     /// empty Vec). Cancel-safe: events are only taken after the wait.
     pub async fn next_events(&mut self) -> Result<Vec<Event>, EbpfError> {
         loop {
-            let mut guard = self.events.readable_mut().await.map_err(EbpfError::Events)?;
+            let mut guard = self
+                .events
+                .readable_mut()
+                .await
+                .map_err(EbpfError::Events)?;
             let ring = guard.get_inner_mut();
             let mut out = Vec::new();
             while let Some(item) = ring.next() {
@@ -455,7 +462,10 @@ fn if_mac(ifname: &str) -> Result<[u8; 6], EbpfError> {
         )
     };
     if rc < 0 {
-        return Err(err(format!("SIOCGIFHWADDR: {}", io::Error::last_os_error())));
+        return Err(err(format!(
+            "SIOCGIFHWADDR: {}",
+            io::Error::last_os_error()
+        )));
     }
     // SAFETY: the kernel filled ifr_hwaddr.
     let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };

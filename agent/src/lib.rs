@@ -4,15 +4,17 @@
 //! thin driver that owns one thing (eBPF liveness, VIPs, ARP, hooks, status).
 
 pub mod arp;
+pub mod atlas;
 pub mod config;
+pub mod daemon;
 pub mod ebpf;
 pub mod election;
-pub mod daemon;
 pub mod hooks;
+pub mod mysql;
 pub mod privileges;
-pub mod status;
-pub mod sender;
 pub mod protocol;
-pub mod vip;
+pub mod sender;
+pub mod status;
 #[cfg(test)]
 mod testns;
+pub mod vip;

@@ -1,0 +1,134 @@
+//! What each driver call reports: for the log, and for `ha-agent status`
+//! (all of it serializes to JSON; durations as milliseconds).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::flavor::{Flavor, Version};
+use super::gtid::{Errant, GtidSet};
+use super::replica::ReplicaState;
+
+pub(crate) fn ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+/// One step of a call, with how long it took.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Step {
+    pub name: String,
+    #[serde(serialize_with = "ms", rename = "took_ms")]
+    pub took: Duration,
+}
+
+/// The local server's state, probed every `check_interval_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Health {
+    pub server: String,
+    /// It answered a query.
+    pub up: bool,
+    /// Why it is down, or what could not be read although it is up.
+    pub errors: Vec<String>,
+    pub flavor: Option<Flavor>,
+    pub version: Option<Version>,
+    /// `VERSION()` as the server prints it.
+    pub version_text: Option<String>,
+    pub server_id: Option<u32>,
+    pub read_only: bool,
+    pub super_read_only: bool,
+    /// Up and accepting application writes.
+    pub writable: bool,
+    pub replica: Option<ReplicaState>,
+    /// Everything it has (MySQL `gtid_executed`; MariaDB the binlog state
+    /// merged with `gtid_slave_pos`, as a position).
+    pub executed_gtids: Option<GtidSet>,
+    /// With `semisync = true`: whether semi-sync is in effect for its role.
+    pub semisync_effective: Option<bool>,
+    /// Settings that break the failover (binary log off, GTIDs off, ...).
+    pub problems: Vec<String>,
+    #[serde(serialize_with = "ms", rename = "took_ms")]
+    pub took: Duration,
+}
+
+impl Health {
+    pub(crate) fn down(server: String, error: String, took: Duration) -> Health {
+        Health {
+            server,
+            up: false,
+            errors: vec![error],
+            flavor: None,
+            version: None,
+            version_text: None,
+            server_id: None,
+            read_only: false,
+            super_read_only: false,
+            writable: false,
+            replica: None,
+            executed_gtids: None,
+            semisync_effective: None,
+            problems: Vec::new(),
+            took,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FenceReport {
+    pub server: String,
+    /// It was already read-only (nothing was changed).
+    pub was_read_only: bool,
+    #[serde(serialize_with = "ms", rename = "took_ms")]
+    pub took: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PromotionReport {
+    pub server: String,
+    /// It was replicating (false: it already was a primary, only unfenced).
+    pub was_replica: bool,
+    /// What the replica had received from the old primary when its IO thread stopped.
+    pub received: Option<GtidSet>,
+    /// How long it waited for the applier.
+    #[serde(serialize_with = "ms", rename = "waited_ms")]
+    pub waited: Duration,
+    /// Everything received was applied before it became writable.
+    pub caught_up: bool,
+    /// With `catchup_policy = "promote"` and a timeout: received transactions
+    /// that were NOT applied and are now lost to this server.
+    pub skipped: Option<GtidSet>,
+    pub semisync: Option<SemisyncReport>,
+    pub steps: Vec<Step>,
+    #[serde(serialize_with = "ms", rename = "took_ms")]
+    pub took: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RejoinReport {
+    pub server: String,
+    pub peer: String,
+    /// It already replicated from the peer with both threads running: nothing was changed.
+    pub already_replicating: bool,
+    /// With `force`: the errant transactions given up (left in this server's
+    /// tables but removed from its GTID history and binary logs).
+    pub discarded: Option<Errant>,
+    /// Where replication started (MariaDB `gtid_slave_pos`; MySQL the kept `gtid_executed`).
+    pub start_position: Option<GtidSet>,
+    pub io_running: bool,
+    pub sql_running: bool,
+    pub replica: Option<ReplicaState>,
+    pub semisync: Option<SemisyncReport>,
+    pub steps: Vec<Step>,
+    #[serde(serialize_with = "ms", rename = "took_ms")]
+    pub took: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SemisyncReport {
+    pub as_primary: bool,
+    /// Semi-sync is operational for the role now (a primary: on, with at
+    /// least one acknowledging replica; a replica: on).
+    pub effective: bool,
+    /// The server's `Rpl_semi_sync_*` status variables.
+    pub status: BTreeMap<String, String>,
+}

@@ -1,0 +1,381 @@
+//! The failover stories with the real agent binary, the real eBPF program and
+//! real netlink, in network namespaces. Root only: run by `cargo xtask test`.
+//!
+//! The VIP holders are read from the server namespaces (`ip addr`), never from
+//! the agents' own word.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use ha_lab::{wait_until, wait_until_ok, Lab, LabProcess, Link, Overrides, Server};
+
+const S1: Server = Server::S1;
+const S2: Server = Server::S2;
+/// Generous bound for "the agents settled" (start-up loads the eBPF program).
+const SETTLE: Duration = Duration::from_secs(10);
+/// Bound for a failover; the design target is tens of milliseconds, the bound
+/// only keeps a broken agent from hanging the test.
+const FAILOVER: Duration = Duration::from_secs(3);
+
+struct Running {
+    lab: Lab,
+    agents: [Option<LabProcess>; 2],
+}
+
+impl Running {
+    fn agent(&mut self, s: Server) -> &mut LabProcess {
+        self.agents[usize::from(s.index() - 1)]
+            .as_mut()
+            .expect("agent running")
+    }
+
+    fn take(&mut self, s: Server) -> LabProcess {
+        self.agents[usize::from(s.index() - 1)]
+            .take()
+            .expect("agent running")
+    }
+
+    fn restart(&mut self, s: Server) -> Result<()> {
+        let p = self.lab.start_agent(s)?;
+        self.agents[usize::from(s.index() - 1)] = Some(p);
+        Ok(())
+    }
+
+    fn logs(&self) -> String {
+        self.agents
+            .iter()
+            .flatten()
+            .map(|p| format!("--- {} ---\n{}", p.name(), p.log_tail(40)))
+            .collect()
+    }
+
+    /// Fails if `cond` stops holding at any moment during `d`.
+    fn holds_for(&self, d: Duration, what: &str, cond: impl Fn(&Lab) -> bool) -> Result<()> {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            if !cond(&self.lab) {
+                bail!(
+                    "{what} stopped holding: {}\n{}",
+                    self.lab.describe_vips(),
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    fn wait_sole_holder(&self, s: Server, bound: Duration) -> Result<Duration> {
+        wait_until(bound, format!("{s} sole VIP holder"), || {
+            self.lab.sole_holder_is(s)
+        })
+        .with_context(|| format!("{}\n{}", self.lab.describe_vips(), self.logs()))
+    }
+
+    fn wait_state(&self, s: Server, state: &str) -> Result<Duration> {
+        wait_until_ok(SETTLE, format!("{s} in {state}"), || {
+            Ok(self.lab.agent_state(s)? == state)
+        })
+        .with_context(|| self.logs())
+    }
+}
+
+/// Both agents running with the lab's configs, server1 holding the VIPs.
+fn started_with(overrides: [Overrides; 2]) -> Result<Running> {
+    let lab = Lab::new()?;
+    let [o1, o2] = overrides;
+    let a1 = lab.start_agent_with(S1, &o1)?;
+    let a2 = lab.start_agent_with(S2, &o2)?;
+    let r = Running {
+        lab,
+        agents: [Some(a1), Some(a2)],
+    };
+    r.wait_sole_holder(S1, SETTLE)?;
+    r.wait_state(S2, "BACKUP")?;
+    Ok(r)
+}
+
+fn started() -> Result<Running> {
+    started_with([Overrides::new(), Overrides::new()])
+}
+
+fn server2_mac_outside(r: &Running) -> String {
+    r.lab.mac(S2, Link::Outside).to_string()
+}
+
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn takeover_on_death_and_garp_reaches_the_client() -> Result<()> {
+    let r = started()?;
+    // The client knows the VIP at server1's MAC.
+    ensure!(r.lab.reachable(r.lab.client_ns(), Link::Outside.vip()));
+    let before = r.lab.client_neighbour_mac(Link::Outside.vip())?;
+    ensure!(
+        before.as_deref() == Some(r.lab.mac(S1, Link::Outside)),
+        "client's neighbour entry before: {before:?}"
+    );
+    let pinger = r
+        .lab
+        .start_pinger(Link::Outside.vip(), Duration::from_millis(2))?;
+    wait_until(SETTLE, "first reply", || pinger.log().answered() > 0)?;
+    let fault = Instant::now();
+    r.lab.links_down(S1)?;
+    let took = r.wait_sole_holder(S2, FAILOVER)?;
+    let mac2 = server2_mac_outside(&r);
+    wait_until(FAILOVER, "client reply from server2", || {
+        pinger.log().first_reply_from_after(&mac2, fault).is_some()
+    })?;
+    let log = pinger.finish()?;
+    let first = log.first_reply_from_after(&mac2, fault).unwrap();
+    println!(
+        "death: VIPs on server2 after {:?}; first client reply via server2 {:?} after the fault (request sent {:?} after)",
+        took,
+        first.received - fault,
+        first.sent.saturating_duration_since(fault)
+    );
+    // Gratuitous ARP updated the client's existing entry without it asking.
+    let after = r.lab.client_neighbour_mac(Link::Outside.vip())?;
+    ensure!(after.as_deref() == Some(mac2.as_str()), "client's neighbour entry after: {after:?}");
+    let s2 = r.lab.agent_status(S2)?;
+    ensure!(s2["state"] == "MASTER" && s2["epoch"] == 2, "server2 status: {s2}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn nopreempt_after_reboot() -> Result<()> {
+    let mut r = started()?;
+    // Machine death: links down and the agent gone; then it boots again.
+    r.lab.links_down(S1)?;
+    r.take(S1).kill()?;
+    r.wait_sole_holder(S2, FAILOVER)?;
+    r.lab.links_up(S1)?;
+    r.restart(S1)?;
+    r.wait_state(S1, "BACKUP")?;
+    r.holds_for(Duration::from_secs(2), "server2 keeps the VIPs", |l| {
+        l.sole_holder_is(S2)
+    })?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn isolated_holder_fences_itself_and_keeps_nothing_after_heal() -> Result<()> {
+    let r = started()?;
+    r.lab.isolate(S1)?; // carrier up, every frame dropped
+    let took = wait_until(FAILOVER, "server2 holds both VIPs", || {
+        Link::ALL.iter().all(|l| r.lab.vip_holders(l.vip()).contains(&S2))
+    })?;
+    let fenced = wait_until(FAILOVER, "server1 holds no VIP", || {
+        Link::ALL.iter().all(|l| !r.lab.vip_holders(l.vip()).contains(&S1))
+    })?;
+    println!("isolation: server2 took over after {took:?}; server1 fenced itself after {fenced:?} more");
+    ensure!(r.lab.agent_state(S1)? == "FAULT");
+    r.lab.heal()?;
+    r.wait_state(S1, "BACKUP")?;
+    r.holds_for(Duration::from_secs(2), "server2 keeps the VIPs after heal", |l| {
+        l.sole_holder_is(S2)
+    })?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn hung_holder_resumes_without_taking_the_vips_back() -> Result<()> {
+    let mut r = started()?;
+    r.agent(S1).stop()?; // SIGSTOP
+    // server1's kernel still holds the VIPs: server2 takes them and announces.
+    wait_until(FAILOVER, "server2 holds both VIPs", || {
+        Link::ALL.iter().all(|l| r.lab.vip_holders(l.vip()).contains(&S2))
+    })?;
+    let mac2 = server2_mac_outside(&r);
+    wait_until(FAILOVER, "client's entry moved to server2", || {
+        r.lab.client_neighbour_mac(Link::Outside.vip()).ok().flatten().as_deref() == Some(mac2.as_str())
+    })?;
+    r.agent(S1).cont()?; // SIGCONT
+    let dropped = r.wait_sole_holder(S2, FAILOVER)?;
+    println!("hang: server1 dropped the VIPs {dropped:?} after SIGCONT");
+    r.holds_for(Duration::from_secs(2), "one holder, server2", |l| {
+        l.sole_holder_is(S2)
+    })?;
+    ensure!(r.lab.agent_state(S1)? == "BACKUP");
+    Ok(())
+}
+
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn one_cut_link_moves_nothing() -> Result<()> {
+    let r = started()?;
+    for link in Link::ALL {
+        r.lab.cut_between_servers(link)?;
+        // Wait until both agents see the link down, then hold still.
+        wait_until_ok(SETTLE, format!("{link:?} seen down"), || {
+            let s = r.lab.agent_status(S1)?;
+            Ok(s["degraded"] == true)
+        })?;
+        r.holds_for(Duration::from_secs(1), "server1 keeps the VIPs", |l| {
+            l.sole_holder_is(S1)
+        })?;
+        r.lab.heal()?;
+        wait_until_ok(SETTLE, "link healed", || {
+            Ok(r.lab.agent_status(S1)?["degraded"] == false)
+        })?;
+    }
+    // Carrier lost on server1's inside port: keepalived moved both VIPs here.
+    r.lab.link_down(S1, Link::Inside)?;
+    r.holds_for(Duration::from_secs(1), "server1 keeps the VIPs", |l| {
+        l.sole_holder_is(S1)
+    })?;
+    let s1 = r.lab.agent_status(S1)?;
+    ensure!(s1["degraded"] == true && s1["state"] == "MASTER", "{s1}");
+    ensure!(
+        s1["warnings"].to_string().contains("inside"),
+        "status names the silent link: {s1}"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn holder_losing_its_outside_uplink_hands_over() -> Result<()> {
+    let r = started()?;
+    let fault = Instant::now();
+    r.lab.drop_uplink(S1, Link::Outside)?; // silent: carrier stays up
+    let took = r.wait_sole_holder(S2, FAILOVER)?;
+    println!("uplink loss: VIPs on server2 {:?} after the fault", fault.elapsed().min(took));
+    let s1 = r.lab.agent_status(S1)?;
+    ensure!(s1["state"] == "BACKUP", "{s1}");
+    // The uplink returns: no move back.
+    r.lab.heal()?;
+    r.holds_for(Duration::from_secs(2), "server2 keeps the VIPs", |l| {
+        l.sole_holder_is(S2)
+    })?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn partition_between_servers_heals_to_the_most_recent_holder() -> Result<()> {
+    let r = started()?;
+    // Both still reach the gateway: two holders while partitioned (no quorum
+    // with two nodes); the heal must leave exactly one, the newer one.
+    r.lab.cut_between_servers(Link::Outside)?;
+    r.lab.cut_between_servers(Link::Inside)?;
+    wait_until(FAILOVER, "server2 took over", || {
+        Link::ALL.iter().all(|l| r.lab.vip_holders(l.vip()).contains(&S2))
+    })?;
+    r.lab.heal()?;
+    let took = r.wait_sole_holder(S2, FAILOVER)?;
+    println!("partition heal: one holder {took:?} after the heal");
+    r.holds_for(Duration::from_secs(2), "one holder, server2", |l| {
+        l.sole_holder_is(S2)
+    })?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn switchover_and_sigterm_hand_over_gracefully() -> Result<()> {
+    let mut r = started()?;
+    let pinger = r
+        .lab
+        .start_pinger(Link::Outside.vip(), Duration::from_millis(1))?;
+    wait_until(SETTLE, "first reply", || pinger.log().answered() > 0)?;
+    let out = r.lab.switchover(S1)?;
+    ensure!(out.status.success(), "switchover: {}", String::from_utf8_lossy(&out.stderr));
+    let took = r.wait_sole_holder(S2, FAILOVER)?;
+    r.wait_state(S1, "BACKUP")?;
+    let mac2 = server2_mac_outside(&r);
+    wait_until(FAILOVER, "client reply from server2", || {
+        pinger.log().first_reply_from_after(&mac2, Instant::now() - took).is_some()
+    })?;
+    let log = pinger.finish()?;
+    println!(
+        "switchover: VIPs on server2 after {took:?}, longest client gap {:?}",
+        log.longest_gap_overall().len()
+    );
+    // SIGTERM on the new holder hands them back and exits cleanly.
+    let mut a2 = r.take(S2);
+    a2.signal(libc::SIGTERM)?;
+    r.wait_sole_holder(S1, FAILOVER)?;
+    let status = a2
+        .wait_exit(Duration::from_secs(5))
+        .context("agent did not exit after SIGTERM")?;
+    ensure!(status.success(), "agent exit after SIGTERM: {status:?}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn notify_hooks_run_on_transitions() -> Result<()> {
+    let lab = Lab::new()?;
+    let marks = lab.dir().join("hooks.log");
+    let script = lab.dir().join("notify.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", marks.display()),
+    )?;
+    std::fs::set_permissions(
+        &script,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )?;
+    let hook = Overrides::new().set("hooks.notify", script.display().to_string());
+    let a1 = lab.start_agent_with(S1, &hook)?;
+    let _a2 = lab.start_agent_with(S2, &Overrides::new())?;
+    wait_until(SETTLE, "server1 MASTER hooks ran", || {
+        std::fs::read_to_string(&marks)
+            .map(|t| t.contains("INSTANCE outside_network MASTER 101"))
+            .unwrap_or(false)
+    })
+    .with_context(|| a1.log_tail(30))?;
+    let text = std::fs::read_to_string(&marks)?;
+    ensure!(text.contains("GROUP VG_1 MASTER"), "hooks: {text}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn bad_config_is_rejected_with_the_field_named() -> Result<()> {
+    let lab = Lab::new()?;
+    let text = lab
+        .default_agent_config(S1)?
+        .replace("priority = 101", "priority = 0");
+    let path = lab.write_agent_config_raw(S1, &text)?;
+    let check = lab.agent_cli(&["check-config", path.to_str().unwrap()])?;
+    let err = String::from_utf8_lossy(&check.stderr).to_string();
+    ensure!(!check.status.success() && err.contains("node.priority"), "check-config: {err}");
+    // `run` refuses it the same way, before touching anything.
+    let mut p = lab.start_agent(S1)?;
+    let status = p
+        .wait_exit(Duration::from_secs(5))
+        .context("agent did not exit on a bad config")?;
+    ensure!(!status.success() && p.log().contains("node.priority"), "run: {}", p.log());
+    ensure!(lab.vip_holders(Link::Outside.vip()).is_empty());
+    Ok(())
+}
+
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn missing_capabilities_are_named() -> Result<()> {
+    let lab = Lab::new()?;
+    let config = lab.write_agent_config(S1, &Overrides::new())?;
+    let bin = ha_lab::agent_bin()?;
+    // Root without the network and BPF capabilities.
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--bounding-set=-net_admin,-net_raw,-bpf,-sys_admin",
+            "--inh-caps=-all",
+            "--",
+        ])
+        .arg(&bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .context("setpriv (util-linux) is needed")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "agent started without capabilities: {err}");
+    for cap in ["CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_BPF"] {
+        ensure!(err.contains(cap), "error does not name {cap}: {err}");
+    }
+    Ok(())
+}
