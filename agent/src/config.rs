@@ -123,7 +123,7 @@ pub struct LinkConfig {
     #[serde(default = "default_interval_ms")]
     pub interval_ms: u64,
     /// Probes missed in a row before the peer is down on this link.
-    #[serde(default = "default_multiplier")]
+    #[serde(default = "default_peer_multiplier")]
     pub multiplier: u32,
     /// Address probed by ARP to tell "I lost my uplink" from "the peer died" (usually the gateway).
     #[serde(default)]
@@ -399,17 +399,27 @@ impl MysqlConfig {
             bad(f("address"), "must have a port (e.g. 127.0.0.1:3306)");
         }
         let peer = self.peer_address.ip();
-        if peer.is_unspecified() || peer.is_loopback() || peer.is_multicast() || self.peer_address.port() == 0 {
+        if peer.is_unspecified()
+            || peer.is_loopback()
+            || peer.is_multicast()
+            || self.peer_address.port() == 0
+        {
             bad(
                 f("peer_address"),
                 "must be the peer's own inside address with a port (e.g. 192.168.1.101:3306), not loopback or the VIP",
             );
         }
         if self.peer_address == self.address {
-            bad(f("peer_address"), "must differ from address (the local server)");
+            bad(
+                f("peer_address"),
+                "must differ from address (the local server)",
+            );
         }
         if self.user.is_empty() || self.user.contains('\0') {
-            bad(f("user"), "must name the local admin account (not empty, no NUL)");
+            bad(
+                f("user"),
+                "must name the local admin account (not empty, no NUL)",
+            );
         }
         if let Err(e) = crate::mysql::flavor::check_value("user", &self.replication_user, 80) {
             bad(f("replication_user"), &e.to_string());
@@ -482,6 +492,11 @@ fn default_interval_ms() -> u64 {
 }
 fn default_multiplier() -> u32 {
     3
+}
+/// 4 x 5 ms: 20 ms of silence. One probe fewer (15 ms) met the failover
+/// target too, but left no margin for a few ms of softirq delay under load.
+fn default_peer_multiplier() -> u32 {
+    4
 }
 fn default_witness_interval_ms() -> u64 {
     20
@@ -853,7 +868,7 @@ instance = "inside_network"
         let c = parse(GOOD).unwrap();
         assert_eq!(c.node.priority, 101);
         assert!(c.node.nopreempt);
-        assert_eq!(c.links[0].detect_time(), Duration::from_millis(15));
+        assert_eq!(c.links[0].detect_time(), Duration::from_millis(20));
         assert_eq!(c.init_timeout(), Duration::from_millis(100));
         let vips = c.vips();
         assert_eq!(vips[0].instance, "outside_network");
@@ -1003,10 +1018,12 @@ peer_address = "192.168.1.101:3306"
         assert_eq!(m.check_interval(), Duration::from_millis(200));
         assert_eq!(m.timeout(), Duration::from_millis(2000));
         assert!(!m.semisync);
-        let m = parse(&format!("{GOOD}{MYSQL}catchup_policy = \"promote\"\nsemisync = true\n"))
-            .unwrap()
-            .mysql
-            .unwrap();
+        let m = parse(&format!(
+            "{GOOD}{MYSQL}catchup_policy = \"promote\"\nsemisync = true\n"
+        ))
+        .unwrap()
+        .mysql
+        .unwrap();
         assert_eq!(m.catchup_policy, CatchupPolicy::Promote);
         assert!(m.semisync);
     }
@@ -1037,8 +1054,15 @@ peer_address = "192.168.1.101:3306"
             ("peer_address = \"server2:3306\"", "peer_address"),
             ("pasword = \"x\"", "pasword"),
         ] {
-            let text = format!("{GOOD}{}", MYSQL.replace("peer_address = \"192.168.1.101:3306\"", bad));
-            let text = if bad.starts_with("peer") { text } else { format!("{text}peer_address = \"192.168.1.101:3306\"\n") };
+            let text = format!(
+                "{GOOD}{}",
+                MYSQL.replace("peer_address = \"192.168.1.101:3306\"", bad)
+            );
+            let text = if bad.starts_with("peer") {
+                text
+            } else {
+                format!("{text}peer_address = \"192.168.1.101:3306\"\n")
+            };
             match parse(&text) {
                 Err(ConfigError::Syntax { message, .. }) => {
                     assert!(message.contains(name), "{bad}: {message}")

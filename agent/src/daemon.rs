@@ -20,7 +20,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::arp::ArpSocket;
@@ -205,6 +205,10 @@ async fn run_inner(cfg: Config) -> Result<()> {
         });
     }
 
+    // Operator commands: a task reads them so a slow client never blocks the loop.
+    let (command_tx, mut command_rx) = mpsc::channel::<(String, oneshot::Sender<Reply>)>(8);
+    tokio::spawn(serve_commands(listener, command_tx));
+
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let refresh = agent.cfg.garp.refresh_ms;
@@ -227,11 +231,8 @@ async fn run_inner(cfg: Config) -> Result<()> {
             }
             Some((link, buf, n)) = probe_rx.recv() => agent.on_probe(link, &buf[..n]),
             _ = sleep_until_opt(deadline) => agent.election.handle_timeout(Instant::now()),
-            conn = listener.accept() => {
-                match conn {
-                    Ok((stream, _)) => agent.serve(stream).await,
-                    Err(e) => warn!(error = %e, "status socket accept failed"),
-                }
+            Some((command, reply)) = command_rx.recv() => {
+                let _ = reply.send(agent.command(&command));
             }
             _ = sigterm.recv() => agent.begin_shutdown("SIGTERM"),
             _ = sigint.recv() => agent.begin_shutdown("SIGINT"),
@@ -349,6 +350,47 @@ fn status_listener(path: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
+/// Accepts status-socket clients; each sends one command line and gets one
+/// JSON line back. Reading and writing happen here, off the election loop.
+async fn serve_commands(
+    listener: UnixListener,
+    to_loop: mpsc::Sender<(String, oneshot::Sender<Reply>)>,
+) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!(error = %e, "status socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let to_loop = to_loop.clone();
+        tokio::spawn(async move {
+            let _ = answer_one(stream, to_loop).await;
+        });
+    }
+}
+
+async fn answer_one(
+    stream: UnixStream,
+    to_loop: mpsc::Sender<(String, oneshot::Sender<Reply>)>,
+) -> Option<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(1), reader.read_line(&mut line))
+        .await
+        .ok()?
+        .ok()?;
+    let (tx, rx) = oneshot::channel();
+    to_loop.send((line.trim().to_string(), tx)).await.ok()?;
+    let reply = rx.await.ok()?;
+    let mut text = serde_json::to_string(&reply).ok()?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await.ok()
+}
+
 impl Agent {
     fn on_kernel_event(&mut self, e: Event) {
         let now = Instant::now();
@@ -366,12 +408,14 @@ impl Agent {
                 Input::PeerLink { link, up: true }
             }
             EVENT_PEER_DOWN => {
+                // How long the kernel had heard nothing when it decided.
+                let silence_us = e.ts_ns.saturating_sub(e.value) / 1000;
                 let others =
                     (0..self.cfg.links.len()).any(|i| i != link && self.election.link_up(i));
                 if others {
-                    warn!(link = %name, epoch = self.election.epoch(), wake_us = age_us, "peer SILENT on this link but heard on another: link degraded, no failover; check cabling/switch");
+                    warn!(link = %name, epoch = self.election.epoch(), silence_us, wake_us = age_us, "peer SILENT on this link but heard on another: link degraded, no failover; check cabling/switch");
                 } else {
-                    warn!(link = %name, epoch = self.election.epoch(), wake_us = age_us, "peer silent on its last link");
+                    warn!(link = %name, epoch = self.election.epoch(), silence_us, wake_us = age_us, "peer silent on its last link");
                 }
                 Input::PeerLink { link, up: false }
             }
@@ -598,37 +642,28 @@ impl Agent {
         }
     }
 
-    async fn serve(&mut self, stream: UnixStream) {
-        let (read, mut write) = stream.into_split();
-        let mut line = String::new();
-        let mut reader = BufReader::new(read);
-        let read = reader.read_line(&mut line);
-        let reply = match tokio::time::timeout(Duration::from_secs(1), read).await {
-            Ok(Ok(_)) => match line.trim() {
-                "status" => Reply::Status(Box::new(self.status())),
-                "switchover" => match self.election.switchover(Instant::now()) {
-                    Ok(()) => {
-                        info!("switchover requested by the operator");
-                        Reply::Ok {
-                            message: format!(
-                                "switchover started: this node is now {}",
-                                self.election.role()
-                            ),
-                        }
+    /// Answers one operator command (status socket line protocol).
+    fn command(&mut self, command: &str) -> Reply {
+        match command {
+            "status" => Reply::Status(Box::new(self.status())),
+            "switchover" => match self.election.switchover(Instant::now()) {
+                Ok(()) => {
+                    info!("switchover requested by the operator");
+                    Reply::Ok {
+                        message: format!(
+                            "switchover started: this node is now {}",
+                            self.election.role()
+                        ),
                     }
-                    Err(e) => Reply::Error {
-                        message: format!("switchover refused: {e}"),
-                    },
-                },
-                other => Reply::Error {
-                    message: format!("unknown command {other:?} (use status or switchover)"),
+                }
+                Err(e) => Reply::Error {
+                    message: format!("switchover refused: {e}"),
                 },
             },
-            _ => return,
-        };
-        let mut text = serde_json::to_string(&reply).unwrap_or_else(|_| "{}".into());
-        text.push('\n');
-        let _ = write.write_all(text.as_bytes()).await;
+            other => Reply::Error {
+                message: format!("unknown command {other:?} (use status or switchover)"),
+            },
+        }
     }
 
     fn status(&self) -> Status {

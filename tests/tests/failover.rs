@@ -135,9 +135,15 @@ fn takeover_on_death_and_garp_reaches_the_client() -> Result<()> {
     );
     // Gratuitous ARP updated the client's existing entry without it asking.
     let after = r.lab.client_neighbour_mac(Link::Outside.vip())?;
-    ensure!(after.as_deref() == Some(mac2.as_str()), "client's neighbour entry after: {after:?}");
+    ensure!(
+        after.as_deref() == Some(mac2.as_str()),
+        "client's neighbour entry after: {after:?}"
+    );
     let s2 = r.lab.agent_status(S2)?;
-    ensure!(s2["state"] == "MASTER" && s2["epoch"] == 2, "server2 status: {s2}");
+    ensure!(
+        s2["state"] == "MASTER" && s2["epoch"] == 2,
+        "server2 status: {s2}"
+    );
     Ok(())
 }
 
@@ -164,18 +170,26 @@ fn isolated_holder_fences_itself_and_keeps_nothing_after_heal() -> Result<()> {
     let r = started()?;
     r.lab.isolate(S1)?; // carrier up, every frame dropped
     let took = wait_until(FAILOVER, "server2 holds both VIPs", || {
-        Link::ALL.iter().all(|l| r.lab.vip_holders(l.vip()).contains(&S2))
+        Link::ALL
+            .iter()
+            .all(|l| r.lab.vip_holders(l.vip()).contains(&S2))
     })?;
     let fenced = wait_until(FAILOVER, "server1 holds no VIP", || {
-        Link::ALL.iter().all(|l| !r.lab.vip_holders(l.vip()).contains(&S1))
+        Link::ALL
+            .iter()
+            .all(|l| !r.lab.vip_holders(l.vip()).contains(&S1))
     })?;
-    println!("isolation: server2 took over after {took:?}; server1 fenced itself after {fenced:?} more");
+    println!(
+        "isolation: server2 took over after {took:?}; server1 fenced itself after {fenced:?} more"
+    );
     ensure!(r.lab.agent_state(S1)? == "FAULT");
     r.lab.heal()?;
     r.wait_state(S1, "BACKUP")?;
-    r.holds_for(Duration::from_secs(2), "server2 keeps the VIPs after heal", |l| {
-        l.sole_holder_is(S2)
-    })?;
+    r.holds_for(
+        Duration::from_secs(2),
+        "server2 keeps the VIPs after heal",
+        |l| l.sole_holder_is(S2),
+    )?;
     Ok(())
 }
 
@@ -184,13 +198,20 @@ fn isolated_holder_fences_itself_and_keeps_nothing_after_heal() -> Result<()> {
 fn hung_holder_resumes_without_taking_the_vips_back() -> Result<()> {
     let mut r = started()?;
     r.agent(S1).stop()?; // SIGSTOP
-    // server1's kernel still holds the VIPs: server2 takes them and announces.
+                         // server1's kernel still holds the VIPs: server2 takes them and announces.
     wait_until(FAILOVER, "server2 holds both VIPs", || {
-        Link::ALL.iter().all(|l| r.lab.vip_holders(l.vip()).contains(&S2))
+        Link::ALL
+            .iter()
+            .all(|l| r.lab.vip_holders(l.vip()).contains(&S2))
     })?;
     let mac2 = server2_mac_outside(&r);
     wait_until(FAILOVER, "client's entry moved to server2", || {
-        r.lab.client_neighbour_mac(Link::Outside.vip()).ok().flatten().as_deref() == Some(mac2.as_str())
+        r.lab
+            .client_neighbour_mac(Link::Outside.vip())
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some(mac2.as_str())
     })?;
     r.agent(S1).cont()?; // SIGCONT
     let dropped = r.wait_sole_holder(S2, FAILOVER)?;
@@ -242,7 +263,10 @@ fn holder_losing_its_outside_uplink_hands_over() -> Result<()> {
     let fault = Instant::now();
     r.lab.drop_uplink(S1, Link::Outside)?; // silent: carrier stays up
     let took = r.wait_sole_holder(S2, FAILOVER)?;
-    println!("uplink loss: VIPs on server2 {:?} after the fault", fault.elapsed().min(took));
+    println!(
+        "uplink loss: VIPs on server2 {:?} after the fault",
+        fault.elapsed().min(took)
+    );
     let s1 = r.lab.agent_status(S1)?;
     ensure!(s1["state"] == "BACKUP", "{s1}");
     // The uplink returns: no move back.
@@ -262,7 +286,9 @@ fn partition_between_servers_heals_to_the_most_recent_holder() -> Result<()> {
     r.lab.cut_between_servers(Link::Outside)?;
     r.lab.cut_between_servers(Link::Inside)?;
     wait_until(FAILOVER, "server2 took over", || {
-        Link::ALL.iter().all(|l| r.lab.vip_holders(l.vip()).contains(&S2))
+        Link::ALL
+            .iter()
+            .all(|l| r.lab.vip_holders(l.vip()).contains(&S2))
     })?;
     r.lab.heal()?;
     let took = r.wait_sole_holder(S2, FAILOVER)?;
@@ -282,12 +308,19 @@ fn switchover_and_sigterm_hand_over_gracefully() -> Result<()> {
         .start_pinger(Link::Outside.vip(), Duration::from_millis(1))?;
     wait_until(SETTLE, "first reply", || pinger.log().answered() > 0)?;
     let out = r.lab.switchover(S1)?;
-    ensure!(out.status.success(), "switchover: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "switchover: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let took = r.wait_sole_holder(S2, FAILOVER)?;
     r.wait_state(S1, "BACKUP")?;
     let mac2 = server2_mac_outside(&r);
     wait_until(FAILOVER, "client reply from server2", || {
-        pinger.log().first_reply_from_after(&mac2, Instant::now() - took).is_some()
+        pinger
+            .log()
+            .first_reply_from_after(&mac2, Instant::now() - took)
+            .is_some()
     })?;
     let log = pinger.finish()?;
     println!(
@@ -343,13 +376,20 @@ fn bad_config_is_rejected_with_the_field_named() -> Result<()> {
     let path = lab.write_agent_config_raw(S1, &text)?;
     let check = lab.agent_cli(&["check-config", path.to_str().unwrap()])?;
     let err = String::from_utf8_lossy(&check.stderr).to_string();
-    ensure!(!check.status.success() && err.contains("node.priority"), "check-config: {err}");
+    ensure!(
+        !check.status.success() && err.contains("node.priority"),
+        "check-config: {err}"
+    );
     // `run` refuses it the same way, before touching anything.
     let mut p = lab.start_agent(S1)?;
     let status = p
         .wait_exit(Duration::from_secs(5))
         .context("agent did not exit on a bad config")?;
-    ensure!(!status.success() && p.log().contains("node.priority"), "run: {}", p.log());
+    ensure!(
+        !status.success() && p.log().contains("node.priority"),
+        "run: {}",
+        p.log()
+    );
     ensure!(lab.vip_holders(Link::Outside.vip()).is_empty());
     Ok(())
 }
@@ -373,7 +413,10 @@ fn missing_capabilities_are_named() -> Result<()> {
         .output()
         .context("setpriv (util-linux) is needed")?;
     let err = String::from_utf8_lossy(&out.stderr);
-    ensure!(!out.status.success(), "agent started without capabilities: {err}");
+    ensure!(
+        !out.status.success(),
+        "agent started without capabilities: {err}"
+    );
     for cap in ["CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_BPF"] {
         ensure!(err.contains(cap), "error does not name {cap}: {err}");
     }
