@@ -362,6 +362,11 @@ pub struct MysqlConfig {
     /// Bound on connecting and on every statement (the catch-up wait has its own).
     #[serde(default = "default_mysql_timeout_ms")]
     pub timeout_ms: u64,
+    /// A replica is offered to Atlas for reads once it has applied all it
+    /// received, and stays offered while both threads run and it lags at
+    /// most this many seconds (`Seconds_Behind_Master`).
+    #[serde(default = "default_max_replica_lag_s")]
+    pub max_replica_lag_s: u64,
 }
 
 /// What a promotion does when the replica has not applied everything it
@@ -447,6 +452,9 @@ impl MysqlConfig {
         if !(100..=60_000).contains(&self.timeout_ms) {
             bad(f("timeout_ms"), "must be between 100 and 60000");
         }
+        if self.max_replica_lag_s > 86_400 {
+            bad(f("max_replica_lag_s"), "must be at most 86400");
+        }
     }
 }
 
@@ -464,6 +472,9 @@ fn default_check_interval_ms() -> u64 {
 }
 fn default_mysql_timeout_ms() -> u64 {
     2000
+}
+fn default_max_replica_lag_s() -> u64 {
+    2
 }
 
 fn default_priority() -> u8 {
@@ -730,6 +741,9 @@ impl Config {
         }
         if let Some(atlas) = &self.atlas {
             atlas.problems(&mut bad);
+            if let Err(e) = crate::proxy::ProxyAddresses::from_config(self) {
+                bad("atlas.rw_backend".into(), &e.to_string());
+            }
         }
         if let Some(mysql) = &self.mysql {
             mysql.problems(&mut bad);

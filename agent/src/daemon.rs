@@ -30,6 +30,7 @@ use crate::election::{Control, Election, ElectionConfig, Input, Output, Role, Tr
 use crate::hooks::{HookRunner, HookState};
 use crate::protocol::{self, Key, PROBE_LEN};
 use crate::sender::{Sender, SenderLink, Witness};
+use crate::services::Services;
 use crate::status::{
     self, HookStatus, LinkStatus, PeerStatus, Reply, Status, TransitionStatus, VipStatus,
 };
@@ -60,6 +61,8 @@ struct Agent {
     transition_times: VecDeque<(Instant, SystemTime)>,
     started: Instant,
     bad_probes: u64,
+    /// MySQL and Atlas, when configured.
+    services: Services,
 }
 
 /// Runs the agent until SIGTERM/SIGINT (graceful handover) or a fatal error.
@@ -75,6 +78,9 @@ async fn run_inner(cfg: Config) -> Result<()> {
     let vips = cfg.vips();
     let token = random_token()?;
     let started = Instant::now();
+    // First: the database controller fences the local server at once,
+    // before the election has heard the peer.
+    let services = Services::start(&cfg)?;
 
     let vip_driver = VipDriver::new().await?;
     let mut interfaces = Vec::new();
@@ -179,6 +185,7 @@ async fn run_inner(cfg: Config) -> Result<()> {
         transition_times: VecDeque::new(),
         started,
         bad_probes: 0,
+        services,
     };
 
     // One reader task per probe socket feeds the loop.
@@ -219,6 +226,7 @@ async fn run_inner(cfg: Config) -> Result<()> {
         if agent.drain_outputs().await? {
             break;
         }
+        agent.services.sync(&agent.election);
         let deadline = agent
             .election
             .poll_timeout()
@@ -232,8 +240,17 @@ async fn run_inner(cfg: Config) -> Result<()> {
             Some((link, buf, n)) = probe_rx.recv() => agent.on_probe(link, &buf[..n]),
             _ = sleep_until_opt(deadline) => agent.election.handle_timeout(Instant::now()),
             Some((command, reply)) = command_rx.recv() => {
-                let _ = reply.send(agent.command(&command));
+                if command == "rejoin-force" {
+                    // Answered by the database controller when done.
+                    agent.services.rejoin_force(reply);
+                } else {
+                    let _ = reply.send(agent.command(&command));
+                }
             }
+            db = agent.services.next_db_change() => agent.election.handle_input(
+                Input::LocalDb { fit: db.fit, replica_ok: db.replica_ok },
+                Instant::now(),
+            ),
             _ = sigterm.recv() => agent.begin_shutdown("SIGTERM"),
             _ = sigint.recv() => agent.begin_shutdown("SIGINT"),
             _ = garp_refresh.tick(), if refresh > 0 => {
@@ -243,6 +260,7 @@ async fn run_inner(cfg: Config) -> Result<()> {
             }
         }
     }
+    agent.services.stop().await;
     agent.hooks.drain().await;
     let _ = std::fs::remove_file(&agent.cfg.node.status_socket);
     info!("ha-agent stopped");
@@ -277,6 +295,7 @@ fn election_config(cfg: &Config) -> ElectionConfig {
         fence_timeout: Duration::from_millis(cfg.node.fence_timeout_ms),
         detect_time: detect,
         contest_delay: detect,
+        reclaim_window: (detect * 4).max(Duration::from_millis(50)),
         handover_hold: (detect * 20).max(Duration::from_millis(500)),
         shutdown_wait: (detect * 10).max(Duration::from_millis(300)),
         links: cfg.links.len(),
@@ -661,7 +680,9 @@ impl Agent {
                 },
             },
             other => Reply::Error {
-                message: format!("unknown command {other:?} (use status or switchover)"),
+                message: format!(
+                    "unknown command {other:?} (use status, switchover or rejoin-force)"
+                ),
             },
         }
     }
@@ -691,7 +712,7 @@ impl Agent {
             })
             .collect();
         let vip_name = |v: &Vip| format!("{}/{}", v.address, v.prefix_len);
-        let mut warnings = Vec::new();
+        let mut warnings = self.services.warnings();
         if !self.cfg.witnesses_configured() {
             warnings.push("no witness configured: a partition between the servers can produce two VIP holders".to_string());
         }
@@ -781,6 +802,8 @@ impl Agent {
             warnings,
             transitions,
             hooks,
+            database: self.services.database_status(),
+            atlas: self.services.atlas_status(),
         }
     }
 }

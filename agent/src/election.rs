@@ -21,6 +21,11 @@
 //!   higher-priority peer asks after its `preempt_delay`.
 //! - A holder that reaches neither the peer nor any witness fences itself
 //!   (drops the VIPs) after `fence_timeout`.
+//! - With a managed database: a node whose local database is unfit (down
+//!   for `down_handover`) is not eligible, and a holder whose database is
+//!   unfit hands the VIPs to a fit, eligible peer like a switchover. Nobody
+//!   holding the VIPs is worse than an unfit holder: when the peer is not a
+//!   candidate either, an unfit backup still takes them.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -94,6 +99,9 @@ pub struct Control {
     pub links_up: u8,
     /// Tie-breaker: the node's first link address.
     pub router_id: u32,
+    /// Its database replicates from the holder and has caught up: the
+    /// holder may send reads there (always false without a managed database).
+    pub replica_ok: bool,
 }
 
 impl Control {
@@ -113,6 +121,12 @@ pub struct ElectionConfig {
     /// (the slowest link's). A control message counts as hearing the peer
     /// for this long, whatever order kernel events and messages arrive in.
     pub detect_time: Duration,
+    /// A backup that took over from a silent holder and hears that same
+    /// holder again within this window hands the VIPs back: the holder was
+    /// stalled, not dead (a false detection must not become a preemption).
+    /// The old holder, meeting its replacement, waits as long for that
+    /// hand-back before yielding to the newer epoch.
+    pub reclaim_window: Duration,
     /// How long the weaker of two backups waits before taking VIPs nobody
     /// holds, so that the stronger one (whose newest state may still be in
     /// flight) goes first. About one detection time.
@@ -141,6 +155,11 @@ pub enum Input {
     VipConflict { vip: Ipv4Addr },
     /// Graceful stop (SIGTERM): hand over if we hold the VIPs, then stop.
     Shutdown,
+    /// The local database's state. `fit: false` only once it has been down
+    /// for the handover threshold; `replica_ok`: it replicates from the
+    /// holder and has caught up. Without a managed database this is never
+    /// sent and the election assumes fit and not a usable replica.
+    LocalDb { fit: bool, replica_ok: bool },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,6 +203,8 @@ pub enum SwitchoverError {
     NoHolder(Role),
     #[error("a shutdown is in progress")]
     ShuttingDown,
+    #[error("the local database is down (unfit): this node must not take the VIPs")]
+    LocalDbUnfit,
 }
 
 #[derive(Clone, Debug)]
@@ -212,10 +233,18 @@ pub struct Election {
     preempt_deadline: Option<Instant>,
     /// When the weaker backup may take VIPs nobody holds.
     contest_deadline: Option<Instant>,
+    /// Our last takeover from a silent holder: when, and that holder's epoch.
+    silent_takeover: Option<(Instant, u64)>,
+    /// As holder, when we must yield to a replacement that did not hand back.
+    conflict_deadline: Option<Instant>,
     /// The preempt delay ran out: we ask the holder for the VIPs.
     preempt_ready: bool,
     shutdown_deadline: Option<Instant>,
     stopped: bool,
+    /// The local database is fit to serve (true when none is managed).
+    db_fit: bool,
+    /// Advertised as [`Control::replica_ok`].
+    replica_ok: bool,
     advertised: Option<Control>,
     outputs: VecDeque<Output>,
     history: VecDeque<Transition>,
@@ -238,9 +267,13 @@ impl Election {
             fence_deadline: None,
             preempt_deadline: None,
             contest_deadline: None,
+            silent_takeover: None,
+            conflict_deadline: None,
             preempt_ready: false,
             shutdown_deadline: None,
             stopped: false,
+            db_fit: true,
+            replica_ok: false,
             advertised: None,
             outputs: VecDeque::new(),
             history: VecDeque::new(),
@@ -299,6 +332,7 @@ impl Election {
                 .enumerate()
                 .fold(0u8, |m, (i, u)| if *u { m | (1 << i) } else { m }),
             router_id: u32::from(self.cfg.router_id),
+            replica_ok: self.replica_ok,
         }
     }
 
@@ -312,6 +346,7 @@ impl Election {
             self.fence_deadline,
             self.preempt_deadline,
             self.contest_deadline,
+            self.conflict_deadline,
             self.shutdown_deadline,
             self.yield_until,
             self.heard_until,
@@ -348,6 +383,10 @@ impl Election {
                     self.shutdown_deadline = Some(now + self.cfg.shutdown_wait);
                     self.yield_until = None;
                 }
+            }
+            Input::LocalDb { fit, replica_ok } => {
+                self.db_fit = fit;
+                self.replica_ok = replica_ok;
             }
         }
         self.evaluate(now);
@@ -390,6 +429,9 @@ impl Election {
                 if peer.role != Role::Master {
                     return Err(SwitchoverError::NoHolder(peer.role));
                 }
+                if !self.db_fit {
+                    return Err(SwitchoverError::LocalDbUnfit);
+                }
                 self.want_takeover = true;
             }
             other => return Err(SwitchoverError::WrongRole(other)),
@@ -401,32 +443,73 @@ impl Election {
     fn on_peer_control(&mut self, session: u64, control: Control, now: Instant) {
         self.heard_until = Some(now + self.cfg.detect_time);
         let new_session = self.peer.as_ref().is_none_or(|p| p.session != session);
+        // A peer that held the VIPs beside us and just let go announced them
+        // while it held them: point the clients back at us.
+        let peer_let_go = !new_session
+            && self.role == Role::Master
+            && self.peer_control().is_some_and(|p| p.role == Role::Master)
+            && control.role != Role::Master;
+        if peer_let_go {
+            self.outputs.push_back(Output::AnnounceVips);
+        }
         if new_session {
             // A restarted peer: what it said before is void.
             self.peer = Some(Peer { session, control });
         } else if let Some(p) = self.peer.as_mut() {
             p.control = control;
         }
-        // Two holders: the most recent takeover (higher epoch) wins.
         if self.role == Role::Master && control.role == Role::Master {
-            let mine = (self.epoch, self.cfg.priority, u32::from(self.cfg.router_id));
-            let theirs = (control.epoch, control.priority, control.router_id);
-            if theirs > mine {
-                self.epoch = self.epoch.max(control.epoch);
-                self.enter(
-                    Role::Backup,
-                    format!(
-                        "peer holds the VIPs with a more recent takeover (epoch {} > ours {})",
-                        control.epoch, mine.0
-                    ),
-                    now,
-                );
-            } else {
-                // We stay: repair the ARP caches the stale holder confused.
-                self.outputs.push_back(Output::AnnounceVips);
+            // Our epoch is our claim: adopting theirs here would turn the
+            // comparison into a priority tie-break on the next message.
+            self.resolve_two_holders(&control, now);
+        } else {
+            self.conflict_deadline = None;
+            self.epoch = self.epoch.max(control.epoch);
+        }
+    }
+
+    /// Two holders: the most recent takeover (higher epoch) wins, except
+    /// that a replacement made moments ago from a merely stalled holder is
+    /// handed back (see `reclaim_window`).
+    fn resolve_two_holders(&mut self, control: &Control, now: Instant) {
+        let mine = (self.epoch, self.cfg.priority, u32::from(self.cfg.router_id));
+        let theirs = (control.epoch, control.priority, control.router_id);
+        let fresh = self.silent_takeover.is_some_and(|(at, replaced)| {
+            now < at + self.cfg.reclaim_window && replaced == control.epoch
+        });
+        if theirs < mine && fresh {
+            self.silent_takeover = None;
+            self.yield_to_peer(
+                "the holder we replaced was only briefly silent: handing the VIPs back",
+                now,
+            );
+            return;
+        }
+        if theirs < mine {
+            // We stay: repair the ARP caches the stale holder confused.
+            self.outputs.push_back(Output::AnnounceVips);
+            return;
+        }
+        // Our direct replacement may hand back within the reclaim window.
+        if control.epoch == self.epoch + 1 {
+            let deadline = *self
+                .conflict_deadline
+                .get_or_insert(now + self.cfg.reclaim_window);
+            if now < deadline {
+                return;
             }
         }
+        self.conflict_deadline = None;
+        let ours = self.epoch;
         self.epoch = self.epoch.max(control.epoch);
+        self.enter(
+            Role::Backup,
+            format!(
+                "peer holds the VIPs with a more recent takeover (epoch {} > ours {ours})",
+                control.epoch
+            ),
+            now,
+        );
     }
 
     fn stop(&mut self) {
@@ -438,10 +521,17 @@ impl Election {
         self.fence_deadline = None;
         self.preempt_deadline = None;
         self.contest_deadline = None;
+        self.conflict_deadline = None;
         self.yield_until = None;
     }
 
+    /// May be handed the VIPs: available, and its database is fit.
     fn eligible(&self, now: Instant) -> bool {
+        self.available(now) && self.db_fit
+    }
+
+    /// Neither shutting down nor yielding (database fitness aside).
+    fn available(&self, now: Instant) -> bool {
         self.shutdown_deadline.is_none() && self.yield_until.is_none_or(|t| now >= t)
     }
 
@@ -552,20 +642,23 @@ impl Election {
         // Nobody holds the VIPs: the better eligible candidate takes them.
         let peer_candidate =
             peer.eligible && peer.reach_ok() && matches!(peer.role, Role::Backup | Role::Init);
+        // An unfit database yields to a fit candidate, but does not leave
+        // the VIPs unheld when the peer is no candidate either.
         let contest = peer.role != Role::Master
-            && self.eligible(now)
+            && self.available(now)
             && self.reach_ok()
-            && (!peer_candidate || self.beats(&peer));
+            && (!peer_candidate || (self.db_fit && self.beats(&peer)));
         if !contest {
             self.contest_deadline = None;
             return;
         }
         // The statically stronger node goes at once; the weaker one waits so
         // a stale view of the peer cannot make both take the VIPs. A peer
-        // that yielded said so on purpose: no need to wait.
+        // that yielded said so on purpose: no need to wait. An unfit node
+        // waits anyway: the peer may be unfit too, and contesting as well.
         let stronger =
             (self.cfg.priority, u32::from(self.cfg.router_id)) > (peer.priority, peer.router_id);
-        if !stronger && peer.eligible {
+        if !stronger && (peer.eligible || !self.db_fit) {
             match self.contest_deadline {
                 None => {
                     self.contest_deadline = Some(now + self.cfg.contest_delay);
@@ -585,6 +678,17 @@ impl Election {
     }
 
     fn evaluate_master(&mut self, now: Instant) {
+        if self.conflict_deadline.is_some_and(|t| now >= t) {
+            match self.peer_control() {
+                Some(c) if self.peer_alive() && c.role == Role::Master => {
+                    self.resolve_two_holders(&c, now)
+                }
+                _ => self.conflict_deadline = None,
+            }
+            if self.role != Role::Master {
+                return;
+            }
+        }
         if self.peer_alive() {
             self.fence_deadline = None;
             let peer = self.peer_control().expect("peer_alive implies a control");
@@ -600,6 +704,11 @@ impl Election {
                 self.yield_to_peer(&reason, now);
             } else if peer_candidate && peer.want_takeover {
                 self.yield_to_peer("the peer asked for the VIPs", now);
+            } else if peer_candidate && !self.db_fit {
+                self.yield_to_peer(
+                    "the local database is down: handing the VIPs to the peer, whose database is fit",
+                    now,
+                );
             }
             return;
         }
@@ -666,6 +775,10 @@ impl Election {
 
     fn take_over(&mut self, reason: &str, now: Instant) {
         let peer_epoch = self.peer_control().map_or(0, |p| p.epoch);
+        self.silent_takeover = match self.peer_control() {
+            Some(p) if !self.peer_alive() && p.role == Role::Master => Some((now, p.epoch)),
+            _ => None,
+        };
         self.epoch = self.epoch.max(peer_epoch) + 1;
         self.want_takeover = false;
         self.preempt_deadline = None;
@@ -695,6 +808,7 @@ impl Election {
         }
         if to != Role::Master {
             self.fence_deadline = None;
+            self.conflict_deadline = None;
         }
         let t = Transition {
             from,
@@ -729,6 +843,7 @@ impl Election {
             witness_count: self.cfg.witness_links.count_ones() as u8,
             links_up: 0,
             router_id: u32::from(self.cfg.router_id),
+            replica_ok: false,
         };
         self.advertised = Some(c);
         self.outputs.push_back(Output::Advertise(c));

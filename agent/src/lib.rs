@@ -7,13 +7,16 @@ pub mod arp;
 pub mod atlas;
 pub mod config;
 pub mod daemon;
+pub mod database;
 pub mod ebpf;
 pub mod election;
 pub mod hooks;
 pub mod mysql;
 pub mod privileges;
 pub mod protocol;
+pub mod proxy;
 pub mod sender;
+pub mod services;
 pub mod status;
 #[cfg(test)]
 mod testns;

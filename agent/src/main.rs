@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -43,7 +44,21 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// On a BACKUP whose database refuses to replicate from the MASTER
+    /// because it holds transactions the MASTER lacks (errant GTIDs): give
+    /// them up and replicate. Prints what was discarded. The agent rejoins
+    /// on its own otherwise; save the transactions first (mysqlbinlog).
+    Rejoin {
+        /// Required: discard this server's errant transactions.
+        #[arg(long, required = true)]
+        force: bool,
+        #[command(flatten)]
+        target: Target,
+    },
 }
+
+/// A forced rejoin may wait for connections and replication threads.
+const REJOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(clap::Args)]
 struct Target {
@@ -110,6 +125,18 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Switchover { target } => answer(ask(&target.socket()?, "switchover")?),
+        Command::Rejoin { force, target } => {
+            // clap requires --force; this only documents why.
+            anyhow::ensure!(
+                force,
+                "rejoin needs --force (the agent rejoins on its own otherwise)"
+            );
+            answer(ask_within(
+                &target.socket()?,
+                "rejoin-force",
+                REJOIN_TIMEOUT,
+            )?)
+        }
     }
 }
 
@@ -142,6 +169,13 @@ fn ask(socket: &Path, command: &str) -> Result<Reply> {
         .enable_all()
         .build()?;
     Ok(rt.block_on(status::request(socket, command))?)
+}
+
+fn ask_within(socket: &Path, command: &str, timeout: Duration) -> Result<Reply> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(rt.block_on(status::request_within(socket, command, timeout))?)
 }
 
 fn answer(reply: Reply) -> Result<ExitCode> {

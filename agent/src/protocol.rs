@@ -5,6 +5,7 @@
 //! ```text
 //!  0..24  ProbeHeader (agent-ebpf): magic, version, kind, link, flags, token, seq, ctl_gen
 //! 24      role            25 priority        26 flags        27 witness_reach
+//!         (flags: 1 eligible, 2 want_takeover, 4 replica_ok)
 //! 28      witness_count   29 links_up        30..32 reserved
 //! 32..40  epoch
 //! 40..44  router_id
@@ -35,6 +36,7 @@ const SEQ_AT: usize = 16;
 
 const FLAG_ELIGIBLE: u8 = 1;
 const FLAG_WANT_TAKEOVER: u8 = 2;
+const FLAG_REPLICA_OK: u8 = 4;
 
 /// The shared secret both agents sign their probes with.
 #[derive(Clone)]
@@ -152,7 +154,8 @@ pub fn encode(
             FLAG_WANT_TAKEOVER
         } else {
             0
-        });
+        })
+        | (if c.replica_ok { FLAG_REPLICA_OK } else { 0 });
     b[BODY + 3] = c.witness_reach;
     b[BODY + 4] = c.witness_count;
     b[BODY + 5] = c.links_up;
@@ -206,6 +209,7 @@ pub fn decode(key: &Key, b: &[u8]) -> Result<Probe, DecodeError> {
             priority: b[BODY + 1],
             eligible: b[BODY + 2] & FLAG_ELIGIBLE != 0,
             want_takeover: b[BODY + 2] & FLAG_WANT_TAKEOVER != 0,
+            replica_ok: b[BODY + 2] & FLAG_REPLICA_OK != 0,
             witness_reach: b[BODY + 3],
             witness_count: b[BODY + 4],
             links_up: b[BODY + 5],
@@ -231,6 +235,7 @@ mod tests {
             witness_count: 1,
             links_up: 0b11,
             router_id: 0xC633_640B,
+            replica_ok: true,
         }
     }
 
@@ -246,6 +251,19 @@ mod tests {
             (1, 0xAABB_CCDD_EEFF_0011, 12345, 7)
         );
         assert_eq!(d.node, "server1");
+        // Each flag travels on its own.
+        for replica_ok in [false, true] {
+            for want_takeover in [false, true] {
+                let c = Control {
+                    replica_ok,
+                    want_takeover,
+                    eligible: !replica_ok,
+                    ..control()
+                };
+                let p = encode(&key, 0, 1, 1, "s", &c);
+                assert_eq!(decode(&key, &p).unwrap().control, c);
+            }
+        }
     }
 
     #[test]

@@ -139,6 +139,14 @@ fn run(links: Vec<SenderLink>, shared: &(Mutex<Shared>, Condvar)) {
             return;
         }
         let now = Instant::now();
+        // Lateness of the earliest due probe: the thread did not get the CPU,
+        // or a send blocked. The peer sees this as silence.
+        if let Some(first) = next_probe.iter().min() {
+            let late = now.saturating_duration_since(*first);
+            if late > links.iter().map(|l| l.interval).min().unwrap_or_default() {
+                warn!(late_us = late.as_micros() as u64, "probe sender ran late");
+            }
+        }
         let changed = guard.generation != seen_generation;
         seen_generation = guard.generation;
         let mut due: Vec<(usize, [u8; PROBE_LEN])> = Vec::new();
@@ -152,6 +160,7 @@ fn run(links: Vec<SenderLink>, shared: &(Mutex<Shared>, Condvar)) {
             }
         }
         drop(guard);
+        let send_start = Instant::now();
         for (i, mut probe) in due {
             seq[i] = seq[i].wrapping_add(1);
             set_seq(&mut probe, seq[i]);
@@ -162,6 +171,13 @@ fn run(links: Vec<SenderLink>, shared: &(Mutex<Shared>, Condvar)) {
                     warn!(link = %links[i].name, error = %e, count = send_errors[i], "probe send failed");
                 }
             }
+        }
+        let send_took = send_start.elapsed();
+        if send_took > Duration::from_millis(2) {
+            warn!(
+                took_us = send_took.as_micros() as u64,
+                "sending probes blocked"
+            );
         }
         for (i, next) in next_witness.iter_mut().enumerate() {
             if let (Some(at), Some(w)) = (next.as_mut(), links[i].witness.as_ref()) {

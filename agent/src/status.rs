@@ -1,6 +1,9 @@
 //! `ha-agent status` and `ha-agent switchover`: a line protocol over a local
-//! Unix socket (mode 0600). The client sends one command line (`status` or
-//! `switchover`), the daemon answers one JSON line and closes.
+//! Unix socket (mode 0600). The client sends one command line (`status`,
+//! `switchover` or `rejoin-force`), the daemon answers one JSON line and closes.
+
+pub mod atlas;
+pub mod database;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -9,6 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
+
+pub use atlas::AtlasSection;
+pub use database::DatabaseStatus;
 
 /// Everything `ha-agent status` shows.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -28,6 +34,12 @@ pub struct Status {
     pub warnings: Vec<String>,
     pub transitions: Vec<TransitionStatus>,
     pub hooks: Vec<HookStatus>,
+    /// The local MySQL/MariaDB (absent without `[mysql]`).
+    #[serde(default)]
+    pub database: Option<DatabaseStatus>,
+    /// The local Atlas proxy (absent without `[atlas]`).
+    #[serde(default)]
+    pub atlas: Option<AtlasSection>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -103,15 +115,21 @@ pub enum ClientError {
     },
     #[error("the agent on {path} sent an answer this client does not understand: {message}")]
     BadReply { path: String, message: String },
-    #[error(
-        "no answer from the agent on {path} within {0:?}",
-        Duration::from_secs(5)
-    )]
-    Timeout { path: String },
+    #[error("no answer from the agent on {path} within {timeout:?}")]
+    Timeout { path: String, timeout: Duration },
 }
 
-/// Sends one command to the daemon and returns its reply.
+/// Sends one command to the daemon and returns its reply (within 5 s).
 pub async fn request(socket: &Path, command: &str) -> Result<Reply, ClientError> {
+    request_within(socket, command, Duration::from_secs(5)).await
+}
+
+/// Like [`request`], for commands that take longer (a forced rejoin).
+pub async fn request_within(
+    socket: &Path,
+    command: &str,
+    timeout: Duration,
+) -> Result<Reply, ClientError> {
     let path = socket.display().to_string();
     let work = async {
         let mut stream =
@@ -139,9 +157,9 @@ pub async fn request(socket: &Path, command: &str) -> Result<Reply, ClientError>
             message: e.to_string(),
         })
     };
-    match tokio::time::timeout(Duration::from_secs(5), work).await {
+    match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(ClientError::Timeout { path }),
+        Err(_) => Err(ClientError::Timeout { path, timeout }),
     }
 }
 
@@ -243,6 +261,12 @@ pub fn render(s: &Status) -> String {
             );
         }
     }
+    if let Some(d) = &s.database {
+        d.render(&mut o);
+    }
+    if let Some(a) = &s.atlas {
+        a.render(&mut o);
+    }
     if !s.hooks.is_empty() {
         let _ = writeln!(o, "recent hooks:");
         for h in &s.hooks {
@@ -324,6 +348,8 @@ mod tests {
             warnings: vec!["no witness".into()],
             transitions: vec![],
             hooks: vec![],
+            database: None,
+            atlas: None,
         };
         let json = serde_json::to_string(&Reply::Status(Box::new(s.clone()))).unwrap();
         match serde_json::from_str::<Reply>(&json).unwrap() {
@@ -335,5 +361,92 @@ mod tests {
         assert!(text.contains("DEGRADED"));
         assert!(text.contains("inside     eth1     peer DOWN"));
         assert!(text.contains("WARNING: no witness"));
+    }
+
+    #[test]
+    fn database_and_atlas_sections_round_trip_and_render() {
+        use database::{ErrantStatus, PromotionStatus, ReplicationStatus};
+        let s = Status {
+            node: "server1".into(),
+            state: "BACKUP".into(),
+            epoch: 2,
+            priority: 101,
+            nopreempt: true,
+            degraded: false,
+            fencing_in_ms: None,
+            peer: None,
+            links: vec![],
+            vips: vec![],
+            vips_held: vec![],
+            warnings: vec![],
+            transitions: vec![],
+            hooks: vec![],
+            database: Some(DatabaseStatus {
+                server: "203.0.113.11:3306".into(),
+                wanted: "replica of 203.0.113.12:3306".into(),
+                role: "replica".into(),
+                up: true,
+                read_only: true,
+                fit: true,
+                fitness: "fit".into(),
+                replication: Some(ReplicationStatus {
+                    source: "203.0.113.12:3306".into(),
+                    io_running: "Yes".into(),
+                    sql_running: true,
+                    seconds_behind: Some(0),
+                    all_relay_applied: true,
+                    ..Default::default()
+                }),
+                executed_gtids: Some("0-2-7".into()),
+                semisync_effective: Some(false),
+                last_promotion: Some(PromotionStatus {
+                    time: "2026-01-01T00:00:00.000Z".into(),
+                    took_ms: 17.5,
+                    caught_up: true,
+                    ..Default::default()
+                }),
+                errant: Some(ErrantStatus {
+                    peer: "203.0.113.12:3306".into(),
+                    gtids: "0-1-12".into(),
+                    transactions: 2,
+                    details: vec![],
+                    since: "2026-01-01T00:00:01.000Z".into(),
+                }),
+                ..Default::default()
+            }),
+            atlas: Some(AtlasSection {
+                admin_address: "127.0.0.1:2345".into(),
+                reachable: true,
+                in_sync: true,
+                wanted_rw: Some("203.0.113.100:3306".into()),
+                wanted_ro: vec!["203.0.113.11:3306".into()],
+                table: vec!["1 203.0.113.100:3306 rw up".into()],
+                ..Default::default()
+            }),
+        };
+        let json = serde_json::to_string(&Reply::Status(Box::new(s.clone()))).unwrap();
+        match serde_json::from_str::<Reply>(&json).unwrap() {
+            Reply::Status(back) => assert_eq!(*back, s),
+            other => panic!("{other:?}"),
+        }
+        let text = render(&s);
+        for want in [
+            "database 203.0.113.11:3306: replica, read-only  [wanted: replica of 203.0.113.12:3306]  fit",
+            "replication from 203.0.113.12:3306: IO Yes  SQL Yes  lag 0 s",
+            "executed GTIDs: 0-2-7",
+            "semi-sync: NOT effective",
+            "last promotion: 2026-01-01T00:00:00.000Z  took 17.5 ms",
+            "REJOIN BLOCKED since 2026-01-01T00:00:01.000Z: this server has 0-1-12 (2 transaction(s))",
+            "ha-agent rejoin --force",
+            "atlas 127.0.0.1:2345: reachable, in sync",
+            "wanted: rw 203.0.113.100:3306  ro [203.0.113.11:3306]",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        // An agent without these sections still parses (older agents).
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v.as_object_mut().unwrap().remove("database");
+        v.as_object_mut().unwrap().remove("atlas");
+        assert!(serde_json::from_value::<Reply>(v).is_ok());
     }
 }

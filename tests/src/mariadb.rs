@@ -526,6 +526,7 @@ impl Mariadb {
             semisync: false,
             check_interval_ms: 200,
             timeout_ms: 2000,
+            max_replica_lag_s: 2,
         }
     }
 }

@@ -154,9 +154,16 @@ fn nopreempt_after_reboot() -> Result<()> {
     // Machine death: links down and the agent gone; then it boots again.
     r.lab.links_down(S1)?;
     r.take(S1).kill()?;
-    r.wait_sole_holder(S2, FAILOVER)?;
+    wait_until(FAILOVER, "server2 holds both VIPs", || {
+        Link::ALL
+            .iter()
+            .all(|l| r.lab.vip_holders(l.vip()).contains(&S2))
+    })?;
     r.lab.links_up(S1)?;
+    // The killed agent left its addresses behind, as a crash would; the new
+    // one removes them before anything else.
     r.restart(S1)?;
+    r.wait_sole_holder(S2, SETTLE)?;
     r.wait_state(S1, "BACKUP")?;
     r.holds_for(Duration::from_secs(2), "server2 keeps the VIPs", |l| {
         l.sole_holder_is(S2)
@@ -197,6 +204,8 @@ fn isolated_holder_fences_itself_and_keeps_nothing_after_heal() -> Result<()> {
 #[ignore = "privileged: run by cargo xtask test"]
 fn hung_holder_resumes_without_taking_the_vips_back() -> Result<()> {
     let mut r = started()?;
+    // The client has an ARP entry for the VIP (gratuitous ARP only updates one).
+    ensure!(r.lab.reachable(r.lab.client_ns(), Link::Outside.vip()));
     r.agent(S1).stop()?; // SIGSTOP
                          // server1's kernel still holds the VIPs: server2 takes them and announces.
     wait_until(FAILOVER, "server2 holds both VIPs", || {
@@ -212,6 +221,13 @@ fn hung_holder_resumes_without_taking_the_vips_back() -> Result<()> {
             .flatten()
             .as_deref()
             == Some(mac2.as_str())
+    })?;
+    // A hang shorter than the reclaim window (80 ms) counts as a stall and
+    // server2 would hand the VIPs back; this one is a real hang.
+    r.holds_for(Duration::from_millis(500), "server2 holds both VIPs", |l| {
+        Link::ALL
+            .iter()
+            .all(|k| l.vip_holders(k.vip()).contains(&S2))
     })?;
     r.agent(S1).cont()?; // SIGCONT
     let dropped = r.wait_sole_holder(S2, FAILOVER)?;
@@ -290,6 +306,12 @@ fn partition_between_servers_heals_to_the_most_recent_holder() -> Result<()> {
             .iter()
             .all(|l| r.lab.vip_holders(l.vip()).contains(&S2))
     })?;
+    // Longer than the reclaim window: a real partition, not a stall.
+    r.holds_for(
+        Duration::from_millis(500),
+        "both hold while partitioned",
+        |l| Link::ALL.iter().all(|k| l.vip_holders(k.vip()).len() == 2),
+    )?;
     r.lab.heal()?;
     let took = r.wait_sole_holder(S2, FAILOVER)?;
     println!("partition heal: one holder {took:?} after the heal");
@@ -353,16 +375,37 @@ fn notify_hooks_run_on_transitions() -> Result<()> {
         <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
     )?;
     let hook = Overrides::new().set("hooks.notify", script.display().to_string());
+    let read = || std::fs::read_to_string(&marks).unwrap_or_default();
     let a1 = lab.start_agent_with(S1, &hook)?;
     let _a2 = lab.start_agent_with(S2, &Overrides::new())?;
-    wait_until(SETTLE, "server1 MASTER hooks ran", || {
-        std::fs::read_to_string(&marks)
-            .map(|t| t.contains("INSTANCE outside_network MASTER 101"))
-            .unwrap_or(false)
+    // Whichever role server1 settles in (the faster starter may take the
+    // VIPs), its hooks run; then a switchover makes it MASTER.
+    wait_until(SETTLE, "server1's first hooks ran", || {
+        read().contains("INSTANCE inside_network")
     })
     .with_context(|| a1.log_tail(30))?;
-    let text = std::fs::read_to_string(&marks)?;
-    ensure!(text.contains("GROUP VG_1 MASTER"), "hooks: {text}");
+    if !lab.sole_holder_is(S1) {
+        wait_until_ok(SETTLE, "server1 BACKUP", || {
+            Ok(lab.agent_state(S1)? == "BACKUP")
+        })?;
+        let out = lab.switchover(S1)?;
+        ensure!(
+            out.status.success(),
+            "switchover: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    wait_until(SETTLE, "server1's MASTER hooks ran", || {
+        read().contains("INSTANCE outside_network MASTER 101")
+    })
+    .with_context(|| format!("hooks: {}\n{}", read(), a1.log_tail(30)))?;
+    let text = read();
+    // keepalived's argument convention: GROUP name STATE 0, INSTANCE name STATE priority.
+    ensure!(text.contains("GROUP VG_1 MASTER 0"), "hooks: {text}");
+    ensure!(
+        text.contains("INSTANCE inside_network MASTER 101"),
+        "hooks: {text}"
+    );
     Ok(())
 }
 

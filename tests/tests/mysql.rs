@@ -630,6 +630,7 @@ fn malformed_gtid_strings_from_a_server_are_errors_not_panics() {
             semisync: false,
             check_interval_ms: 200,
             timeout_ms: 2000,
+            max_replica_lag_s: 2,
         };
         use ha_agent::mysql::credentials::Secret;
         let d = MysqlDriver::with_passwords(&cfg, Secret::new("x"), Secret::new("y")).unwrap();

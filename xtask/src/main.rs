@@ -1,5 +1,6 @@
 //! `cargo xtask`: setup, build, test and the failover lab.
 
+mod bench;
 mod demo;
 mod ebpf;
 mod setup;
@@ -57,6 +58,9 @@ enum Cmd {
         #[arg(long)]
         topology_only: bool,
     },
+    /// Benchmarks (root): `bench failover` runs ha-agent and keepalived side by side.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
 }
 
 fn workspace_root() -> PathBuf {
@@ -187,6 +191,7 @@ fn main() -> ExitCode {
             };
             demo::run(&bin, self_test)
         })(),
+        Cmd::Bench(cmd) => bench::main(&root, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

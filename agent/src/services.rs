@@ -1,0 +1,193 @@
+//! The services the agent drives besides the VIPs: the local MySQL (through
+//! [`crate::database`]) and the local Atlas proxy (through [`crate::atlas`]),
+//! each only when its section is configured. The daemon calls [`Services::sync`]
+//! after every event; it recomputes what each service should be from the
+//! election's view and hands it over without ever waiting for either.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use crate::atlas::{AtlasHandle, AtlasReconciler, Settings};
+use crate::config::Config;
+use crate::database::{wish_for, DbHandle, LocalDb};
+use crate::election::Election;
+use crate::mysql::MysqlDriver;
+use crate::proxy::{self, ProxyAddresses};
+use crate::status::{AtlasSection, DatabaseStatus, Reply};
+
+/// How long a stopping agent waits for its last fence.
+const STOP_FENCE_BOUND: Duration = Duration::from_secs(3);
+
+struct Atlas {
+    handle: AtlasHandle,
+    addrs: ProxyAddresses,
+    admin_address: String,
+}
+
+pub struct Services {
+    db: Option<DbHandle>,
+    db_events: Option<mpsc::UnboundedReceiver<LocalDb>>,
+    atlas: Option<Atlas>,
+    /// The local database as last reported (defaults without `[mysql]`).
+    local_db: LocalDb,
+}
+
+impl Services {
+    /// Starts what is configured. The database controller fences the local
+    /// server at once, before the election has heard the peer.
+    pub fn start(cfg: &Config) -> Result<Services> {
+        let (db, db_events) = match &cfg.mysql {
+            Some(m) => {
+                let driver = MysqlDriver::new(m).context("[mysql]: cannot prepare the driver")?;
+                let (h, rx) = DbHandle::spawn(driver);
+                info!(server = %m.address, peer = %m.peer_address, "mysql: managing the local server (fencing it until the election decides)");
+                (Some(h), Some(rx))
+            }
+            None => (None, None),
+        };
+        let atlas = match &cfg.atlas {
+            Some(a) => {
+                let settings = Settings::from_config(a).context("[atlas]")?;
+                let addrs = ProxyAddresses::from_config(cfg).context("[atlas] rw_backend")?;
+                info!(admin = %a.admin_address, rw = %addrs.rw, "atlas: managing the local proxy's backends");
+                Some(Atlas {
+                    handle: AtlasReconciler::spawn(settings),
+                    addrs,
+                    admin_address: a.admin_address.to_string(),
+                })
+            }
+            None => None,
+        };
+        Ok(Services {
+            db,
+            db_events,
+            atlas,
+            local_db: LocalDb::default(),
+        })
+    }
+
+    /// The next change of the local database's state (never, without one).
+    /// The caller gives it to the election as `Input::LocalDb`.
+    pub async fn next_db_change(&mut self) -> LocalDb {
+        let next = match self.db_events.as_mut() {
+            Some(rx) => rx.recv().await,
+            None => None,
+        };
+        match next {
+            Some(s) => {
+                self.local_db = s;
+                s
+            }
+            // The controller is gone (it never stops while the handle lives).
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Hands each service what it should be now (never waits).
+    pub fn sync(&self, election: &Election) {
+        let role = election.role();
+        let peer = election
+            .peer_alive()
+            .then(|| election.peer_control())
+            .flatten();
+        if let Some(db) = &self.db {
+            db.set_wish(wish_for(role, peer.as_ref(), db.peer()));
+        }
+        if let Some(a) = &self.atlas {
+            let d = proxy::desired(&a.addrs, role, peer.as_ref(), self.local_db.replica_ok);
+            let ro: Vec<String> = d.ro.iter().map(|a| a.to_string()).collect();
+            let rw = d.rw;
+            if a.handle.set_desired(d) {
+                info!(%role, rw = %rw, ro = ?ro, "atlas: wanted backends changed");
+            }
+        }
+    }
+
+    /// `ha-agent rejoin --force`: the answer arrives on `reply` when done.
+    pub fn rejoin_force(&self, reply: oneshot::Sender<Reply>) {
+        let Some(db) = &self.db else {
+            let _ = reply.send(Reply::Error {
+                message: "no [mysql] section: this agent does not manage a database".into(),
+            });
+            return;
+        };
+        warn!("mysql: forced rejoin requested by the operator");
+        let done = db.rejoin_force();
+        tokio::spawn(async move {
+            let answer = match done.await {
+                Ok(Ok(rep)) => Reply::Ok {
+                    message: match &rep.discarded {
+                        Some(e) => format!(
+                            "rejoined {} in {:.0} ms; DISCARDED {e} (still in this server's tables, gone from its GTID history and binary logs)",
+                            rep.peer,
+                            rep.took.as_secs_f64() * 1000.0
+                        ),
+                        None => format!(
+                            "rejoined {} in {:.0} ms; nothing had to be discarded",
+                            rep.peer,
+                            rep.took.as_secs_f64() * 1000.0
+                        ),
+                    },
+                },
+                Ok(Err(message)) => Reply::Error {
+                    message: format!("forced rejoin failed: {message}"),
+                },
+                Err(_) => Reply::Error {
+                    message: "forced rejoin: the database controller stopped".into(),
+                },
+            };
+            let _ = reply.send(answer);
+        });
+    }
+
+    pub fn database_status(&self) -> Option<DatabaseStatus> {
+        self.db.as_ref().map(DbHandle::status)
+    }
+
+    pub fn atlas_status(&self) -> Option<AtlasSection> {
+        self.atlas
+            .as_ref()
+            .map(|a| AtlasSection::new(a.admin_address.clone(), &a.handle.status()))
+    }
+
+    /// Lines for the status's warnings.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Some(d) = self.database_status() {
+            if !d.fit {
+                w.push(format!(
+                    "the local database is unfit ({}): this node will not take the VIPs from a fit peer",
+                    d.fitness
+                ));
+            }
+            if let Some(e) = &d.errant {
+                w.push(format!(
+                    "rejoin blocked: this database has {} that {} lacks (see `ha-agent rejoin --force`)",
+                    e.gtids, e.peer
+                ));
+            }
+            if d.up && d.writable && d.wanted != "primary" {
+                w.push("the local database is writable although this node is not MASTER (being fenced)".into());
+            }
+        }
+        if let Some(a) = self.atlas_status() {
+            if !a.reachable && a.consecutive_failures > 0 {
+                w.push(format!("Atlas admin port {} unreachable", a.admin_address));
+            }
+        }
+        w
+    }
+
+    /// On the way out: fence the local server (the peer may be promoting it).
+    pub async fn stop(&self) {
+        if let Some(db) = &self.db {
+            match db.stop_fenced(STOP_FENCE_BOUND).await {
+                Ok(r) => info!(already = r.was_read_only, "mysql: fenced on the way out"),
+                Err(e) => error!("mysql: {e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The `atlas` section of `ha-agent status`: the wanted backend table, the
+//! table Atlas last showed, and whether they agree.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::atlas::AtlasStatus;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AtlasSection {
+    pub admin_address: String,
+    /// The last reconciliation logged in to the admin port.
+    pub reachable: bool,
+    /// The table is as wanted (and persisted).
+    pub in_sync: bool,
+    /// The wanted rw backend and ro backends.
+    pub wanted_rw: Option<String>,
+    pub wanted_ro: Vec<String>,
+    /// The table as last read: "1 203.0.113.100:3306 rw up".
+    pub table: Vec<String>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    pub last_ok_at: Option<String>,
+    pub consecutive_failures: u32,
+    pub steps_applied: u64,
+}
+
+impl AtlasSection {
+    pub fn new(admin_address: String, s: &AtlasStatus) -> AtlasSection {
+        AtlasSection {
+            admin_address,
+            reachable: s.reachable,
+            in_sync: s.in_sync,
+            wanted_rw: s.desired.as_ref().map(|d| d.rw.to_string()),
+            wanted_ro: s
+                .desired
+                .iter()
+                .flat_map(|d| d.ro.iter().map(|a| a.to_string()))
+                .collect(),
+            table: s.table.iter().map(|b| b.to_string()).collect(),
+            last_error: s.last_error.clone(),
+            last_error_at: s.last_error_at.map(crate::status::rfc3339),
+            last_ok_at: s.last_ok_at.map(crate::status::rfc3339),
+            consecutive_failures: s.consecutive_failures,
+            steps_applied: s.steps_applied,
+        }
+    }
+
+    /// Lines for `ha-agent status`.
+    pub fn render(&self, o: &mut String) {
+        let _ = writeln!(
+            o,
+            "atlas {}: {}, {}",
+            self.admin_address,
+            if self.reachable {
+                "reachable"
+            } else {
+                "UNREACHABLE"
+            },
+            if self.in_sync {
+                "in sync"
+            } else {
+                "NOT in sync"
+            }
+        );
+        if let Some(rw) = &self.wanted_rw {
+            let _ = writeln!(o, "  wanted: rw {rw}  ro [{}]", self.wanted_ro.join(", "));
+        }
+        let _ = writeln!(o, "  table: [{}]", self.table.join(", "));
+        if let Some(e) = &self.last_error {
+            let _ = writeln!(
+                o,
+                "  last error{}: {e}{}",
+                self.last_error_at
+                    .as_deref()
+                    .map(|t| format!(" ({t})"))
+                    .unwrap_or_default(),
+                if self.consecutive_failures > 0 {
+                    format!(" ({} failures in a row)", self.consecutive_failures)
+                } else {
+                    " (recovered since)".to_string()
+                }
+            );
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! `cargo xtask bench failover`: ha-agent and keepalived (the seed's config
+//! and a tuned VRRPv3 one) side by side, in one run, on the same lab.
+//!
+//! For each contender: `--trials` trials of each fault on server1 (links
+//! down, silent isolation, daemon SIGSTOP), each on a fresh lab with a
+//! settled pair; then a soak under CPU saturation and packet loss counting
+//! false failovers; then the behaviour checks. Trials are interleaved
+//! (trial i of every fault and contender before trial i+1) so a change in
+//! the machine's background load hits every contender alike.
+//!
+//! Every lab is removed after its trial, on error and on Ctrl-C; every
+//! daemon, pinger and stress-ng is killed by pid (and the lab's teardown
+//! kills whatever is left in its namespaces).
+
+mod arp;
+mod checks;
+mod contender;
+mod report;
+mod soak;
+mod trial;
+mod watch;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use ha_lab::Lab;
+use serde_json::json;
+
+use contender::Contender;
+
+/// Bench labs use their own prefix base, so `ip netns` tells them apart
+/// from the tests' labs (and a crashed bench's leftovers are found).
+const LAB_BASE: &str = "hb";
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// ha-agent vs keepalived: failover times, soak, behaviour checks.
+    Failover(FailoverArgs),
+}
+
+#[derive(Args)]
+pub struct FailoverArgs {
+    /// Trials per fault and contender.
+    #[arg(long, default_value_t = 20)]
+    trials: usize,
+    /// Soak duration per contender, in seconds (0: no soak).
+    #[arg(long, default_value_t = 600)]
+    soak_secs: u64,
+    /// Comma-separated: ha-agent, keepalived-seed, keepalived-tuned (and the
+    /// opt-in keepalived-tuned-rt: tuned plus vrrp_rt_priority 50).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ha-agent,keepalived-seed,keepalived-tuned"
+    )]
+    contenders: Vec<String>,
+    /// Also write the results (table and every trial) as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// The client's ping interval during trials, in ms (1 or 2).
+    #[arg(long, default_value_t = 2)]
+    ping_interval_ms: u64,
+    /// Skip the behaviour checks.
+    #[arg(long)]
+    no_checks: bool,
+    /// Do not build; use $HA_AGENT_BIN or the existing release binary.
+    #[arg(long)]
+    no_build: bool,
+    /// Where to keep the lab logs of failed trials and checks
+    /// (default: a new directory under the temp dir).
+    #[arg(long)]
+    logs: Option<PathBuf>,
+}
+
+/// What every trial needs.
+pub struct Ctx {
+    agent_bin: Option<PathBuf>,
+    ping_interval: Duration,
+    log_dir: PathBuf,
+}
+
+impl Ctx {
+    pub fn new_lab(&self) -> Result<Lab> {
+        let mut lab = Lab::with_base(LAB_BASE)?;
+        if let Some(b) = &self.agent_bin {
+            lab.set_agent_bin(b);
+        }
+        Ok(lab)
+    }
+
+    /// Copies the lab's logs and configs to `<log dir>/<label>/` (before the
+    /// lab and its directory go); returns where, or None if nothing was saved.
+    pub fn save_logs(&self, lab: &Lab, label: &str) -> Option<String> {
+        let dest = self.log_dir.join(label);
+        std::fs::create_dir_all(&dest).ok()?;
+        let mut n = 0;
+        for e in std::fs::read_dir(lab.dir()).ok()?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let keep = [".log", ".conf", ".toml"].iter().any(|x| name.ends_with(x));
+            if keep && std::fs::copy(e.path(), dest.join(&name)).is_ok() {
+                n += 1;
+            }
+        }
+        (n > 0).then(|| dest.display().to_string())
+    }
+}
+
+pub fn main(root: &Path, cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Failover(a) => failover(root, a),
+    }
+}
+
+fn failover(root: &Path, a: FailoverArgs) -> Result<()> {
+    ha_lab::install_interrupt_handler();
+    if a.trials == 0 && a.soak_secs == 0 && a.no_checks {
+        bail!("nothing to do: --trials 0, --soak-secs 0 and --no-checks");
+    }
+    if !(1..=100).contains(&a.ping_interval_ms) {
+        bail!("--ping-interval-ms must be between 1 and 100");
+    }
+    let contenders: Vec<Contender> = a
+        .contenders
+        .iter()
+        .map(|s| Contender::parse(s))
+        .collect::<Result<_>>()?;
+    if contenders.is_empty() {
+        bail!("no contender given");
+    }
+    for tool in ["keepalived", "stress-ng", "nft", "ip"] {
+        if which(tool).is_none() {
+            bail!("{tool} is not installed: run cargo xtask setup");
+        }
+    }
+    let agent_bin = if contenders.contains(&Contender::HaAgent) {
+        Some(if a.no_build {
+            ha_lab::agent_bin()?
+        } else {
+            crate::build(root)?
+        })
+    } else {
+        None
+    };
+    let stale = Lab::cleanup_orphans(LAB_BASE)?;
+    if !stale.is_empty() {
+        println!("bench: removed leftover labs of dead runs: {stale:?}");
+    }
+    let started_wall = date_utc();
+    let log_dir = a.logs.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("ha-bench-{}", started_wall.replace(':', "")))
+    });
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("cannot create {}", log_dir.display()))?;
+    let ctx = Ctx {
+        agent_bin: agent_bin.clone(),
+        ping_interval: Duration::from_millis(a.ping_interval_ms),
+        log_dir,
+    };
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    println!(
+        "bench: {} trial(s) x {} fault(s) x {} contender(s), soak {} s each, checks {}; ping every {} ms; logs of failures in {}",
+        a.trials,
+        trial::Fault::ALL.len(),
+        contenders.len(),
+        a.soak_secs,
+        if a.no_checks { "off" } else { "on" },
+        a.ping_interval_ms,
+        ctx.log_dir.display()
+    );
+    let load_start = loadavg();
+    let t_start = Instant::now();
+
+    let mut trials = Vec::new();
+    for i in 0..a.trials {
+        for fault in trial::Fault::ALL {
+            for &c in &contenders {
+                let r = trial::run(&ctx, c, fault, i)?;
+                print_trial(&r, a.trials);
+                trials.push(r);
+            }
+        }
+    }
+    let mut soaks = Vec::new();
+    if a.soak_secs > 0 {
+        for &c in &contenders {
+            println!("bench: {c}: soak for {} s ...", a.soak_secs);
+            let s = soak::run(&ctx, c, a.soak_secs)?;
+            println!(
+                "bench: {c}: soak: {} move(s), dual {:?} ms, orphan {:?} ms, answered {:?}/{:?}{}",
+                s.moves.map_or("?".into(), |m| m.to_string()),
+                s.dual_ms.map(|x| x.round()),
+                s.orphan_ms.map(|x| x.round()),
+                s.pings_answered,
+                s.pings_sent,
+                s.failure
+                    .as_ref()
+                    .map_or(String::new(), |f| format!("; FAILED: {f}"))
+            );
+            soaks.push(s);
+        }
+    }
+    let mut check_results = Vec::new();
+    if !a.no_checks {
+        for &c in &contenders {
+            for k in checks::Check::ALL {
+                let r = checks::run(&ctx, c, k)?;
+                println!(
+                    "bench: {c}: check {}: {}: {}",
+                    k.title(),
+                    if r.passed { "PASS" } else { "FAIL" },
+                    r.happened
+                );
+                check_results.push(r);
+            }
+        }
+    }
+
+    let report = report::Report {
+        contenders: &contenders,
+        trials: &trials,
+        soaks: &soaks,
+        checks: &check_results,
+        n_trials: a.trials,
+        soak_secs: a.soak_secs,
+    };
+    let load_end = loadavg();
+    println!();
+    print!("{}", report.table());
+    println!();
+    println!("{}", report.ratio_line());
+    for r in &check_results {
+        if !r.passed {
+            println!(
+                "\ncheck FAILED: {} / {}: {}",
+                r.contender,
+                r.check.title(),
+                r.happened
+            );
+            for e in r.events.iter().take(20) {
+                println!("    {e}");
+            }
+            if r.events.len() > 20 {
+                println!("    ... {} more change(s)", r.events.len() - 20);
+            }
+        }
+    }
+    let failed: Vec<&trial::TrialResult> = trials.iter().filter(|t| t.failure.is_some()).collect();
+    if !failed.is_empty() {
+        println!("\nfailed trials:");
+        for t in failed {
+            println!(
+                "  {} {} #{}: {}",
+                t.contender,
+                t.fault.name(),
+                t.index,
+                first_line(t.failure.as_deref().unwrap_or(""))
+            );
+        }
+    }
+    println!(
+        "\nbench: done in {:.0} s; load average {load_start} at the start, {load_end} at the end",
+        t_start.elapsed().as_secs_f64()
+    );
+    if let Some(path) = &a.json {
+        let meta = json!({
+            "date": started_wall,
+            "kernel": kernel(),
+            "command": command,
+            "agent_bin": agent_bin.map(|p| p.display().to_string()),
+            "keepalived": keepalived_version(),
+            "workspace_head": git(root, &["rev-parse", "HEAD"]),
+            // Uncommitted agent changes in the workspace (a binary built
+            // from it, rather than from HEAD, includes them).
+            "workspace_agent_changes": git(root, &["status", "--porcelain", "agent", "agent-ebpf"]),
+            "ping_interval_ms": a.ping_interval_ms,
+            "loadavg_start": load_start,
+            "loadavg_end": load_end,
+            "duration_s": t_start.elapsed().as_secs_f64(),
+            "log_dir": ctx.log_dir.display().to_string(),
+        });
+        let text = serde_json::to_string_pretty(&report.json(meta))?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("bench: JSON written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn print_trial(r: &trial::TrialResult, n: usize) {
+    let f = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.1}"));
+    let head = format!(
+        "bench: {:<16} {:<10} {:>2}/{n}",
+        r.contender.name(),
+        r.fault.name(),
+        r.index + 1
+    );
+    match &r.failure {
+        None => println!(
+            "{head}: VIPs {} ms, GARP {} ms, reply {} ms, gap {} ms",
+            f(r.vips_ms),
+            f(r.garp_ms),
+            f(r.reply_ms),
+            f(r.gap_ms)
+        ),
+        Some(e) => println!("{head}: FAILED: {}", first_line(e)),
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn date_utc() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn git(root: &Path, args: &[&str]) -> String {
+    std::process::Command::new("git")
+        .current_dir(root)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn keepalived_version() -> String {
+    std::process::Command::new("keepalived")
+        .arg("--version")
+        .output()
+        .map(|o| {
+            let s = String::from_utf8_lossy(&o.stderr).into_owned()
+                + &String::from_utf8_lossy(&o.stdout);
+            s.lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_default()
+}
