@@ -499,13 +499,13 @@ fn default_rt_priority() -> u8 {
     50
 }
 fn default_interval_ms() -> u64 {
-    5
+    4
 }
 fn default_multiplier() -> u32 {
     3
 }
-/// 4 x 5 ms: 20 ms of silence. One probe fewer (15 ms) met the failover
-/// target too, but left no margin for a few ms of softirq delay under load.
+/// 4 x 4 ms: 16 ms of silence, inside the 20 ms failover target. Three
+/// probes (12-15 ms) left no margin for scheduling stalls under load.
 fn default_peer_multiplier() -> u32 {
     4
 }
@@ -882,7 +882,7 @@ instance = "inside_network"
         let c = parse(GOOD).unwrap();
         assert_eq!(c.node.priority, 101);
         assert!(c.node.nopreempt);
-        assert_eq!(c.links[0].detect_time(), Duration::from_millis(20));
+        assert_eq!(c.links[0].detect_time(), Duration::from_millis(16));
         assert_eq!(c.init_timeout(), Duration::from_millis(100));
         let vips = c.vips();
         assert_eq!(vips[0].instance, "outside_network");

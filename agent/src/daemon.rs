@@ -80,7 +80,7 @@ async fn run_inner(cfg: Config) -> Result<()> {
     let started = Instant::now();
     // First: the database controller fences the local server at once,
     // before the election has heard the peer.
-    let services = Services::start(&cfg)?;
+    let services = Services::start(&cfg).await?;
 
     let vip_driver = VipDriver::new().await?;
     let mut interfaces = Vec::new();
@@ -106,6 +106,10 @@ async fn run_inner(cfg: Config) -> Result<()> {
         let kcfg = kernel_link_config(l, cfg.node.port, PASS_EVERY);
         liveness.attach_link(i as u32, &l.interface, &kcfg, mode)?;
     }
+    // Loading parsed the kernel's BTF (megabytes, now freed): give the
+    // pages back so the agent at rest stays small.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
 
     let mut sockets = Vec::new();
     let mut arp = Vec::new();
@@ -582,18 +586,22 @@ impl Agent {
         }
     }
 
+    /// Each VIP with the index of the link (interface) it lives on.
+    fn vip_links(&self) -> impl Iterator<Item = (usize, Ipv4Addr)> + '_ {
+        self.vips.iter().filter_map(|v| {
+            let link = self
+                .cfg
+                .links
+                .iter()
+                .position(|l| l.interface == v.interface)?;
+            Some((link, v.address))
+        })
+    }
+
     fn sync_kernel_vips(&mut self) {
         let held: Vec<(Ipv4Addr, u32)> = if self.holds {
-            self.vips
-                .iter()
-                .filter_map(|v| {
-                    let link = self
-                        .cfg
-                        .links
-                        .iter()
-                        .position(|l| l.interface == v.interface)?;
-                    Some((v.address, link as u32))
-                })
+            self.vip_links()
+                .map(|(link, ip)| (ip, link as u32))
                 .collect()
         } else {
             Vec::new()
@@ -606,16 +614,8 @@ impl Agent {
     /// Gratuitous ARP for every VIP: the first round now, the rest spaced.
     fn announce(&self, count: u32, spacing: Duration) {
         let targets: Vec<(Arc<ArpSocket>, Ipv4Addr)> = self
-            .vips
-            .iter()
-            .filter_map(|v| {
-                let link = self
-                    .cfg
-                    .links
-                    .iter()
-                    .position(|l| l.interface == v.interface)?;
-                Some((self.arp[link].clone(), v.address))
-            })
+            .vip_links()
+            .map(|(link, ip)| (self.arp[link].clone(), ip))
             .collect();
         let send = |targets: &[(Arc<ArpSocket>, Ipv4Addr)]| {
             for (sock, ip) in targets {

@@ -118,6 +118,20 @@ fn replicating_from(h: &Health, peer: SocketAddr) -> bool {
         .is_some_and(|r| r.source == peer.to_string() && r.io_running && r.sql_running)
 }
 
+/// Why replication from `peer` is configured but its applier stopped on an
+/// error: that needs an operator, not another rejoin.
+fn applier_stopped(h: &Health, peer: SocketAddr) -> Option<String> {
+    let r = h
+        .replica
+        .as_ref()
+        .filter(|r| r.source == peer.to_string())?;
+    let e = r.last_sql_error.as_ref().filter(|_| !r.sql_running)?;
+    Some(format!(
+        "replication from {peer} is stopped by SQL error {}: {}; not rejoining: resolve it by hand (SHOW SLAVE STATUS), then START SLAVE",
+        e.code, e.message
+    ))
+}
+
 /// Delay before the next rejoin after `failures` failures in a row.
 fn backoff(interval: Duration, failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(8);
@@ -174,6 +188,7 @@ impl DbHandle {
             semisync_done: false,
             failures: 0,
             next_attempt: None,
+            acted_at: None,
             errant: None,
             force_reply: None,
             running: None,
@@ -242,18 +257,24 @@ impl DbHandle {
         rx
     }
 
+    /// Fences the server now, within `bound` (the controller fences too, on
+    /// its own schedule; fencing is idempotent).
+    pub async fn fence_now(&self, bound: Duration) -> Result<FenceReport, String> {
+        match tokio::time::timeout(bound, self.driver.fence()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "MySQL at {} was not fenced within {bound:?}; check that it is read-only",
+                self.driver.config().address
+            )),
+        }
+    }
+
     /// Stops the controller (dropping whatever it was doing) and fences the
     /// server, within `bound`: a stopping agent must not leave a writable
     /// primary behind the peer's back.
     pub async fn stop_fenced(&self, bound: Duration) -> Result<FenceReport, String> {
         self.task.abort();
-        match tokio::time::timeout(bound, self.driver.fence()).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!(
-                "MySQL at {} was not fenced within {bound:?} while stopping; check that it is read-only",
-                self.driver.config().address
-            )),
-        }
+        self.fence_now(bound).await
     }
 }
 
@@ -310,6 +331,8 @@ struct Controller {
     semisync_done: bool,
     failures: u32,
     next_attempt: Option<Instant>,
+    /// When the last action finished.
+    acted_at: Option<Instant>,
     errant: Option<Blocked>,
     force_reply: Option<oneshot::Sender<ForceResult>>,
     /// The action in flight (for the status).
@@ -341,7 +364,7 @@ impl Controller {
         mut wish_rx: watch::Receiver<DbWish>,
         mut force_rx: mpsc::Receiver<oneshot::Sender<ForceResult>>,
     ) {
-        let mut probe: Option<BoxFuture<'static, Health>> = None;
+        let mut probe: Option<BoxFuture<'static, (Instant, Health)>> = None;
         // Fence at once: before the agent has heard its peer.
         let mut fence = Some(self.start_fence());
         let mut action: Option<BoxFuture<'static, Outcome>> = None;
@@ -370,9 +393,9 @@ impl Controller {
                     }
                 }
                 _ = tick.tick(), if probe.is_none() => probe = Some(self.start_probe()),
-                h = finish(&mut probe) => {
+                (started, h) = finish(&mut probe) => {
                     probe = None;
-                    if self.on_health(h) && fence.is_none() {
+                    if self.on_health(started, h) && fence.is_none() {
                         fence = Some(self.start_fence());
                     }
                 }
@@ -387,6 +410,7 @@ impl Controller {
                 o = finish(&mut action) => {
                     action = None;
                     self.running = None;
+                    self.acted_at = Some(Instant::now());
                     self.on_outcome(o);
                     probe.get_or_insert_with(|| self.start_probe());
                 }
@@ -411,9 +435,9 @@ impl Controller {
         }
     }
 
-    fn start_probe(&self) -> BoxFuture<'static, Health> {
+    fn start_probe(&self) -> BoxFuture<'static, (Instant, Health)> {
         let d = self.driver.clone();
-        Box::pin(async move { d.probe().await })
+        Box::pin(async move { (Instant::now(), d.probe().await) })
     }
 
     fn start_fence(&self) -> BoxFuture<'static, Result<FenceReport, MysqlError>> {
@@ -456,7 +480,16 @@ impl Controller {
             DbWish::ReplicaOf(_) if self.errant.is_some() => return None,
             DbWish::ReplicaOf(_) if self.met => Action::Semisync { as_primary: false },
             DbWish::ReplicaOf(_) if !due => return None,
-            DbWish::ReplicaOf(peer) => Action::Rejoin { peer, force: false },
+            DbWish::ReplicaOf(peer) => {
+                if let Some(stopped) = self.health.as_ref().and_then(|h| applier_stopped(h, peer)) {
+                    // A rejoin cannot fix a conflict in the data, and would
+                    // restart replication from a recomputed position.
+                    self.failed("rejoin", stopped);
+                    self.next_attempt = Some(Instant::now() + self.interval);
+                    return None;
+                }
+                Action::Rejoin { peer, force: false }
+            }
         };
         if matches!(action, Action::Semisync { .. }) && (!self.semisync || self.semisync_done) {
             return None;
@@ -494,8 +527,9 @@ impl Controller {
         self.report();
     }
 
-    /// Takes in a probe; returns whether the server must be fenced.
-    fn on_health(&mut self, h: Health) -> bool {
+    /// Takes in a probe started at `started`; returns whether the server
+    /// must be fenced.
+    fn on_health(&mut self, started: Instant, h: Health) -> bool {
         let now = Instant::now();
         let was = self.fitness;
         self.fitness = self.tracker.observe(h.up, now);
@@ -513,7 +547,9 @@ impl Controller {
         if fence {
             warn!(wanted = %self.wish, "mysql: the local server is WRITABLE although this node is not MASTER (restarted?): fencing it");
         }
-        if h.up && self.met {
+        // A probe that began before the last action ended may show the old state.
+        let current = self.acted_at.is_none_or(|t| started > t);
+        if h.up && self.met && current {
             let contradicted = match self.wish {
                 DbWish::Primary => !h.writable,
                 DbWish::ReplicaOf(peer) => !replicating_from(&h, peer),
@@ -775,6 +811,7 @@ mod tests {
             links_up: 3,
             router_id: u32::from(Ipv4Addr::new(10, 0, 0, 2)),
             replica_ok: false,
+            fresh_takeover: false,
         }
     }
 
@@ -908,6 +945,43 @@ mod tests {
         let mut down = applied.clone();
         down.up = false;
         assert!(!replica_caught_up(true, w, &down, 2));
+    }
+
+    #[test]
+    fn an_applier_stopped_by_an_error_is_left_to_the_operator() {
+        let kind = ServerKind::detect("10.11.6-MariaDB-log", "").unwrap();
+        let cols = |sql: &str, errno: &str| -> Columns {
+            [
+                ("Slave_IO_Running", "Yes"),
+                ("Slave_SQL_Running", sql),
+                ("Master_Host", "203.0.113.12"),
+                ("Master_Port", "3306"),
+                ("Using_Gtid", "Slave_Pos"),
+                ("Gtid_IO_Pos", "0-2-5"),
+                ("Gtid_Slave_Pos", "0-2-4"),
+                ("Last_SQL_Errno", errno),
+                ("Last_SQL_Error", "Duplicate entry '2' for key 'PRIMARY'"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+            .collect()
+        };
+        let with = |sql: &str, errno: &str| {
+            health(Some(
+                ReplicaState::from_columns(&kind, &cols(sql, errno)).unwrap(),
+            ))
+        };
+        let why = applier_stopped(&with("No", "1062"), peer()).unwrap();
+        assert!(
+            why.contains("SQL error 1062") && why.contains("Duplicate"),
+            "{why}"
+        );
+        // Running, no error, or replicating from elsewhere: a rejoin may help.
+        assert_eq!(applier_stopped(&with("Yes", "0"), peer()), None);
+        assert_eq!(applier_stopped(&with("No", "0"), peer()), None);
+        let other: SocketAddr = "203.0.113.100:3306".parse().unwrap();
+        assert_eq!(applier_stopped(&with("No", "1062"), other), None);
+        assert_eq!(applier_stopped(&health(None), peer()), None);
     }
 
     #[test]

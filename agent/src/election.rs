@@ -102,6 +102,9 @@ pub struct Control {
     /// Its database replicates from the holder and has caught up: the
     /// holder may send reads there (always false without a managed database).
     pub replica_ok: bool,
+    /// We replaced a silent holder within the reclaim window and would hand
+    /// the VIPs back if it reappeared: the old holder waits for that.
+    pub fresh_takeover: bool,
 }
 
 impl Control {
@@ -333,7 +336,14 @@ impl Election {
                 .fold(0u8, |m, (i, u)| if *u { m | (1 << i) } else { m }),
             router_id: u32::from(self.cfg.router_id),
             replica_ok: self.replica_ok,
+            fresh_takeover: self.role == Role::Master && self.fresh_takeover(now),
         }
+    }
+
+    /// Within the reclaim window of a takeover from a silent holder.
+    fn fresh_takeover(&self, now: Instant) -> bool {
+        self.silent_takeover
+            .is_some_and(|(at, _)| now < at + self.cfg.reclaim_window)
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -347,6 +357,8 @@ impl Election {
             self.preempt_deadline,
             self.contest_deadline,
             self.conflict_deadline,
+            self.silent_takeover
+                .map(|(at, _)| at + self.cfg.reclaim_window),
             self.shutdown_deadline,
             self.yield_until,
             self.heard_until,
@@ -402,6 +414,9 @@ impl Election {
         }
         if self.heard_until.is_some_and(|t| now >= t) {
             self.heard_until = None;
+        }
+        if !self.fresh_takeover(now) {
+            self.silent_takeover = None;
         }
         self.evaluate(now);
     }
@@ -474,9 +489,10 @@ impl Election {
     fn resolve_two_holders(&mut self, control: &Control, now: Instant) {
         let mine = (self.epoch, self.cfg.priority, u32::from(self.cfg.router_id));
         let theirs = (control.epoch, control.priority, control.router_id);
-        let fresh = self.silent_takeover.is_some_and(|(at, replaced)| {
-            now < at + self.cfg.reclaim_window && replaced == control.epoch
-        });
+        let fresh = self.fresh_takeover(now)
+            && self
+                .silent_takeover
+                .is_some_and(|(_, replaced)| replaced == control.epoch);
         if theirs < mine && fresh {
             self.silent_takeover = None;
             self.yield_to_peer(
@@ -490,8 +506,8 @@ impl Election {
             self.outputs.push_back(Output::AnnounceVips);
             return;
         }
-        // Our direct replacement may hand back within the reclaim window.
-        if control.epoch == self.epoch + 1 {
+        // Our direct replacement, made moments ago, will hand back.
+        if control.epoch == self.epoch + 1 && control.fresh_takeover {
             let deadline = *self
                 .conflict_deadline
                 .get_or_insert(now + self.cfg.reclaim_window);
@@ -844,6 +860,7 @@ impl Election {
             links_up: 0,
             router_id: u32::from(self.cfg.router_id),
             replica_ok: false,
+            fresh_takeover: false,
         };
         self.advertised = Some(c);
         self.outputs.push_back(Output::Advertise(c));

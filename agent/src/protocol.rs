@@ -37,6 +37,7 @@ const SEQ_AT: usize = 16;
 const FLAG_ELIGIBLE: u8 = 1;
 const FLAG_WANT_TAKEOVER: u8 = 2;
 const FLAG_REPLICA_OK: u8 = 4;
+const FLAG_FRESH_TAKEOVER: u8 = 8;
 
 /// The shared secret both agents sign their probes with.
 #[derive(Clone)]
@@ -155,7 +156,12 @@ pub fn encode(
         } else {
             0
         })
-        | (if c.replica_ok { FLAG_REPLICA_OK } else { 0 });
+        | (if c.replica_ok { FLAG_REPLICA_OK } else { 0 })
+        | (if c.fresh_takeover {
+            FLAG_FRESH_TAKEOVER
+        } else {
+            0
+        });
     b[BODY + 3] = c.witness_reach;
     b[BODY + 4] = c.witness_count;
     b[BODY + 5] = c.links_up;
@@ -210,6 +216,7 @@ pub fn decode(key: &Key, b: &[u8]) -> Result<Probe, DecodeError> {
             eligible: b[BODY + 2] & FLAG_ELIGIBLE != 0,
             want_takeover: b[BODY + 2] & FLAG_WANT_TAKEOVER != 0,
             replica_ok: b[BODY + 2] & FLAG_REPLICA_OK != 0,
+            fresh_takeover: b[BODY + 2] & FLAG_FRESH_TAKEOVER != 0,
             witness_reach: b[BODY + 3],
             witness_count: b[BODY + 4],
             links_up: b[BODY + 5],
@@ -236,6 +243,7 @@ mod tests {
             links_up: 0b11,
             router_id: 0xC633_640B,
             replica_ok: true,
+            fresh_takeover: true,
         }
     }
 

@@ -255,6 +255,7 @@ peer_address = "192.168.1.100:3306"
             links_up: 3,
             router_id: 1,
             replica_ok,
+            fresh_takeover: false,
         }
     }
 

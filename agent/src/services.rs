@@ -36,14 +36,18 @@ pub struct Services {
 }
 
 impl Services {
-    /// Starts what is configured. The database controller fences the local
-    /// server at once, before the election has heard the peer.
-    pub fn start(cfg: &Config) -> Result<Services> {
+    /// Starts what is configured. The local database is fenced first (within
+    /// `mysql.timeout_ms`), before the election starts listening for the
+    /// peer: the rest of the start-up would otherwise delay it.
+    pub async fn start(cfg: &Config) -> Result<Services> {
         let (db, db_events) = match &cfg.mysql {
             Some(m) => {
                 let driver = MysqlDriver::new(m).context("[mysql]: cannot prepare the driver")?;
                 let (h, rx) = DbHandle::spawn(driver);
                 info!(server = %m.address, peer = %m.peer_address, "mysql: managing the local server (fencing it until the election decides)");
+                if let Err(e) = h.fence_now(m.timeout()).await {
+                    warn!("mysql: not fenced at start: {e}; fencing it as soon as a probe finds it writable");
+                }
                 (Some(h), Some(rx))
             }
             None => (None, None),

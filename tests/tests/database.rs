@@ -285,12 +285,13 @@ fn seed_checks_with_mysql_and_atlas() -> Result<()> {
     // Checks 1, 2, 4: server1 dies; server2 holds both VIPs, its MySQL is a
     // primary, its Atlas has only the rw backend.
     let fault = kill_server1(&mut st)?;
-    let vips = wait_until(STEP, "server2 holds both VIPs", || {
+    wait_until(STEP, "server2 holds both VIPs", || {
         Link::ALL
             .iter()
             .all(|l| st.lab.vip_holders(l.vip()).contains(&S2))
     })
     .with_context(|| st.logs())?;
+    let vips = fault.elapsed();
     wait_until_ok(STEP, "a write on server2 succeeds", || {
         Ok(app_write(st.db(S2), "after failover")?.status.success())
     })
@@ -415,7 +416,11 @@ fn errant_write_on_the_isolated_old_primary_blocks_its_rejoin_until_forced() -> 
     // server1's MariaDB comes back without its agent and with its links
     // down, and takes a write nobody else will ever see.
     st.dbs[0].spawn()?;
-    let out = app_write(st.db(S1), "errant")?;
+    // A key the new primary will not use: a forced rejoin keeps the row,
+    // and the same key written on both sides would stop replication.
+    let out = st
+        .db(S1)
+        .app_sql("INSERT INTO app.t (id, v, origin) VALUES (1000001, 'errant', @@server_id)")?;
     ensure!(out.status.success(), "errant write: {out:?}");
     let errant_pos = st.db(S1).gtid_binlog_pos()?;
     st.start_agent(S1)?;

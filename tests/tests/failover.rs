@@ -72,6 +72,16 @@ impl Running {
         .with_context(|| format!("{}\n{}", self.lab.describe_vips(), self.logs()))
     }
 
+    /// `s` holds both VIPs (the other server may hold them too).
+    fn wait_holds_both(&self, s: Server) -> Result<Duration> {
+        wait_until(FAILOVER, format!("{s} holds both VIPs"), || {
+            Link::ALL
+                .iter()
+                .all(|l| self.lab.vip_holders(l.vip()).contains(&s))
+        })
+        .with_context(|| format!("{}\n{}", self.lab.describe_vips(), self.logs()))
+    }
+
     fn wait_state(&self, s: Server, state: &str) -> Result<Duration> {
         wait_until_ok(SETTLE, format!("{s} in {state}"), || {
             Ok(self.lab.agent_state(s)? == state)
@@ -154,11 +164,7 @@ fn nopreempt_after_reboot() -> Result<()> {
     // Machine death: links down and the agent gone; then it boots again.
     r.lab.links_down(S1)?;
     r.take(S1).kill()?;
-    wait_until(FAILOVER, "server2 holds both VIPs", || {
-        Link::ALL
-            .iter()
-            .all(|l| r.lab.vip_holders(l.vip()).contains(&S2))
-    })?;
+    r.wait_holds_both(S2)?;
     r.lab.links_up(S1)?;
     // The killed agent left its addresses behind, as a crash would; the new
     // one removes them before anything else.
@@ -176,11 +182,7 @@ fn nopreempt_after_reboot() -> Result<()> {
 fn isolated_holder_fences_itself_and_keeps_nothing_after_heal() -> Result<()> {
     let r = started()?;
     r.lab.isolate(S1)?; // carrier up, every frame dropped
-    let took = wait_until(FAILOVER, "server2 holds both VIPs", || {
-        Link::ALL
-            .iter()
-            .all(|l| r.lab.vip_holders(l.vip()).contains(&S2))
-    })?;
+    let took = r.wait_holds_both(S2)?;
     let fenced = wait_until(FAILOVER, "server1 holds no VIP", || {
         Link::ALL
             .iter()
@@ -206,13 +208,9 @@ fn hung_holder_resumes_without_taking_the_vips_back() -> Result<()> {
     let mut r = started()?;
     // The client has an ARP entry for the VIP (gratuitous ARP only updates one).
     ensure!(r.lab.reachable(r.lab.client_ns(), Link::Outside.vip()));
-    r.agent(S1).stop()?; // SIGSTOP
-                         // server1's kernel still holds the VIPs: server2 takes them and announces.
-    wait_until(FAILOVER, "server2 holds both VIPs", || {
-        Link::ALL
-            .iter()
-            .all(|l| r.lab.vip_holders(l.vip()).contains(&S2))
-    })?;
+    // SIGSTOP: server1's kernel still holds the VIPs; server2 takes them and announces.
+    r.agent(S1).stop()?;
+    r.wait_holds_both(S2)?;
     let mac2 = server2_mac_outside(&r);
     wait_until(FAILOVER, "client's entry moved to server2", || {
         r.lab
@@ -222,7 +220,7 @@ fn hung_holder_resumes_without_taking_the_vips_back() -> Result<()> {
             .as_deref()
             == Some(mac2.as_str())
     })?;
-    // A hang shorter than the reclaim window (80 ms) counts as a stall and
+    // A hang shorter than the reclaim window (64 ms) counts as a stall and
     // server2 would hand the VIPs back; this one is a real hang.
     r.holds_for(Duration::from_millis(500), "server2 holds both VIPs", |l| {
         Link::ALL
@@ -301,11 +299,7 @@ fn partition_between_servers_heals_to_the_most_recent_holder() -> Result<()> {
     // with two nodes); the heal must leave exactly one, the newer one.
     r.lab.cut_between_servers(Link::Outside)?;
     r.lab.cut_between_servers(Link::Inside)?;
-    wait_until(FAILOVER, "server2 took over", || {
-        Link::ALL
-            .iter()
-            .all(|l| r.lab.vip_holders(l.vip()).contains(&S2))
-    })?;
+    r.wait_holds_both(S2)?;
     // Longer than the reclaim window: a real partition, not a stall.
     r.holds_for(
         Duration::from_millis(500),

@@ -144,6 +144,34 @@ fn test(root: &Path, no_setup: bool, filter: Option<&str>) -> Result<()> {
         println!("xtask: removed leftover lab namespaces of dead runs: {stale:?}");
     }
     println!("xtask: privileged tests (one at a time)");
+    let failed = privileged_tests(root, &bin, filter.map(|f| (f, false)))?;
+    if failed.is_empty() {
+        return Ok(());
+    }
+    // These tests time real failovers on a shared 2-core machine: a test
+    // that fails is run once more on its own. A broken behaviour fails both
+    // times; a pass on retry is reported, never hidden.
+    println!(
+        "xtask: retrying {} failed privileged test(s) once: {failed:?}",
+        failed.len()
+    );
+    let mut still = Vec::new();
+    for name in &failed {
+        if !privileged_tests(root, &bin, Some((name, true)))?.is_empty() {
+            still.push(name.clone());
+        }
+    }
+    if !still.is_empty() {
+        bail!("privileged tests failed twice: {still:?}");
+    }
+    println!("xtask: FLAKY: {failed:?} failed once and passed on retry");
+    Ok(())
+}
+
+/// Runs the privileged (`#[ignore]`d) tests, echoing their output; returns
+/// the names of the tests that failed.
+fn privileged_tests(root: &Path, bin: &Path, filter: Option<(&str, bool)>) -> Result<Vec<String>> {
+    use std::io::BufRead;
     let mut cmd = Command::new(cargo());
     cmd.current_dir(root)
         // --tests: lib, bin and integration tests; not doctests, where
@@ -152,15 +180,41 @@ fn test(root: &Path, no_setup: bool, filter: Option<&str>) -> Result<()> {
             "test",
             "--workspace",
             "--tests",
+            "--no-fail-fast",
             "--",
             "--ignored",
             "--test-threads=1",
         ])
-        .env("HA_AGENT_BIN", &bin);
-    if let Some(f) = filter {
+        .env("HA_AGENT_BIN", bin)
+        .stdout(std::process::Stdio::piped());
+    if let Some((f, exact)) = filter {
         cmd.arg(f);
+        if exact {
+            cmd.arg("--exact");
+        }
     }
-    run(&mut cmd)
+    println!(
+        "xtask: $ cargo test --workspace --tests --no-fail-fast -- --ignored --test-threads=1 {}",
+        filter.map_or("", |f| f.0)
+    );
+    let mut child = cmd.spawn().context("cannot run cargo test")?;
+    let mut failed = Vec::new();
+    let out = child.stdout.take().context("no stdout")?;
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|l| l.strip_suffix(" ... FAILED"))
+        {
+            failed.push(name.to_string());
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && failed.is_empty() {
+        bail!("cargo test failed ({status}) before running the tests (build error?)");
+    }
+    Ok(failed)
 }
 
 fn main() -> ExitCode {
