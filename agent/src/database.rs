@@ -67,9 +67,20 @@ impl fmt::Display for DbWish {
 }
 
 /// The wish for a role. `peer` is the peer's control while it is heard
-/// (None when silent); `peer_db` its server's address.
-pub fn wish_for(role: Role, peer: Option<&Control>, peer_db: SocketAddr) -> DbWish {
+/// (None when silent); `peer_db` its server's address. `fresh_takeover`:
+/// we hold the VIPs because the holder fell silent moments ago, and hand
+/// them back if it speaks again within the election's reclaim window. Until
+/// that window closes the server stays fenced (its replica keeps
+/// receiving): a holder that was only stalled must never meet a second
+/// writable primary. The promotion waits one reclaim window (tens of ms).
+pub fn wish_for(
+    role: Role,
+    fresh_takeover: bool,
+    peer: Option<&Control>,
+    peer_db: SocketAddr,
+) -> DbWish {
     match role {
+        Role::Master if fresh_takeover => DbWish::Fenced,
         Role::Master => DbWish::Primary,
         Role::Backup if peer.is_some_and(|p| p.role == Role::Master) => DbWish::ReplicaOf(peer_db),
         Role::Backup | Role::Init | Role::Fault => DbWish::Fenced,
@@ -819,25 +830,27 @@ mod tests {
     fn wish_follows_the_role() {
         let master = control(Role::Master);
         let backup = control(Role::Backup);
-        assert_eq!(wish_for(Role::Master, None, peer()), DbWish::Primary);
+        assert_eq!(wish_for(Role::Master, false, None, peer()), DbWish::Primary);
         assert_eq!(
-            wish_for(Role::Master, Some(&master), peer()),
+            wish_for(Role::Master, false, Some(&master), peer()),
             DbWish::Primary
         );
         assert_eq!(
-            wish_for(Role::Backup, Some(&master), peer()),
+            wish_for(Role::Backup, false, Some(&master), peer()),
             DbWish::ReplicaOf(peer())
         );
         // A backup whose peer is silent or holds nothing only stays read-only.
-        assert_eq!(wish_for(Role::Backup, None, peer()), DbWish::Fenced);
+        assert_eq!(wish_for(Role::Backup, false, None, peer()), DbWish::Fenced);
         assert_eq!(
-            wish_for(Role::Backup, Some(&backup), peer()),
+            wish_for(Role::Backup, false, Some(&backup), peer()),
             DbWish::Fenced
         );
         for role in [Role::Init, Role::Fault] {
-            assert_eq!(wish_for(role, Some(&master), peer()), DbWish::Fenced);
-            assert_eq!(wish_for(role, None, peer()), DbWish::Fenced);
+            assert_eq!(wish_for(role, false, Some(&master), peer()), DbWish::Fenced);
+            assert_eq!(wish_for(role, false, None, peer()), DbWish::Fenced);
         }
+        // A takeover the silent holder may still reclaim: not yet a primary.
+        assert_eq!(wish_for(Role::Master, true, None, peer()), DbWish::Fenced);
         assert_eq!(
             DbWish::ReplicaOf(peer()).to_string(),
             "replica of 203.0.113.12:3306"

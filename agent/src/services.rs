@@ -4,7 +4,7 @@
 //! after every event; it recomputes what each service should be from the
 //! election's view and hands it over without ever waiting for either.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::sync::{mpsc, oneshot};
@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use crate::atlas::{AtlasHandle, AtlasReconciler, Settings};
 use crate::config::Config;
 use crate::database::{wish_for, DbHandle, LocalDb};
-use crate::election::Election;
+use crate::election::{Election, Role};
 use crate::mysql::MysqlDriver;
 use crate::proxy::{self, ProxyAddresses};
 use crate::status::{AtlasSection, DatabaseStatus, Reply};
@@ -98,7 +98,13 @@ impl Services {
             .then(|| election.peer_control())
             .flatten();
         if let Some(db) = &self.db {
-            db.set_wish(wish_for(role, peer.as_ref(), db.peer()));
+            let fresh = role == Role::Master && election.control(Instant::now()).fresh_takeover;
+            let wish = wish_for(role, fresh, peer.as_ref(), db.peer());
+            if db.set_wish(wish) && fresh {
+                info!(
+                    "mysql: holding the promotion until the silent holder's reclaim window closes"
+                );
+            }
         }
         if let Some(a) = &self.atlas {
             let d = proxy::desired(&a.addrs, role, peer.as_ref(), self.local_db.replica_ok);

@@ -225,12 +225,14 @@ fn replicating(db: &Mariadb) -> Result<bool> {
 /// replicating from it, both Atlases rw = VIP, ro = server2.
 fn started() -> Result<Stack> {
     let mut st = stack()?;
+    // server1 first, as in the seed: two agents starting together elect
+    // whichever finishes loading its eBPF program first.
     st.start_agent(S1)?;
-    st.start_agent(S2)?;
     wait_until(SETTLE, "server1 sole VIP holder", || {
         st.lab.sole_holder_is(S1)
     })
     .with_context(|| st.logs())?;
+    st.start_agent(S2)?;
     st.wait_state(S2, "BACKUP")?;
     wait_until_ok(SETTLE, "server2 replicating from server1", || {
         replicating(st.db(S2))

@@ -217,3 +217,36 @@ async fn replica_then_primary_then_errant_rejoin_and_force() {
     let refused = h2.rejoin_force().await.unwrap().unwrap_err();
     assert!(refused.contains("BACKUP"), "{refused}");
 }
+
+#[tokio::test]
+async fn semisync_is_enabled_after_promotion_and_rejoin_and_shown_effective() {
+    let s1 = start(1);
+    let s2 = start(2);
+    let mk = |db: &Mariadb, peer: &Mariadb| {
+        let mut cfg = db.agent_config(peer.addr());
+        cfg.semisync = true;
+        DbHandle::spawn(MysqlDriver::new(&cfg).expect("driver"))
+    };
+    let (h1, _e1) = mk(&s1, &s2);
+    let (h2, _e2) = mk(&s2, &s1);
+    h1.set_wish(DbWish::Primary);
+    status_until(&h1, "server1 promoted", |s| s.writable).await;
+    // The controllers alone make server2 a semi-sync replica of server1.
+    h2.set_wish(DbWish::ReplicaOf(s1.addr()));
+    let st2 = status_until(&h2, "server2 a semi-sync replica", |s| {
+        s.replica_ok && s.semisync_effective == Some(true)
+    })
+    .await;
+    assert!(st2.last_rejoin.is_some(), "{st2:?}");
+    // The primary's side is effective once the replica acknowledges.
+    s1.insert_rows(3, "semi-sync").unwrap();
+    let st1 = status_until(&h1, "server1 semi-sync effective", |s| {
+        s.semisync_effective == Some(true)
+    })
+    .await;
+    println!(
+        "semi-sync effective: primary {:?}, replica {:?}",
+        st1.semisync_effective, st2.semisync_effective
+    );
+    s2.wait_count(3, BOUND).unwrap();
+}

@@ -198,6 +198,12 @@ fn failover(root: &Path, a: FailoverArgs) -> Result<()> {
                     .as_ref()
                     .map_or(String::new(), |f| format!("; FAILED: {f}"))
             );
+            if let Some(d) = &s.gap_detail {
+                println!(
+                    "bench: {c}: soak: longest client gap {:?} ms: {d}",
+                    s.longest_gap_ms.map(|x| x.round())
+                );
+            }
             soaks.push(s);
         }
     }
@@ -291,7 +297,7 @@ fn failover(root: &Path, a: FailoverArgs) -> Result<()> {
 fn print_trial(r: &trial::TrialResult, n: usize) {
     let f = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.1}"));
     let head = format!(
-        "bench: {:<16} {:<10} {:>2}/{n}",
+        "bench: {:<19} {:<10} {:>2}/{n}",
         r.contender.name(),
         r.fault.name(),
         r.index + 1

@@ -307,6 +307,7 @@ impl Report<'_> {
                     "pings_sent": s.pings_sent,
                     "pings_answered": s.pings_answered,
                     "longest_gap_ms": s.longest_gap_ms,
+                    "gap_detail": s.gap_detail,
                     "events": s.events,
                     "failure": s.failure,
                     "saved_logs": s.saved_logs,

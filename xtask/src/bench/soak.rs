@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use ha_lab::{spawn_in, Lab, Link, Pinger, Server};
 
+use super::arp::{ArpCapture, ArpFrame};
 use super::contender::{Contender, Pair};
 use super::trial::ms;
 use super::watch::{Holders, VipWatch};
@@ -32,6 +33,9 @@ pub struct SoakResult {
     pub pings_sent: Option<usize>,
     pub pings_answered: Option<usize>,
     pub longest_gap_ms: Option<f64>,
+    /// Where the longest gap was, and the gratuitous ARPs the client saw
+    /// just before and during it (who it was told to send to).
+    pub gap_detail: Option<String>,
     /// The holder changes, "+12.3 s outside: server1+server2, ...".
     pub events: Vec<String>,
     pub failure: Option<String>,
@@ -48,6 +52,7 @@ pub fn run(ctx: &Ctx, c: Contender, secs: u64) -> Result<SoakResult> {
         pings_sent: None,
         pings_answered: None,
         longest_gap_ms: None,
+        gap_detail: None,
         events: Vec::new(),
         failure: None,
         saved_logs: None,
@@ -80,6 +85,7 @@ fn soak(lab: &Lab, r: &mut SoakResult) -> Result<()> {
     let watch = VipWatch::start(lab, bound)?;
     let mut pair = Pair::start(lab, r.contender, &watch)?;
     let mac1 = lab.mac(Server::S1, Link::Outside).to_string();
+    let arp = ArpCapture::start(lab.client_ns(), "eth0", bound)?;
     let pinger = Pinger::start(
         lab.client_ns(),
         "eth0",
@@ -120,7 +126,9 @@ fn soak(lab: &Lab, r: &mut SoakResult) -> Result<()> {
     let (sent, answered) = log.answered_between(t_start, t_end);
     r.pings_sent = Some(sent);
     r.pings_answered = Some(answered);
-    r.longest_gap_ms = Some(ms(log.longest_gap(t_start, t_end).len()));
+    let gap = log.longest_gap(t_start, t_end);
+    r.longest_gap_ms = Some(ms(gap.len()));
+    r.gap_detail = Some(gap_detail(lab, &arp.finish(), gap, t_start));
     let s = summarize(&timeline, t_start, t_end);
     r.moves = Some(s.moves);
     r.dual_ms = Some(ms(s.dual));
@@ -128,6 +136,38 @@ fn soak(lab: &Lab, r: &mut SoakResult) -> Result<()> {
     r.events = s.events;
     pair.shutdown();
     result
+}
+
+/// "gap +16.34..21.28 s; GARPs for the outside VIP: +16.340 s server2, ...":
+/// the announcements from 100 ms before the gap to its end.
+fn gap_detail(lab: &Lab, frames: &[ArpFrame], gap: ha_lab::Gap, t0: Instant) -> String {
+    let off = |t: Instant| t.saturating_duration_since(t0).as_secs_f64();
+    let from = gap
+        .start
+        .checked_sub(Duration::from_millis(100))
+        .unwrap_or(gap.start);
+    let garps: Vec<String> = frames
+        .iter()
+        .filter(|f| f.at >= from && f.at <= gap.end)
+        .filter(|f| f.is_gratuitous() && f.sender_ip == Link::Outside.vip())
+        .map(|f| {
+            let who = lab
+                .server_with_mac(&f.sender_mac)
+                .map_or(f.sender_mac.clone(), |(s, _)| s.name().to_string());
+            format!("+{:.3} s {who}", off(f.at))
+        })
+        .collect();
+    format!(
+        "gap +{:.3}..+{:.3} s; GARPs for {} seen by the client from 100 ms before it: {}",
+        off(gap.start),
+        off(gap.end),
+        Link::Outside.vip(),
+        if garps.is_empty() {
+            "none".to_string()
+        } else {
+            garps.join(", ")
+        }
+    )
 }
 
 pub struct Summary {
