@@ -7,7 +7,8 @@
 //! nothing died. The async side only hands it new probe bytes.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,15 +33,19 @@ pub struct Witness {
     pub interval: Duration,
 }
 
+/// State shared with the async side. The real-time thread never blocks on
+/// the lock (it would inherit the scheduling of a preempted normal thread:
+/// priority inversion): it only `try_lock`s, keeps its own copy, and is woken
+/// by `unpark` after `generation` changes.
 struct Shared {
     /// One signed probe per link (index = link), replaced on every control change.
-    probes: Vec<[u8; PROBE_LEN]>,
-    generation: u64,
-    stop: bool,
+    probes: Mutex<Vec<[u8; PROBE_LEN]>>,
+    generation: AtomicU64,
+    stop: AtomicBool,
 }
 
 pub struct Sender {
-    shared: Arc<(Mutex<Shared>, Condvar)>,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -51,14 +56,11 @@ impl Sender {
         probes: Vec<[u8; PROBE_LEN]>,
         rt_priority: u8,
     ) -> std::io::Result<Self> {
-        let shared = Arc::new((
-            Mutex::new(Shared {
-                probes,
-                generation: 1,
-                stop: false,
-            }),
-            Condvar::new(),
-        ));
+        let shared = Arc::new(Shared {
+            probes: Mutex::new(probes),
+            generation: AtomicU64::new(1),
+            stop: AtomicBool::new(false),
+        });
         let for_thread = shared.clone();
         let thread = std::thread::Builder::new()
             .name("ha-probe-sender".into())
@@ -75,11 +77,11 @@ impl Sender {
 
     /// New control state: the thread sends it on every link at once.
     pub fn publish(&self, probes: Vec<[u8; PROBE_LEN]>) {
-        let (lock, cv) = &*self.shared;
-        let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
-        s.probes = probes;
-        s.generation += 1;
-        cv.notify_one();
+        *self.shared.probes.lock().unwrap_or_else(|e| e.into_inner()) = probes;
+        self.shared.generation.fetch_add(1, Ordering::Release);
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
     }
 
     pub fn stop(mut self) {
@@ -87,10 +89,9 @@ impl Sender {
     }
 
     fn shutdown(&mut self) {
-        let (lock, cv) = &*self.shared;
-        lock.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
-        cv.notify_one();
+        self.shared.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
@@ -122,8 +123,7 @@ fn set_realtime(priority: u8) {
     }
 }
 
-fn run(links: Vec<SenderLink>, shared: &(Mutex<Shared>, Condvar)) {
-    let (lock, cv) = shared;
+fn run(links: Vec<SenderLink>, shared: &Shared) {
     let start = Instant::now();
     let mut next_probe: Vec<Instant> = links.iter().map(|_| start).collect();
     let mut next_witness: Vec<Option<Instant>> = links
@@ -131,42 +131,50 @@ fn run(links: Vec<SenderLink>, shared: &(Mutex<Shared>, Condvar)) {
         .map(|l| l.witness.as_ref().map(|_| start))
         .collect();
     let mut seq: Vec<u32> = vec![0; links.len()];
-    let mut seen_generation = 0;
     let mut send_errors: Vec<u64> = vec![0; links.len()];
-    let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        if guard.stop {
-            return;
-        }
+    let mut probes: Vec<[u8; PROBE_LEN]> = Vec::new();
+    let mut seen_generation = 0;
+    let shortest = links
+        .iter()
+        .map(|l| l.interval)
+        .min()
+        .unwrap_or(Duration::from_millis(5));
+    while !shared.stop.load(Ordering::Acquire) {
         let now = Instant::now();
         // Lateness of the earliest due probe: the thread did not get the CPU,
         // or a send blocked. The peer sees this as silence.
         if let Some(first) = next_probe.iter().min() {
             let late = now.saturating_duration_since(*first);
-            if late > links.iter().map(|l| l.interval).min().unwrap_or_default() {
+            if late > shortest {
                 warn!(late_us = late.as_micros() as u64, "probe sender ran late");
             }
         }
-        let changed = guard.generation != seen_generation;
-        seen_generation = guard.generation;
-        let mut due: Vec<(usize, [u8; PROBE_LEN])> = Vec::new();
-        for (i, at) in next_probe.iter_mut().enumerate() {
-            if changed || now >= *at {
-                if let Some(p) = guard.probes.get(i) {
-                    due.push((i, *p));
-                }
-                // Keep the cadence; after a stall, restart it from now.
-                *at = (*at + links[i].interval).max(now);
+        let generation = shared.generation.load(Ordering::Acquire);
+        let mut changed = false;
+        if generation != seen_generation {
+            // Never wait for the lock: if the async side holds it right now,
+            // send what we have and pick the new probes up on the next pass.
+            if let Ok(p) = shared.probes.try_lock() {
+                probes.clone_from(&p);
+                seen_generation = generation;
+                changed = true;
             }
         }
-        drop(guard);
         let send_start = Instant::now();
-        for (i, mut probe) in due {
+        for (i, at) in next_probe.iter_mut().enumerate() {
+            if !(changed || now >= *at) {
+                continue;
+            }
+            // Keep the cadence; after a stall, restart it from now.
+            *at = (*at + links[i].interval).max(now);
+            let Some(mut probe) = probes.get(i).copied() else {
+                continue;
+            };
             seq[i] = seq[i].wrapping_add(1);
             set_seq(&mut probe, seq[i]);
             if let Err(e) = links[i].socket.send_to(&probe, links[i].peer) {
                 send_errors[i] += 1;
-                // Rate-limit: a dead route would otherwise log 200 lines/s.
+                // Rate-limit: a dead route would otherwise log 250 lines/s.
                 if send_errors[i].is_power_of_two() {
                     warn!(link = %links[i].name, error = %e, count = send_errors[i], "probe send failed");
                 }
@@ -189,22 +197,20 @@ fn run(links: Vec<SenderLink>, shared: &(Mutex<Shared>, Condvar)) {
                 }
             }
         }
-        let wake = next_probe
+        let mut wake = next_probe
             .iter()
             .chain(next_witness.iter().flatten())
             .min()
             .copied()
             .unwrap_or(now + Duration::from_secs(1));
-        guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-        while !guard.stop && guard.generation == seen_generation {
-            let now = Instant::now();
-            if now >= wake {
-                break;
-            }
-            guard = cv
-                .wait_timeout(guard, wake - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        if shared.generation.load(Ordering::Acquire) != seen_generation {
+            // New probes we could not take yet: look again very soon.
+            wake = wake.min(Instant::now() + Duration::from_micros(200));
+        }
+        let now = Instant::now();
+        if wake > now {
+            // unpark() from publish/shutdown ends this early.
+            std::thread::park_timeout(wake - now);
         }
     }
 }

@@ -390,7 +390,8 @@ fn notify_hooks_run_on_transitions() -> Result<()> {
         );
     }
     wait_until(SETTLE, "server1's MASTER hooks ran", || {
-        read().contains("INSTANCE outside_network MASTER 101")
+        // The last hook of the MASTER transition.
+        read().contains("INSTANCE inside_network MASTER 101")
     })
     .with_context(|| format!("hooks: {}\n{}", read(), a1.log_tail(30)))?;
     let text = read();

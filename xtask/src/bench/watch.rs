@@ -1,9 +1,13 @@
-//! Who holds the VIPs, polled every millisecond from the kernel.
+//! Who holds the VIPs, from the kernel, with every change timestamped.
 //!
 //! One thread per server stays inside that server's namespace for its whole
 //! life (entering a namespace per poll, as `Lab::vip_holders` does, would
-//! cost two thread spawns per VIP per millisecond) and records every change
-//! of the set of VIPs the server holds, with a monotonic timestamp.
+//! cost two thread spawns per VIP per millisecond). It listens to the
+//! kernel's address events (netlink `RTMGRP_IPV4_IFADDR`), so a VIP added
+//! and removed again within a millisecond is still seen (polling every
+//! millisecond missed such flaps of ha-agent under load), and it also polls
+//! the addresses every millisecond when no event comes, to resynchronise
+//! after an overrun of the netlink socket.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -192,6 +196,12 @@ pub fn first_at_or_after(
         .map(|(at, _)| *at)
 }
 
+fn held_now(vips: &[std::net::Ipv4Addr; 2]) -> [bool; 2] {
+    // An error (interface gone while the lab is torn down) reads as "holds nothing".
+    let addrs = netns::local_ipv4_addresses().unwrap_or_default();
+    vips.map(|v| addrs.iter().any(|(_, c)| c.addr == v))
+}
+
 fn poll_loop(
     ns: &str,
     server: Server,
@@ -200,24 +210,154 @@ fn poll_loop(
     deadline: Instant,
 ) -> Result<()> {
     netns::enter_netns(ns)?;
+    // Subscribe before the first reading so no change falls in between.
+    let sock = AddrEvents::open()?;
     let vips = [Link::Outside.vip(), Link::Inside.vip()];
     let mut last: Option<[bool; 2]> = None;
-    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-        // An error (interface gone while the lab is torn down) reads as "holds nothing".
-        let addrs = netns::local_ipv4_addresses().unwrap_or_default();
-        let at = Instant::now();
-        let now = vips.map(|v| addrs.iter().any(|(_, c)| c.addr == v));
-        if last != Some(now) {
-            last = Some(now);
+    let record = |last: &mut Option<[bool; 2]>, now: [bool; 2], at: Instant| {
+        if *last != Some(now) {
+            *last = Some(now);
             let mut s = shared.lock().unwrap();
             s.current.held[si(server)] = now;
             let cur = s.current;
             s.timeline.push((at, cur));
             s.ready[si(server)] = true;
         }
-        std::thread::sleep(Duration::from_millis(1));
+    };
+    record(&mut last, held_now(&vips), Instant::now());
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        match sock.recv(&mut buf) {
+            Ok(Some(n)) => {
+                let at = Instant::now();
+                for (add, addr) in parse_addr_events(&buf[..n]) {
+                    if let Some(i) = vips.iter().position(|&v| v == addr) {
+                        let mut now = last.unwrap_or_default();
+                        now[i] = add;
+                        record(&mut last, now, at);
+                    }
+                }
+            }
+            // Timeout (1 ms) or overrun: read the truth.
+            Ok(None) | Err(_) => record(&mut last, held_now(&vips), Instant::now()),
+        }
     }
     Ok(())
+}
+
+/// A netlink socket subscribed to IPv4 address changes.
+struct AddrEvents(libc::c_int);
+
+impl AddrEvents {
+    fn open() -> Result<AddrEvents> {
+        // SAFETY: plain socket(2).
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE) };
+        if fd < 0 {
+            return Err(anyhow!(
+                "netlink socket: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let sock = AddrEvents(fd);
+        // SAFETY: a zeroed sockaddr_nl is valid; we set the family and groups.
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as u16;
+        sa.nl_groups = libc::RTMGRP_IPV4_IFADDR as u32;
+        // SAFETY: sa is a valid sockaddr_nl of the given size.
+        let rc = unsafe {
+            libc::bind(
+                fd,
+                &sa as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(anyhow!("netlink bind: {}", std::io::Error::last_os_error()));
+        }
+        // Wake up every millisecond without events: the resync poll.
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 1_000,
+        };
+        // SAFETY: tv is a valid timeval.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        Ok(sock)
+    }
+
+    /// Some(bytes) read, None on timeout; an error on overrun (ENOBUFS).
+    fn recv(&self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        // SAFETY: buf is valid for writes of its length.
+        let n = unsafe { libc::recv(self.0, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(n as usize))
+    }
+}
+
+impl Drop for AddrEvents {
+    fn drop(&mut self) {
+        // SAFETY: we own the fd.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// (added?, address) for every IPv4 RTM_NEWADDR/RTM_DELADDR in a netlink datagram.
+fn parse_addr_events(mut b: &[u8]) -> Vec<(bool, std::net::Ipv4Addr)> {
+    let mut out = Vec::new();
+    // nlmsghdr: len u32, type u16, flags u16, seq u32, pid u32.
+    while b.len() >= 16 {
+        let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let kind = u16::from_ne_bytes([b[4], b[5]]);
+        if len < 16 || len > b.len() {
+            break;
+        }
+        let msg = &b[16..len];
+        // ifaddrmsg: family u8, prefixlen u8, flags u8, scope u8, index u32.
+        let add = kind == libc::RTM_NEWADDR;
+        if (add || kind == libc::RTM_DELADDR)
+            && msg.len() >= 8
+            && i32::from(msg[0]) == libc::AF_INET
+        {
+            let mut attrs = &msg[8..];
+            let mut local = None;
+            let mut address = None;
+            // rtattr: len u16, type u16, value, padded to 4.
+            while attrs.len() >= 4 {
+                let alen = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+                let atype = u16::from_ne_bytes([attrs[2], attrs[3]]);
+                if alen < 4 || alen > attrs.len() {
+                    break;
+                }
+                if alen == 8 {
+                    let ip = std::net::Ipv4Addr::new(attrs[4], attrs[5], attrs[6], attrs[7]);
+                    match atype {
+                        2 => local = Some(ip),   // IFA_LOCAL
+                        1 => address = Some(ip), // IFA_ADDRESS
+                        _ => {}
+                    }
+                }
+                attrs = &attrs[((alen + 3) & !3).min(attrs.len())..];
+            }
+            if let Some(ip) = local.or(address) {
+                out.push((add, ip));
+            }
+        }
+        b = &b[((len + 3) & !3).min(b.len())..];
+    }
+    out
 }
 
 #[cfg(test)]
@@ -249,5 +389,23 @@ mod tests {
         );
         assert!(b.dual() && !b.orphan() && !a.dual());
         assert_eq!(c.describe(), "outside: server2, inside: server2");
+    }
+
+    #[test]
+    fn parses_address_events() {
+        let mut m = Vec::new();
+        let body_len = 16 + 8 + 8;
+        m.extend_from_slice(&(body_len as u32).to_ne_bytes());
+        m.extend_from_slice(&libc::RTM_DELADDR.to_ne_bytes());
+        m.extend_from_slice(&[0; 10]);
+        m.extend_from_slice(&[libc::AF_INET as u8, 24, 0, 0, 2, 0, 0, 0]);
+        m.extend_from_slice(&8u16.to_ne_bytes());
+        m.extend_from_slice(&2u16.to_ne_bytes());
+        m.extend_from_slice(&[198, 51, 100, 100]);
+        let ev = parse_addr_events(&m);
+        assert_eq!(
+            ev,
+            vec![(false, std::net::Ipv4Addr::new(198, 51, 100, 100))]
+        );
     }
 }
