@@ -72,6 +72,11 @@ impl Running {
         .with_context(|| format!("{}\n{}", self.lab.describe_vips(), self.logs()))
     }
 
+    /// `s` stays the only VIP holder for two seconds.
+    fn stays_sole_holder(&self, s: Server, what: &str) -> Result<()> {
+        self.holds_for(Duration::from_secs(2), what, |l| l.sole_holder_is(s))
+    }
+
     /// `s` holds both VIPs (the other server may hold them too).
     fn wait_holds_both(&self, s: Server) -> Result<Duration> {
         wait_until(FAILOVER, format!("{s} holds both VIPs"), || {
@@ -171,9 +176,7 @@ fn nopreempt_after_reboot() -> Result<()> {
     r.restart(S1)?;
     r.wait_sole_holder(S2, SETTLE)?;
     r.wait_state(S1, "BACKUP")?;
-    r.holds_for(Duration::from_secs(2), "server2 keeps the VIPs", |l| {
-        l.sole_holder_is(S2)
-    })?;
+    r.stays_sole_holder(S2, "server2 keeps the VIPs")?;
     Ok(())
 }
 
@@ -230,9 +233,7 @@ fn hung_holder_resumes_without_taking_the_vips_back() -> Result<()> {
     r.agent(S1).cont()?; // SIGCONT
     let dropped = r.wait_sole_holder(S2, FAILOVER)?;
     println!("hang: server1 dropped the VIPs {dropped:?} after SIGCONT");
-    r.holds_for(Duration::from_secs(2), "one holder, server2", |l| {
-        l.sole_holder_is(S2)
-    })?;
+    r.stays_sole_holder(S2, "one holder, server2")?;
     ensure!(r.lab.agent_state(S1)? == "BACKUP");
     Ok(())
 }
@@ -285,9 +286,7 @@ fn holder_losing_its_outside_uplink_hands_over() -> Result<()> {
     ensure!(s1["state"] == "BACKUP", "{s1}");
     // The uplink returns: no move back.
     r.lab.heal()?;
-    r.holds_for(Duration::from_secs(2), "server2 keeps the VIPs", |l| {
-        l.sole_holder_is(S2)
-    })?;
+    r.stays_sole_holder(S2, "server2 keeps the VIPs")?;
     Ok(())
 }
 
@@ -309,9 +308,7 @@ fn partition_between_servers_heals_to_the_most_recent_holder() -> Result<()> {
     r.lab.heal()?;
     let took = r.wait_sole_holder(S2, FAILOVER)?;
     println!("partition heal: one holder {took:?} after the heal");
-    r.holds_for(Duration::from_secs(2), "one holder, server2", |l| {
-        l.sole_holder_is(S2)
-    })?;
+    r.stays_sole_holder(S2, "one holder, server2")?;
     Ok(())
 }
 
