@@ -361,7 +361,9 @@ impl Election {
                 .map(|(at, _)| at + self.cfg.reclaim_window),
             self.shutdown_deadline,
             self.yield_until,
-            self.heard_until,
+            // Only decides something while no link is up: no wake otherwise.
+            self.heard_until
+                .filter(|_| !self.links_up.iter().any(|u| *u)),
         ]
         .into_iter()
         .flatten()

@@ -6,7 +6,7 @@
 //! if CPU hogs starved it, the peer would see silence and take over although
 //! nothing died. The async side only hands it new probe bytes.
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -20,8 +20,8 @@ use crate::protocol::{set_seq, PROBE_LEN};
 /// What the sender needs for one link.
 pub struct SenderLink {
     pub name: String,
+    /// Connected to the peer's probe address.
     pub socket: UdpSocket,
-    pub peer: SocketAddrV4,
     pub interval: Duration,
     pub witness: Option<Witness>,
 }
@@ -162,17 +162,16 @@ fn run(links: Vec<SenderLink>, shared: &Shared) {
         }
         let send_start = Instant::now();
         for (i, at) in next_probe.iter_mut().enumerate() {
-            if !(changed || now >= *at) {
+            let Some(next) = probe_schedule(*at, links[i].interval, now, changed) else {
                 continue;
-            }
-            // Keep the cadence; after a stall, restart it from now.
-            *at = (*at + links[i].interval).max(now);
+            };
+            *at = next;
             let Some(mut probe) = probes.get(i).copied() else {
                 continue;
             };
             seq[i] = seq[i].wrapping_add(1);
             set_seq(&mut probe, seq[i]);
-            if let Err(e) = links[i].socket.send_to(&probe, links[i].peer) {
+            if let Err(e) = send(&links[i].socket, &probe) {
                 send_errors[i] += 1;
                 // Rate-limit: a dead route would otherwise log 250 lines/s.
                 if send_errors[i].is_power_of_two() {
@@ -193,7 +192,7 @@ fn run(links: Vec<SenderLink>, shared: &Shared) {
                     if let Err(e) = w.arp.send_request(w.local_ip, w.target) {
                         warn!(link = %links[i].name, witness = %w.target, error = %e, "witness ARP request failed");
                     }
-                    *at = (*at + w.interval).max(now);
+                    *at = next_slot(*at, w.interval, now);
                 }
             }
         }
@@ -212,5 +211,85 @@ fn run(links: Vec<SenderLink>, shared: &Shared) {
             // unpark() from publish/shutdown ends this early.
             std::thread::park_timeout(wake - now);
         }
+    }
+}
+
+/// The first slot of the grid `at + k * interval` after `now`. Every grid
+/// starts at the same instant, so after a stall the probes and the witness
+/// ARP stay on common slots: one wake serves them all.
+fn next_slot(at: Instant, interval: Duration, now: Instant) -> Instant {
+    let next = at + interval;
+    if next > now || interval.is_zero() {
+        return next;
+    }
+    let behind = now.duration_since(at).as_nanos();
+    let step = interval.as_nanos();
+    let slots = u32::try_from(behind / step + 1).unwrap_or(u32::MAX);
+    at + interval.saturating_mul(slots)
+}
+
+/// Whether a link's probe goes out now and when its next one is due:
+/// `None` if it is not due and nothing changed. A probe sent early because
+/// the control state changed does not move the cadence: pushing the next
+/// slot back on each change would leave the peer a silence of one interval
+/// per change after a burst of them (a false death at start-up, where a
+/// few changes come within milliseconds).
+fn probe_schedule(at: Instant, interval: Duration, now: Instant, changed: bool) -> Option<Instant> {
+    if now >= at {
+        Some(next_slot(at, interval, now))
+    } else if changed {
+        Some(at)
+    } else {
+        None
+    }
+}
+
+/// Sends on a connected socket. An ICMP port-unreachable from the peer (its
+/// agent not running yet) is reported by the next send, which then did not
+/// go out: that is not our failure, so send again once.
+fn send(socket: &UdpSocket, probe: &[u8]) -> std::io::Result<()> {
+    match socket.send(probe) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            socket.send(probe).map(|_| ())
+        }
+        r => r.map(|_| ()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_changes_does_not_delay_the_next_regular_probe() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut at = t0 + ms(4);
+        // Four control changes within the interval: each sent at once...
+        for k in 0..4 {
+            let now = t0 + Duration::from_micros(500 * k + 100);
+            at = probe_schedule(at, ms(4), now, true).expect("a change is sent at once");
+        }
+        // ...and the regular probe is still due on its slot.
+        assert_eq!(at, t0 + ms(4));
+        assert_eq!(probe_schedule(at, ms(4), t0 + ms(3), false), None);
+        assert_eq!(
+            probe_schedule(at, ms(4), t0 + ms(4), false),
+            Some(t0 + ms(8))
+        );
+    }
+
+    #[test]
+    fn next_slot_keeps_the_grid_after_a_stall() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // On time: the next slot.
+        assert_eq!(next_slot(t0, ms(4), t0 + ms(1)), t0 + ms(4));
+        // 9 ms late: slots 4 and 8 are gone, 12 is next (not now + 4).
+        assert_eq!(next_slot(t0, ms(4), t0 + ms(9)), t0 + ms(12));
+        // Exactly on a slot boundary: that slot is due now, so the next one.
+        assert_eq!(next_slot(t0, ms(4), t0 + ms(8)), t0 + ms(12));
+        // A witness grid of 20 ms from the same start meets the probe grid.
+        assert_eq!(next_slot(t0, ms(20), t0 + ms(33)), t0 + ms(40));
     }
 }

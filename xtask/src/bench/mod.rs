@@ -16,6 +16,7 @@ mod arp;
 mod checks;
 mod contender;
 mod report;
+mod rest;
 mod soak;
 mod trial;
 mod watch;
@@ -38,6 +39,25 @@ const LAB_BASE: &str = "hb";
 pub enum BenchCmd {
     /// ha-agent vs keepalived: failover times, soak, behaviour checks.
     Failover(FailoverArgs),
+    /// CPU and memory of a settled pair when nothing happens.
+    Rest(RestArgs),
+}
+
+#[derive(Args)]
+pub struct RestArgs {
+    /// How long to sample, in seconds.
+    #[arg(long, default_value_t = 60)]
+    secs: u64,
+    /// Comma-separated contenders (see `bench failover --help`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ha-agent,keepalived-tuned"
+    )]
+    contenders: Vec<String>,
+    /// Do not build; use $HA_AGENT_BIN or the existing release binary.
+    #[arg(long)]
+    no_build: bool,
 }
 
 #[derive(Args)]
@@ -110,7 +130,70 @@ impl Ctx {
 pub fn main(root: &Path, cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Failover(a) => failover(root, a),
+        BenchCmd::Rest(a) => rest(root, a),
     }
+}
+
+fn rest(root: &Path, a: RestArgs) -> Result<()> {
+    ha_lab::install_interrupt_handler();
+    if !(5..=3600).contains(&a.secs) {
+        bail!("--secs must be between 5 and 3600");
+    }
+    let contenders = parse_contenders(&a.contenders)?;
+    let agent_bin = agent_bin(root, &contenders, a.no_build)?;
+    Lab::cleanup_orphans(LAB_BASE)?;
+    let ctx = Ctx {
+        agent_bin,
+        ping_interval: Duration::from_millis(10),
+        log_dir: std::env::temp_dir().join(format!("ha-bench-rest-{}", std::process::id())),
+    };
+    println!(
+        "bench rest: {} s per contender; load average {} (the figures need an idle machine)",
+        a.secs,
+        loadavg()
+    );
+    let mut all = Vec::new();
+    for &c in &contenders {
+        let r = rest::run(&ctx, c, a.secs).with_context(|| {
+            format!(
+                "{c}: at-rest measurement failed (logs in {})",
+                ctx.log_dir.display()
+            )
+        })?;
+        all.extend(r);
+    }
+    println!();
+    print!("{}", rest::table(&all));
+    println!(
+        "\nkernel {}, {} core(s); load average at the end {}",
+        kernel(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        loadavg()
+    );
+    Ok(())
+}
+
+fn parse_contenders(names: &[String]) -> Result<Vec<Contender>> {
+    let contenders: Vec<Contender> = names
+        .iter()
+        .map(|s| Contender::parse(s))
+        .collect::<Result<_>>()?;
+    if contenders.is_empty() {
+        bail!("no contender given");
+    }
+    Ok(contenders)
+}
+
+/// The agent binary when ha-agent is a contender: built unless `no_build`.
+fn agent_bin(root: &Path, contenders: &[Contender], no_build: bool) -> Result<Option<PathBuf>> {
+    if !contenders.contains(&Contender::HaAgent) {
+        return Ok(None);
+    }
+    Ok(Some(if no_build {
+        ha_lab::agent_bin()?
+    } else {
+        crate::build(root)?
+    }))
 }
 
 fn failover(root: &Path, a: FailoverArgs) -> Result<()> {
@@ -121,28 +204,13 @@ fn failover(root: &Path, a: FailoverArgs) -> Result<()> {
     if !(1..=100).contains(&a.ping_interval_ms) {
         bail!("--ping-interval-ms must be between 1 and 100");
     }
-    let contenders: Vec<Contender> = a
-        .contenders
-        .iter()
-        .map(|s| Contender::parse(s))
-        .collect::<Result<_>>()?;
-    if contenders.is_empty() {
-        bail!("no contender given");
-    }
+    let contenders = parse_contenders(&a.contenders)?;
     for tool in ["keepalived", "stress-ng", "nft", "ip"] {
         if which(tool).is_none() {
             bail!("{tool} is not installed: run cargo xtask setup");
         }
     }
-    let agent_bin = if contenders.contains(&Contender::HaAgent) {
-        Some(if a.no_build {
-            ha_lab::agent_bin()?
-        } else {
-            crate::build(root)?
-        })
-    } else {
-        None
-    };
+    let agent_bin = agent_bin(root, &contenders, a.no_build)?;
     let stale = Lab::cleanup_orphans(LAB_BASE)?;
     if !stale.is_empty() {
         println!("bench: removed leftover labs of dead runs: {stale:?}");
