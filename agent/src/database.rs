@@ -22,6 +22,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -155,6 +156,8 @@ pub type ForceResult = Result<RejoinReport, String>;
 /// The daemon's side of the controller. Dropping it stops the task.
 pub struct DbHandle {
     wish: watch::Sender<DbWish>,
+    /// The peer's agent is heard right now (see [`DbHandle::set_peer_heard`]).
+    peer_heard: Arc<AtomicBool>,
     status: watch::Receiver<DatabaseStatus>,
     force: mpsc::Sender<oneshot::Sender<ForceResult>>,
     driver: Arc<MysqlDriver>,
@@ -184,7 +187,9 @@ impl DbHandle {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (force_tx, force_rx) = mpsc::channel(4);
         let cfg = driver.config();
+        let peer_heard = Arc::new(AtomicBool::new(false));
         let controller = Controller {
+            peer_heard: peer_heard.clone(),
             interval: cfg.check_interval(),
             tracker: DownTracker::new(cfg.down_handover()),
             max_lag_s: cfg.max_replica_lag_s,
@@ -213,6 +218,7 @@ impl DbHandle {
         (
             DbHandle {
                 wish: wish_tx,
+                peer_heard,
                 status: status_rx,
                 force: force_tx,
                 driver,
@@ -232,6 +238,14 @@ impl DbHandle {
                 true
             }
         })
+    }
+
+    /// Whether the peer's agent is heard. A promotion that starts while it
+    /// is (a planned handover, not a death) first drains the old primary.
+    /// Not part of the wish: the old agent going quiet (it exits after
+    /// handing over) must not restart a promotion under way.
+    pub fn set_peer_heard(&self, heard: bool) {
+        self.peer_heard.store(heard, Ordering::Relaxed);
     }
 
     /// The peer's server (`mysql.peer_address`).
@@ -326,6 +340,7 @@ struct Blocked {
 
 struct Controller {
     driver: Arc<MysqlDriver>,
+    peer_heard: Arc<AtomicBool>,
     interval: Duration,
     tracker: DownTracker,
     max_lag_s: u64,
@@ -463,7 +478,10 @@ impl Controller {
         let (timeout, policy) = (cfg.catchup_timeout(), cfg.catchup_policy);
         match a {
             Action::Promote => {
-                Box::pin(async move { Outcome::Promoted(d.promote(timeout, policy).await) })
+                let old_primary = self.peer_heard.load(Ordering::Relaxed).then(|| d.peer());
+                Box::pin(async move {
+                    Outcome::Promoted(d.promote_after(timeout, policy, old_primary).await)
+                })
             }
             Action::Rejoin { peer, force } => Box::pin(async move {
                 let result = Box::new(d.rejoin(peer, force).await);
@@ -773,6 +791,7 @@ impl Controller {
                 was_replica: p.was_replica,
                 caught_up: p.caught_up,
                 skipped_gtids: p.skipped.as_ref().map(|g| g.to_string()),
+                handoff: p.handoff.clone(),
             }),
             last_rejoin: self.last_rejoin.as_ref().map(|(at, r)| RejoinStatus {
                 time: rfc3339(*at),

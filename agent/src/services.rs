@@ -98,6 +98,7 @@ impl Services {
             .then(|| election.peer_control())
             .flatten();
         if let Some(db) = &self.db {
+            db.set_peer_heard(peer.is_some());
             let fresh = role == Role::Master && election.control(Instant::now()).fresh_takeover;
             let wish = wish_for(role, fresh, peer.as_ref(), db.peer());
             if db.set_wish(wish) && fresh {

@@ -31,15 +31,19 @@ pub mod netns;
 pub mod pinger;
 pub mod process;
 pub mod selftest;
+pub mod stack;
 pub mod topology;
 pub mod wait;
+pub mod writer;
 
 pub use agent::{agent_bin, Overrides};
 pub use netns::Cidr;
 pub use pinger::{Gap, PingLog, Pinger, Reply};
 pub use process::{spawn_in, LabProcess};
 pub use topology::{Lab, Link, Node, Server};
-pub use wait::{install_interrupt_handler, interrupted, sleep, wait_until, wait_until_ok};
+pub use wait::{
+    check_interrupt, install_interrupt_handler, interrupted, sleep, wait_until, wait_until_ok,
+};
 
 use std::net::Ipv4Addr;
 

@@ -64,6 +64,9 @@ pub struct MariadbOptions {
     pub namespace: Option<String>,
     /// Directory under which the server's own directory is made.
     pub parent: PathBuf,
+    /// Start with `read_only=ON` (the README's advice for both servers): a
+    /// restarted old primary accepts no write before its agent decides.
+    pub read_only: bool,
 }
 
 impl MariadbOptions {
@@ -75,6 +78,7 @@ impl MariadbOptions {
             port: 0,
             namespace: None,
             parent: std::env::temp_dir(),
+            read_only: false,
         }
     }
 }
@@ -252,7 +256,16 @@ impl Mariadb {
             format!("--pid-file={}", d.join("pid").display()),
             format!("--log-error={}", d.join("error.log").display()),
             format!("--port={}", self.opts.port),
-            format!("--bind-address={}", self.opts.bind),
+            // In a server namespace: every address, so the inside VIP
+            // reaches it once the agent holds it (the seed's 0.0.0.0).
+            format!(
+                "--bind-address={}",
+                if self.opts.namespace.is_some() {
+                    Ipv4Addr::UNSPECIFIED
+                } else {
+                    self.opts.bind
+                }
+            ),
             format!("--server-id={}", self.opts.server_id),
             format!("--log-bin={}", data.join("bin").display()),
             format!("--relay-log={}", data.join("relay").display()),
@@ -267,6 +280,10 @@ impl Mariadb {
             "--innodb-log-file-size=8M".into(),
             "--performance-schema=OFF".into(),
             "--max-connections=50".into(),
+            format!(
+                "--read-only={}",
+                if self.opts.read_only { "ON" } else { "OFF" }
+            ),
         ]
     }
 

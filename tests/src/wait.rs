@@ -33,7 +33,8 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-fn check_interrupt() -> Result<()> {
+/// Fails once SIGINT/SIGTERM arrived: for loops that poll.
+pub fn check_interrupt() -> Result<()> {
     if interrupted() {
         bail!("interrupted");
     }

@@ -1,276 +1,23 @@
 //! The seed's six failover checks with the real agent driving MySQL and
-//! Atlas: one `mariadbd` and one fixture Atlas (admin port on loopback) in
-//! each server's namespace, the agents configured with `[mysql]` and
-//! `[atlas]`. Root only: run by `cargo xtask test`.
-//!
-//! Ground truth comes from the servers themselves (VIPs from the kernel,
-//! read-only and replication from MariaDB, the backend table from Atlas),
-//! never from the agents' word; the agents' status is checked besides.
+//! Atlas (the stack of `ha_lab::stack`). Root only: run by `cargo xtask test`.
 
-use std::net::SocketAddrV4;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use ha_agent::atlas::{Backend, Kind};
-use ha_lab::atlas_fixture::{AtlasFixture, FixtureConfig};
-use ha_lab::mariadb::{Mariadb, MariadbOptions, AGENT_USER, REPL_USER};
-use ha_lab::netns::in_netns;
-use ha_lab::{wait_until, wait_until_ok, Lab, LabProcess, Link, Overrides, Server};
+use ha_lab::stack::{
+    app_write, inside, kill_server1, ms, replicating, started, vip, StackOptions, SETTLE, STEP,
+};
+use ha_lab::writer::{Writer, WriterMode};
+use ha_lab::{wait_until, wait_until_ok, Link, Server};
 
 const S1: Server = Server::S1;
 const S2: Server = Server::S2;
-/// Start-up (the eBPF program loads) and replication set-up.
-const SETTLE: Duration = Duration::from_secs(20);
-/// Bound for a failover step; the targets are far lower.
-const STEP: Duration = Duration::from_secs(10);
-const MYSQL_PORT: u16 = 3306;
-
-fn inside(s: Server) -> SocketAddrV4 {
-    SocketAddrV4::new(s.ip(Link::Inside), MYSQL_PORT)
-}
-
-fn vip() -> SocketAddrV4 {
-    SocketAddrV4::new(Link::Inside.vip(), MYSQL_PORT)
-}
-
-/// A fixture Atlas listening inside a server's namespace. Its listener
-/// belongs to that namespace, and stopping it connects to its port to wake
-/// the accept loop, so it is stopped from inside the namespace too.
-struct NsAtlas {
-    ns: String,
-    fixture: Option<AtlasFixture>,
-}
-
-impl NsAtlas {
-    fn start(ns: &str, cfg: FixtureConfig) -> Result<NsAtlas> {
-        let fixture = in_netns(ns, || AtlasFixture::new(cfg))?
-            .with_context(|| format!("starting the fixture Atlas in {ns}"))?;
-        Ok(NsAtlas {
-            ns: ns.to_string(),
-            fixture: Some(fixture),
-        })
-    }
-
-    fn get(&self) -> &AtlasFixture {
-        self.fixture.as_ref().expect("fixture present until drop")
-    }
-
-    /// (rw, ro) addresses of the table, in table order.
-    fn lists(&self) -> (Vec<SocketAddrV4>, Vec<SocketAddrV4>) {
-        let t = self.get().table();
-        let of = |k: Kind| {
-            t.iter()
-                .filter(|b: &&Backend| b.kind == k)
-                .map(|b| b.address)
-                .collect()
-        };
-        (of(Kind::Rw), of(Kind::Ro))
-    }
-
-    fn describe(&self) -> String {
-        ha_agent::atlas::table::describe(&self.get().table())
-    }
-}
-
-impl Drop for NsAtlas {
-    fn drop(&mut self) {
-        if let Some(f) = self.fixture.take() {
-            let _ = in_netns(&self.ns, move || drop(f));
-        }
-    }
-}
-
-struct Stack {
-    // Field order is drop order: agents first, then Atlas and MariaDB, then the lab.
-    agents: [Option<LabProcess>; 2],
-    atlas: [NsAtlas; 2],
-    dbs: [Mariadb; 2],
-    lab: Lab,
-}
-
-fn idx(s: Server) -> usize {
-    usize::from(s.index() - 1)
-}
-
-impl Stack {
-    fn db(&self, s: Server) -> &Mariadb {
-        &self.dbs[idx(s)]
-    }
-    fn atlas(&self, s: Server) -> &NsAtlas {
-        &self.atlas[idx(s)]
-    }
-
-    fn overrides(&self, s: Server) -> Result<Overrides> {
-        let db = self.db(s);
-        let pw = self.lab.dir().join(format!("atlas-{}.pw", s.name()));
-        std::fs::write(&pw, format!("{}\n", self.atlas(s).get().password()))?;
-        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600))?;
-        let path = |p: PathBuf| p.to_string_lossy().into_owned();
-        Ok(Overrides::new()
-            .set("mysql.address", inside(s).to_string())
-            .set("mysql.user", AGENT_USER)
-            .set("mysql.password_file", path(db.dir().join("agent.pw")))
-            .set("mysql.replication_user", REPL_USER)
-            .set(
-                "mysql.replication_password_file",
-                path(db.dir().join("repl.pw")),
-            )
-            .set("mysql.peer_address", inside(s.peer()).to_string())
-            .set(
-                "atlas.admin_address",
-                self.atlas(s).get().addr().to_string(),
-            )
-            .set("atlas.user", self.atlas(s).get().user())
-            .set("atlas.password_file", path(pw))
-            .set("atlas.persist", "none")
-            .set("atlas.period_ms", 200))
-    }
-
-    fn start_agent(&mut self, s: Server) -> Result<()> {
-        let o = self.overrides(s)?;
-        self.agents[idx(s)] = Some(self.lab.start_agent_with(s, &o)?);
-        Ok(())
-    }
-
-    fn kill_agent(&mut self, s: Server) -> Result<()> {
-        if let Some(mut p) = self.agents[idx(s)].take() {
-            p.kill()?;
-        }
-        Ok(())
-    }
-
-    fn logs(&self) -> String {
-        self.agents
-            .iter()
-            .flatten()
-            .map(|p| format!("--- {} ---\n{}", p.name(), p.log_tail(60)))
-            .collect()
-    }
-
-    fn wait_state(&self, s: Server, state: &str) -> Result<Duration> {
-        wait_until_ok(SETTLE, format!("{s} in {state}"), || {
-            Ok(self.lab.agent_state(s)? == state)
-        })
-        .with_context(|| self.logs())
-    }
-
-    /// Waits until `s`'s Atlas table is exactly rw = the VIP, ro = `ro`.
-    fn wait_atlas(&self, s: Server, ro: &[SocketAddrV4], bound: Duration) -> Result<Duration> {
-        let want = (vec![vip()], ro.to_vec());
-        wait_until(
-            bound,
-            format!("{s}'s Atlas: rw {} ro {ro:?}", vip()),
-            || self.atlas(s).lists() == want,
-        )
-        .with_context(|| format!("table {}\n{}", self.atlas(s).describe(), self.logs()))
-    }
-}
-
-/// The lab, one MariaDB and one fixture Atlas per server, no agents yet.
-fn stack() -> Result<Stack> {
-    let lab = Lab::new()?;
-    let mut dbs = Vec::new();
-    for s in Server::ALL {
-        dbs.push(
-            Mariadb::start(MariadbOptions {
-                server_id: u32::from(s.index()),
-                bind: s.ip(Link::Inside),
-                port: MYSQL_PORT,
-                namespace: Some(lab.server_ns(s).to_string()),
-                parent: lab.dir().to_path_buf(),
-            })
-            .with_context(|| format!("MariaDB on {s}"))?,
-        );
-    }
-    // server1's Atlas starts with a stale entry (its own server as ro),
-    // server2's with an empty table: the agents must fix both.
-    let a1 = NsAtlas::start(
-        lab.server_ns(S1),
-        FixtureConfig {
-            rw: vec![vip()],
-            ro: vec![inside(S1)],
-            ..Default::default()
-        },
-    )?;
-    let a2 = NsAtlas::start(lab.server_ns(S2), FixtureConfig::default())?;
-    let [d1, d2]: [Mariadb; 2] = dbs.try_into().expect("two servers");
-    Ok(Stack {
-        agents: [None, None],
-        atlas: [a1, a2],
-        dbs: [d1, d2],
-        lab,
-    })
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn app_write(db: &Mariadb, tag: &str) -> Result<std::process::Output> {
-    db.app_sql(&format!(
-        "INSERT INTO app.t (v, origin) VALUES ('{tag}', @@server_id)"
-    ))
-}
-
-fn replicating(db: &Mariadb) -> Result<bool> {
-    Ok(
-        db.slave_status("Slave_IO_Running")?.as_deref() == Some("Yes")
-            && db.slave_status("Slave_SQL_Running")?.as_deref() == Some("Yes"),
-    )
-}
-
-/// Both agents up: server1 MASTER with a writable primary, server2 BACKUP
-/// replicating from it, both Atlases rw = VIP, ro = server2.
-fn started() -> Result<Stack> {
-    let mut st = stack()?;
-    // server1 first, as in the seed: two agents starting together elect
-    // whichever finishes loading its eBPF program first.
-    st.start_agent(S1)?;
-    wait_until(SETTLE, "server1 sole VIP holder", || {
-        st.lab.sole_holder_is(S1)
-    })
-    .with_context(|| st.logs())?;
-    st.start_agent(S2)?;
-    st.wait_state(S2, "BACKUP")?;
-    wait_until_ok(SETTLE, "server2 replicating from server1", || {
-        replicating(st.db(S2))
-    })
-    .with_context(|| st.logs())?;
-    ensure!(
-        st.db(S2).slave_status("Master_Host")?.as_deref() == Some("203.0.113.11"),
-        "server2 replicates from {:?}",
-        st.db(S2).slave_status("Master_Host")?
-    );
-    wait_until_ok(STEP, "server1 writable", || {
-        Ok(app_write(st.db(S1), "first")?.status.success())
-    })
-    .with_context(|| st.logs())?;
-    st.db(S2).wait_count(1, STEP)?;
-    let out = app_write(st.db(S2), "on the replica")?;
-    ensure!(
-        !out.status.success(),
-        "server2 (replica) must refuse writes: {out:?}"
-    );
-    st.wait_atlas(S2, &[inside(S2)], STEP)?;
-    st.wait_atlas(S1, &[inside(S2)], STEP)?;
-    Ok(st)
-}
-
-/// Machine death of server1: its links go down, its agent and MariaDB die.
-fn kill_server1(st: &mut Stack) -> Result<Instant> {
-    let fault = Instant::now();
-    st.lab.links_down(S1)?;
-    st.kill_agent(S1)?;
-    st.dbs[0].kill()?;
-    Ok(fault)
-}
 
 #[test]
 #[ignore = "privileged: run by cargo xtask test"]
 fn seed_checks_with_mysql_and_atlas() -> Result<()> {
-    let mut st = started()?;
+    let mut st = started(StackOptions::default())?;
     println!(
         "started: server1 primary, server2 replicating; Atlas tables: server1 {}, server2 {}",
         st.atlas(S1).describe(),
@@ -409,7 +156,7 @@ fn seed_checks_with_mysql_and_atlas() -> Result<()> {
 #[test]
 #[ignore = "privileged: run by cargo xtask test"]
 fn errant_write_on_the_isolated_old_primary_blocks_its_rejoin_until_forced() -> Result<()> {
-    let mut st = started()?;
+    let mut st = started(StackOptions::default())?;
     kill_server1(&mut st)?;
     wait_until_ok(STEP, "a write on server2 succeeds", || {
         Ok(app_write(st.db(S2), "after failover")?.status.success())
@@ -480,6 +227,181 @@ fn errant_write_on_the_isolated_old_primary_blocks_its_rejoin_until_forced() -> 
                 .is_some_and(|d| d.contains(&errant_pos)),
         "{}",
         s["database"]
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn semisync_no_acknowledged_write_is_lost_when_the_primary_dies() -> Result<()> {
+    let mut st = started(StackOptions {
+        semisync: true,
+        ..Default::default()
+    })?;
+    wait_until_ok(STEP, "semi-sync effective on both servers", || {
+        Ok(Server::ALL.iter().all(|&s| {
+            st.lab
+                .agent_status(s)
+                .is_ok_and(|j| j["database"]["semisync_effective"] == true)
+        }))
+    })
+    .with_context(|| st.logs())?;
+    // The web application on server2 writes through the inside VIP.
+    let app = Writer::start(
+        st.lab.server_ns(S2),
+        vip(),
+        "a",
+        WriterMode::APP,
+        Duration::from_secs(60),
+    )?;
+    wait_until(STEP, "writes acknowledged by server1", || {
+        app.acks().len() >= 100
+    })
+    .with_context(|| format!("{:?}", app.last_error()))?;
+    let fault = kill_server1(&mut st)?;
+    wait_until(STEP, "the application writing again, on server2", || {
+        app.first_ack_from(2, fault).is_some()
+    })
+    .with_context(|| format!("{:?}\n{}", app.last_error(), st.logs()))?;
+    let again = app.first_ack_from(2, fault).context("ack")?.at - fault;
+    let (acks, attempts) = app.finish()?;
+    let rows: HashSet<String> = st
+        .db(S2)
+        .sql("SELECT v FROM app.t")?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let lost: Vec<u64> = acks
+        .iter()
+        .filter(|a| !rows.contains(&format!("a{}", a.tag)))
+        .map(|a| a.tag)
+        .collect();
+    let by_server1 = acks.iter().filter(|a| a.server_id == 1).count();
+    println!(
+        "{} writes acknowledged ({by_server1} by server1) of {attempts} attempts; the application wrote again {:.0} ms after the fault; lost: {lost:?}",
+        acks.len(),
+        ms(again)
+    );
+    ensure!(
+        by_server1 >= 100,
+        "too few writes before the fault to prove anything"
+    );
+    ensure!(
+        lost.is_empty(),
+        "acknowledged writes missing on the new primary: {lost:?}"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn primary_whose_mysql_died_hands_the_vips_over() -> Result<()> {
+    let mut st = started(StackOptions {
+        down_handover_ms: Some(600),
+        ..Default::default()
+    })?;
+    // Only server1's MariaDB dies; its agent and links are fine.
+    let fault = Instant::now();
+    st.dbs[0].kill()?;
+    wait_until(STEP, "server2 sole VIP holder", || {
+        st.lab.sole_holder_is(S2)
+    })
+    .with_context(|| st.logs())?;
+    let moved = fault.elapsed();
+    wait_until_ok(STEP, "a write on server2 succeeds", || {
+        Ok(app_write(st.db(S2), "after the handover")?.status.success())
+    })
+    .with_context(|| st.logs())?;
+    println!(
+        "server1's MariaDB died: VIPs on server2 after {:.0} ms (down_handover_ms = 600), server2 writable after {:.0} ms",
+        ms(moved),
+        ms(fault.elapsed())
+    );
+    ensure!(
+        moved >= Duration::from_millis(600),
+        "handed over before the threshold: {moved:?}"
+    );
+    st.wait_state(S1, "BACKUP")?;
+    // server1's MariaDB comes back: fenced, then a replica of server2.
+    st.dbs[0].spawn()?;
+    wait_until_ok(SETTLE, "server1 replicating from server2", || {
+        replicating(st.db(S1))
+    })
+    .with_context(|| st.logs())?;
+    ensure!(st.db(S1).value("SELECT @@global.read_only")? == "1");
+    ensure!(
+        st.db(S1).slave_status("Master_Host")?.as_deref() == Some("203.0.113.12"),
+        "server1 replicates from {:?}",
+        st.db(S1).slave_status("Master_Host")?
+    );
+    // And server2 keeps the VIPs.
+    ensure!(st.lab.sole_holder_is(S2), "{}", st.lab.describe_vips());
+    Ok(())
+}
+
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn planned_switchover_loses_no_acknowledged_write_and_the_old_primary_rejoins() -> Result<()> {
+    // Asynchronous replication: only the handover's drain keeps the writes
+    // server1 acknowledged just before the switchover.
+    let st = started(StackOptions::default())?;
+    let app = Writer::start(
+        st.lab.server_ns(S2),
+        vip(),
+        "a",
+        WriterMode::APP,
+        Duration::from_secs(60),
+    )?;
+    wait_until(STEP, "writes acknowledged by server1", || {
+        app.acks().len() >= 200
+    })
+    .with_context(|| format!("{:?}", app.last_error()))?;
+    let t = Instant::now();
+    let out = st.lab.switchover(S1)?;
+    ensure!(out.status.success(), "switchover: {out:?}");
+    wait_until(STEP, "the application writing again, on server2", || {
+        app.first_ack_from(2, t).is_some()
+    })
+    .with_context(|| format!("{:?}\n{}", app.last_error(), st.logs()))?;
+    let again = app.first_ack_from(2, t).context("ack")?.at - t;
+    let (acks, _) = app.finish()?;
+    let rows: HashSet<String> = st
+        .db(S2)
+        .sql("SELECT v FROM app.t")?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let lost: Vec<u64> = acks
+        .iter()
+        .filter(|a| !rows.contains(&format!("a{}", a.tag)))
+        .map(|a| a.tag)
+        .collect();
+    let s2 = st.lab.agent_status(S2)?;
+    println!(
+        "switchover: the application wrote again {:.0} ms later; {} writes acknowledged; server2's promotion: {}",
+        ms(again),
+        acks.len(),
+        s2["database"]["last_promotion"]
+    );
+    ensure!(
+        lost.is_empty(),
+        "acknowledged writes missing on the new primary: {lost:?}"
+    );
+    ensure!(
+        s2["database"]["last_promotion"]["handoff"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("applied the old primary's")),
+        "{}",
+        s2["database"]
+    );
+    // No divergence: the old primary rejoins (an errant GTID would block it).
+    wait_until_ok(SETTLE, "server1 replicating from server2", || {
+        replicating(st.db(S1))
+    })
+    .with_context(|| st.logs())?;
+    ensure!(
+        st.lab.agent_status(S1)?["database"]["errant"].is_null(),
+        "server1 reports errant transactions"
     );
     Ok(())
 }

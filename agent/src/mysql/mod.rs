@@ -53,6 +53,13 @@ type Slot = Mutex<Option<(Conn, Identity)>>;
 /// concurrently: health probes, fencing and the other actions each keep
 /// their own connection, so a probe or a fence never waits behind a
 /// promotion's catch-up wait.
+/// Planned handover: bound on reaching the old primary's server (it is
+/// alive, or its agent would not have handed over).
+const HANDOFF_CONNECT: Duration = Duration::from_millis(500);
+/// Planned handover: how long the old primary's agent gets to fence it.
+const HANDOFF_FENCE_WAIT: Duration = Duration::from_secs(1);
+const HANDOFF_POLL: Duration = Duration::from_millis(5);
+
 pub struct MysqlDriver {
     cfg: MysqlConfig,
     local: Endpoint,
@@ -388,11 +395,23 @@ impl MysqlDriver {
         timeout: Duration,
         policy: CatchupPolicy,
     ) -> Result<PromotionReport, MysqlError> {
+        self.promote_after(timeout, policy, None).await
+    }
+
+    /// [`MysqlDriver::promote`] after a planned handover from the server at
+    /// `old_primary` (its agent still speaks): first let its last
+    /// transactions arrive (see [`MysqlDriver::drain_old_primary`]).
+    pub async fn promote_after(
+        &self,
+        timeout: Duration,
+        policy: CatchupPolicy,
+        old_primary: Option<SocketAddr>,
+    ) -> Result<PromotionReport, MysqlError> {
         let start = Instant::now();
         let generation = self.fence_generation.load(Ordering::SeqCst);
         let mut s = self.session(&self.action_slot).await?;
         let r = self
-            .promote_in(&mut s, start, generation, timeout, policy)
+            .promote_in(&mut s, start, generation, timeout, policy, old_primary)
             .await;
         match &r {
             Ok(rep) => {
@@ -415,6 +434,7 @@ impl MysqlDriver {
         generation: u64,
         timeout: Duration,
         policy: CatchupPolicy,
+        old_primary: Option<SocketAddr>,
     ) -> Result<PromotionReport, MysqlError> {
         let kind = s.kind();
         let server = self.server();
@@ -426,10 +446,14 @@ impl MysqlDriver {
             caught_up: true,
             skipped: None,
             semisync: None,
+            handoff: None,
             steps: Vec::new(),
             took: Duration::ZERO,
         };
         if let Some(first) = Self::replica_status(s).await? {
+            if let Some(peer) = old_primary.filter(|p| first.source == p.to_string()) {
+                report.handoff = Some(self.drain_old_primary(s, peer, timeout).await);
+            }
             report.was_replica = true;
             // Why the applier may not finish, for the error message.
             let mut reason = first
@@ -551,6 +575,79 @@ impl MysqlDriver {
         report.steps = std::mem::take(&mut s.steps);
         report.took = start.elapsed();
         Ok(report)
+    }
+
+    /// A planned handover leaves the old primary alive with, maybe, commits
+    /// this replica has not received yet: stopping the IO thread now would
+    /// lose them. So: wait (bounded) until the old primary's server is
+    /// read-only (its agent fences it as it steps down), read what it has,
+    /// and wait until this server has applied that. Never fails the
+    /// promotion: an old primary that does not answer (it died after all)
+    /// has nothing more to send. Returns what happened, for the report.
+    async fn drain_old_primary(
+        &self,
+        s: &mut Session,
+        peer: SocketAddr,
+        timeout: Duration,
+    ) -> String {
+        let start = Instant::now();
+        let ep = Endpoint {
+            address: peer,
+            user: self.replication_user.clone(),
+            password: self.replication_password.clone(),
+        };
+        let mut p = match Session::open(&ep, self.timeout().min(HANDOFF_CONNECT)).await {
+            Ok(p) => p,
+            Err(e) => {
+                info!(peer = %peer, error = %e, "mysql: the old primary's server does not answer: promoting with what was received");
+                return format!("old primary {peer} not reachable: {e}");
+            }
+        };
+        let fence_deadline = start + HANDOFF_FENCE_WAIT;
+        loop {
+            match Self::read_only(&mut p).await {
+                Ok((ro, sro)) if ro || sro => break,
+                Ok(_) if Instant::now() < fence_deadline => {
+                    tokio::time::sleep(HANDOFF_POLL).await;
+                }
+                Ok(_) => {
+                    warn!(peer = %peer, "mysql: the old primary is still writable after {HANDOFF_FENCE_WAIT:?}: promoting with what was received; writes it takes now are not on this server");
+                    return format!(
+                        "old primary {peer} still writable after {HANDOFF_FENCE_WAIT:?}"
+                    );
+                }
+                Err(e) => return format!("old primary {peer}: {e}"),
+            }
+        }
+        let last = match Self::gtids(&mut p).await {
+            Ok((_, Some(state))) => GtidSet::Mariadb(state.position()),
+            Ok((has, None)) => has,
+            Err(e) => return format!("old primary {peer}: {e}"),
+        };
+        let kind = s.kind();
+        let wait = kind.wait_for(&last, timeout);
+        let reached = match s
+            .row_within(
+                "wait for the old primary's last transactions",
+                &wait,
+                timeout + self.timeout(),
+            )
+            .await
+        {
+            Ok(row) => kind.wait_succeeded(
+                row.and_then(|r| r.into_iter().next().flatten())
+                    .and_then(|v| v.trim().parse().ok()),
+            ),
+            Err(e) => return format!("waiting for the old primary's {last}: {e}"),
+        };
+        let took = start.elapsed();
+        if reached {
+            info!(peer = %peer, position = %last, took_ms = ms(took), "mysql: applied everything the old primary had");
+            format!("applied the old primary's {last} in {:.0} ms", ms(took))
+        } else {
+            warn!(peer = %peer, position = %last, "mysql: the old primary's last transactions did not arrive in time");
+            format!("the old primary's {last} not applied within {timeout:?}")
+        }
     }
 
     // -- rejoin ---------------------------------------------------------

@@ -98,6 +98,9 @@ pub struct PromotionReport {
     /// that were NOT applied and are now lost to this server.
     pub skipped: Option<GtidSet>,
     pub semisync: Option<SemisyncReport>,
+    /// A planned handover (the old primary's agent still spoke): what was
+    /// done to receive the old primary's last transactions first.
+    pub handoff: Option<String>,
     pub steps: Vec<Step>,
     #[serde(serialize_with = "ms", rename = "took_ms")]
     pub took: Duration,

@@ -71,6 +71,9 @@ pub struct PromotionStatus {
     pub caught_up: bool,
     /// Received but never applied (only with `catchup_policy = "promote"`).
     pub skipped_gtids: Option<String>,
+    /// Planned handover: how the old primary's last transactions were awaited.
+    #[serde(default)]
+    pub handoff: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -173,6 +176,9 @@ impl DatabaseStatus {
                     .map(|s| format!("; SKIPPED {s}"))
                     .unwrap_or_default()
             );
+            if let Some(h) = &p.handoff {
+                let _ = writeln!(o, "    handover: {h}");
+            }
         }
         if let Some(r) = &self.last_rejoin {
             let _ = writeln!(

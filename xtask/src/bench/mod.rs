@@ -15,6 +15,7 @@
 mod arp;
 mod checks;
 mod contender;
+mod database;
 mod report;
 mod rest;
 mod soak;
@@ -41,6 +42,21 @@ pub enum BenchCmd {
     Failover(FailoverArgs),
     /// CPU and memory of a settled pair when nothing happens.
     Rest(RestArgs),
+    /// MySQL and Atlas through failover and rejoin (semi-sync on).
+    Database(DatabaseArgs),
+}
+
+#[derive(Args)]
+pub struct DatabaseArgs {
+    /// Trials (each on a fresh stack).
+    #[arg(long, default_value_t = 20)]
+    trials: usize,
+    /// Also write the results (table and every trial) as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Do not build; use $HA_AGENT_BIN or the existing release binary.
+    #[arg(long)]
+    no_build: bool,
 }
 
 #[derive(Args)]
@@ -131,7 +147,74 @@ pub fn main(root: &Path, cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Failover(a) => failover(root, a),
         BenchCmd::Rest(a) => rest(root, a),
+        BenchCmd::Database(a) => bench_database(root, a),
     }
+}
+
+fn bench_database(root: &Path, a: DatabaseArgs) -> Result<()> {
+    ha_lab::install_interrupt_handler();
+    if !(1..=200).contains(&a.trials) {
+        bail!("--trials must be between 1 and 200");
+    }
+    for tool in ["mariadbd", "mariadb", "nft", "ip"] {
+        if which(tool).is_none() {
+            bail!("{tool} is not installed: run cargo xtask setup");
+        }
+    }
+    let agent = agent_bin(root, &[Contender::HaAgent], a.no_build)?;
+    Lab::cleanup_orphans(LAB_BASE)?;
+    let started_wall = date_utc();
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let load_start = loadavg();
+    let t0 = Instant::now();
+    println!(
+        "bench database: {} trial(s), semi-sync on; load average {load_start}",
+        a.trials
+    );
+    let mut trials = Vec::new();
+    for i in 0..a.trials {
+        let t = database::run(i)?;
+        database::print_trial(&t, a.trials);
+        if let Some(f) = &t.failure {
+            println!("{f}");
+        }
+        trials.push(t);
+    }
+    println!();
+    print!("{}", database::table(&trials));
+    let load_end = loadavg();
+    println!(
+        "\nbench database: done in {:.0} s; load average {load_start} at the start, {load_end} at the end; kernel {}",
+        t0.elapsed().as_secs_f64(),
+        kernel()
+    );
+    if let Some(path) = &a.json {
+        let meta = json!({
+            "date": started_wall,
+            "kernel": kernel(),
+            "command": command,
+            "agent_bin": agent.map(|p| p.display().to_string()),
+            "mariadb": mariadb_version(),
+            "workspace_head": git(root, &["rev-parse", "HEAD"]),
+            "workspace_agent_changes": git(root, &["status", "--porcelain", "agent", "agent-ebpf"]),
+            "loadavg_start": load_start,
+            "loadavg_end": load_end,
+            "duration_s": t0.elapsed().as_secs_f64(),
+        });
+        let text = serde_json::to_string_pretty(&database::json(&trials, meta))?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("bench database: JSON written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn mariadb_version() -> String {
+    std::process::Command::new("mariadbd")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 fn rest(root: &Path, a: RestArgs) -> Result<()> {

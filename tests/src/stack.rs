@@ -1,0 +1,291 @@
+//! The seed's whole stack in the lab, for the database tests and the
+//! database benchmark: one `mariadbd` and one fixture Atlas (admin port on
+//! loopback) in each server's namespace, and the agents configured with
+//! `[mysql]` and `[atlas]`.
+//!
+//! Ground truth comes from the servers themselves (VIPs from the kernel,
+//! read-only and replication from MariaDB, the backend table from Atlas),
+//! never from the agents' word.
+
+use std::net::SocketAddrV4;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use ha_agent::atlas::{Backend, Kind};
+
+use crate::atlas_fixture::{AtlasFixture, FixtureConfig};
+use crate::mariadb::{Mariadb, MariadbOptions, AGENT_USER, REPL_USER};
+use crate::netns::in_netns;
+use crate::{wait_until, wait_until_ok, Lab, LabProcess, Link, Overrides, Server};
+
+const S1: Server = Server::S1;
+const S2: Server = Server::S2;
+
+/// How the stack is set up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StackOptions {
+    /// `mysql.semisync = true` in both agents.
+    pub semisync: bool,
+    /// Lab prefix base ("" for the default).
+    pub lab_base: &'static str,
+    /// `mysql.down_handover_ms` (None: the agent's default).
+    pub down_handover_ms: Option<u64>,
+}
+/// Start-up (the eBPF program loads) and replication set-up.
+pub const SETTLE: Duration = Duration::from_secs(20);
+/// Bound for a failover step; the targets are far lower.
+pub const STEP: Duration = Duration::from_secs(10);
+pub const MYSQL_PORT: u16 = 3306;
+
+pub fn inside(s: Server) -> SocketAddrV4 {
+    SocketAddrV4::new(s.ip(Link::Inside), MYSQL_PORT)
+}
+
+pub fn vip() -> SocketAddrV4 {
+    SocketAddrV4::new(Link::Inside.vip(), MYSQL_PORT)
+}
+
+/// A fixture Atlas listening inside a server's namespace. Its listener
+/// belongs to that namespace, and stopping it connects to its port to wake
+/// the accept loop, so it is stopped from inside the namespace too.
+pub struct NsAtlas {
+    ns: String,
+    fixture: Option<AtlasFixture>,
+}
+
+impl NsAtlas {
+    pub fn start(ns: &str, cfg: FixtureConfig) -> Result<NsAtlas> {
+        let fixture = in_netns(ns, || AtlasFixture::new(cfg))?
+            .with_context(|| format!("starting the fixture Atlas in {ns}"))?;
+        Ok(NsAtlas {
+            ns: ns.to_string(),
+            fixture: Some(fixture),
+        })
+    }
+
+    pub fn get(&self) -> &AtlasFixture {
+        self.fixture.as_ref().expect("fixture present until drop")
+    }
+
+    /// (rw, ro) addresses of the table, in table order.
+    pub fn lists(&self) -> (Vec<SocketAddrV4>, Vec<SocketAddrV4>) {
+        let t = self.get().table();
+        let of = |k: Kind| {
+            t.iter()
+                .filter(|b: &&Backend| b.kind == k)
+                .map(|b| b.address)
+                .collect()
+        };
+        (of(Kind::Rw), of(Kind::Ro))
+    }
+
+    pub fn describe(&self) -> String {
+        ha_agent::atlas::table::describe(&self.get().table())
+    }
+}
+
+impl Drop for NsAtlas {
+    fn drop(&mut self) {
+        if let Some(f) = self.fixture.take() {
+            let _ = in_netns(&self.ns, move || drop(f));
+        }
+    }
+}
+
+pub struct Stack {
+    // Field order is drop order: agents first, then Atlas and MariaDB, then the lab.
+    pub agents: [Option<LabProcess>; 2],
+    pub atlas: [NsAtlas; 2],
+    pub dbs: [Mariadb; 2],
+    pub lab: Lab,
+    pub opts: StackOptions,
+}
+
+pub fn idx(s: Server) -> usize {
+    usize::from(s.index() - 1)
+}
+
+impl Stack {
+    pub fn db(&self, s: Server) -> &Mariadb {
+        &self.dbs[idx(s)]
+    }
+    pub fn atlas(&self, s: Server) -> &NsAtlas {
+        &self.atlas[idx(s)]
+    }
+
+    pub fn overrides(&self, s: Server) -> Result<Overrides> {
+        let db = self.db(s);
+        let pw = self.lab.dir().join(format!("atlas-{}.pw", s.name()));
+        std::fs::write(&pw, format!("{}\n", self.atlas(s).get().password()))?;
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600))?;
+        let path = |p: PathBuf| p.to_string_lossy().into_owned();
+        let mut o = Overrides::new();
+        if let Some(ms) = self.opts.down_handover_ms {
+            o = o.set("mysql.down_handover_ms", ms as i64);
+        }
+        Ok(o.set("mysql.address", inside(s).to_string())
+            .set("mysql.user", AGENT_USER)
+            .set("mysql.password_file", path(db.dir().join("agent.pw")))
+            .set("mysql.replication_user", REPL_USER)
+            .set(
+                "mysql.replication_password_file",
+                path(db.dir().join("repl.pw")),
+            )
+            .set("mysql.peer_address", inside(s.peer()).to_string())
+            .set(
+                "atlas.admin_address",
+                self.atlas(s).get().addr().to_string(),
+            )
+            .set("atlas.user", self.atlas(s).get().user())
+            .set("atlas.password_file", path(pw))
+            .set("atlas.persist", "none")
+            .set("atlas.period_ms", 200)
+            .set("mysql.semisync", self.opts.semisync))
+    }
+
+    pub fn start_agent(&mut self, s: Server) -> Result<()> {
+        let o = self.overrides(s)?;
+        self.agents[idx(s)] = Some(self.lab.start_agent_with(s, &o)?);
+        Ok(())
+    }
+
+    pub fn kill_agent(&mut self, s: Server) -> Result<()> {
+        if let Some(mut p) = self.agents[idx(s)].take() {
+            p.kill()?;
+        }
+        Ok(())
+    }
+
+    pub fn logs(&self) -> String {
+        self.agents
+            .iter()
+            .flatten()
+            .map(|p| format!("--- {} ---\n{}", p.name(), p.log_tail(60)))
+            .collect()
+    }
+
+    pub fn wait_state(&self, s: Server, state: &str) -> Result<Duration> {
+        wait_until_ok(SETTLE, format!("{s} in {state}"), || {
+            Ok(self.lab.agent_state(s)? == state)
+        })
+        .with_context(|| self.logs())
+    }
+
+    /// Waits until `s`'s Atlas table is exactly rw = the VIP, ro = `ro`.
+    pub fn wait_atlas(&self, s: Server, ro: &[SocketAddrV4], bound: Duration) -> Result<Duration> {
+        let want = (vec![vip()], ro.to_vec());
+        wait_until(
+            bound,
+            format!("{s}'s Atlas: rw {} ro {ro:?}", vip()),
+            || self.atlas(s).lists() == want,
+        )
+        .with_context(|| format!("table {}\n{}", self.atlas(s).describe(), self.logs()))
+    }
+}
+
+/// The lab, one MariaDB and one fixture Atlas per server, no agents yet.
+pub fn stack(opts: StackOptions) -> Result<Stack> {
+    let lab = if opts.lab_base.is_empty() {
+        Lab::new()?
+    } else {
+        Lab::with_base(opts.lab_base)?
+    };
+    let mut dbs = Vec::new();
+    for s in Server::ALL {
+        dbs.push(
+            Mariadb::start(MariadbOptions {
+                server_id: u32::from(s.index()),
+                bind: s.ip(Link::Inside),
+                port: MYSQL_PORT,
+                namespace: Some(lab.server_ns(s).to_string()),
+                parent: lab.dir().to_path_buf(),
+                read_only: true,
+            })
+            .with_context(|| format!("MariaDB on {s}"))?,
+        );
+    }
+    // server1's Atlas starts with a stale entry (its own server as ro),
+    // server2's with an empty table: the agents must fix both.
+    let a1 = NsAtlas::start(
+        lab.server_ns(S1),
+        FixtureConfig {
+            rw: vec![vip()],
+            ro: vec![inside(S1)],
+            ..Default::default()
+        },
+    )?;
+    let a2 = NsAtlas::start(lab.server_ns(S2), FixtureConfig::default())?;
+    let [d1, d2]: [Mariadb; 2] = dbs.try_into().expect("two servers");
+    Ok(Stack {
+        agents: [None, None],
+        atlas: [a1, a2],
+        dbs: [d1, d2],
+        lab,
+        opts,
+    })
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub fn app_write(db: &Mariadb, tag: &str) -> Result<std::process::Output> {
+    db.app_sql(&format!(
+        "INSERT INTO app.t (v, origin) VALUES ('{tag}', @@server_id)"
+    ))
+}
+
+pub fn replicating(db: &Mariadb) -> Result<bool> {
+    Ok(
+        db.slave_status("Slave_IO_Running")?.as_deref() == Some("Yes")
+            && db.slave_status("Slave_SQL_Running")?.as_deref() == Some("Yes"),
+    )
+}
+
+/// Both agents up: server1 MASTER with a writable primary, server2 BACKUP
+/// replicating from it, both Atlases rw = VIP, ro = server2.
+pub fn started(opts: StackOptions) -> Result<Stack> {
+    let mut st = stack(opts)?;
+    // server1 first, as in the seed: two agents starting together elect
+    // whichever finishes loading its eBPF program first.
+    st.start_agent(S1)?;
+    wait_until(SETTLE, "server1 sole VIP holder", || {
+        st.lab.sole_holder_is(S1)
+    })
+    .with_context(|| st.logs())?;
+    st.start_agent(S2)?;
+    st.wait_state(S2, "BACKUP")?;
+    wait_until_ok(SETTLE, "server2 replicating from server1", || {
+        replicating(st.db(S2))
+    })
+    .with_context(|| st.logs())?;
+    ensure!(
+        st.db(S2).slave_status("Master_Host")?.as_deref() == Some("203.0.113.11"),
+        "server2 replicates from {:?}",
+        st.db(S2).slave_status("Master_Host")?
+    );
+    wait_until_ok(STEP, "server1 writable", || {
+        Ok(app_write(st.db(S1), "first")?.status.success())
+    })
+    .with_context(|| st.logs())?;
+    st.db(S2).wait_count(1, STEP)?;
+    let out = app_write(st.db(S2), "on the replica")?;
+    ensure!(
+        !out.status.success(),
+        "server2 (replica) must refuse writes: {out:?}"
+    );
+    st.wait_atlas(S2, &[inside(S2)], STEP)?;
+    st.wait_atlas(S1, &[inside(S2)], STEP)?;
+    Ok(st)
+}
+
+/// Machine death of server1: its links go down, its agent and MariaDB die.
+pub fn kill_server1(st: &mut Stack) -> Result<Instant> {
+    let fault = Instant::now();
+    st.lab.links_down(S1)?;
+    st.kill_agent(S1)?;
+    st.dbs[0].kill()?;
+    Ok(fault)
+}
