@@ -379,6 +379,12 @@ fn send_socket(ifname: &str, ip: Ipv4Addr, peer: SocketAddrV4) -> std::io::Resul
     s.connect(&peer.into())?;
     // Nothing is ever read here: the smallest receive buffer.
     s.set_recv_buffer_size(0)?;
+    // Never block the real-time thread: with the peer's address unresolved
+    // (it died), the kernel parks our datagrams in the neighbour queue, and
+    // a blocking send waits until ARP gives up (seconds) once they fill
+    // the send buffer: no probes and no witness ARP meanwhile. A full
+    // buffer is a failed send (counted, logged), never a wait.
+    s.set_nonblocking(true)?;
     Ok(s.into())
 }
 

@@ -7,6 +7,7 @@
 //! read-only and replication from MariaDB, the backend table from Atlas),
 //! never from the agents' word.
 
+use std::collections::HashSet;
 use std::net::SocketAddrV4;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use ha_agent::atlas::{Backend, Kind};
 use crate::atlas_fixture::{AtlasFixture, FixtureConfig};
 use crate::mariadb::{Mariadb, MariadbOptions, AGENT_USER, REPL_USER};
 use crate::netns::in_netns;
+use crate::writer::Ack;
 use crate::{wait_until, wait_until_ok, Lab, LabProcess, Link, Overrides, Server};
 
 const S1: Server = Server::S1;
@@ -171,6 +173,22 @@ impl Stack {
             Ok(self.lab.agent_state(s)? == state)
         })
         .with_context(|| self.logs())
+    }
+
+    /// The acknowledged writes (`prefix` + tag rows of a [`crate::writer::Writer`])
+    /// that `s`'s server does not hold: lost writes, as "<prefix><tag>".
+    pub fn missing_writes(&self, s: Server, prefix: &str, acks: &[Ack]) -> Result<Vec<String>> {
+        let rows: HashSet<String> = self
+            .db(s)
+            .sql("SELECT v FROM app.t")?
+            .lines()
+            .map(str::to_string)
+            .collect();
+        Ok(acks
+            .iter()
+            .map(|a| format!("{prefix}{}", a.tag))
+            .filter(|tag| !rows.contains(tag))
+            .collect())
     }
 
     /// Waits until `s`'s Atlas table is exactly rw = the VIP, ro = `ro`.

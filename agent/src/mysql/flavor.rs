@@ -146,6 +146,9 @@ pub struct SemisyncNames {
     pub source_enabled: &'static str,
     pub replica_enabled: &'static str,
     pub source_wait_point: &'static str,
+    /// Whether a primary with no semi-sync replica connected still waits
+    /// for an acknowledgement (up to the semi-sync timeout) on each commit.
+    pub source_wait_no_replica: &'static str,
     /// Status variables: is it operational, how many replicas acknowledge.
     pub source_status: &'static str,
     pub source_clients: &'static str,
@@ -423,6 +426,7 @@ impl ServerKind {
                 source_enabled: "rpl_semi_sync_source_enabled",
                 replica_enabled: "rpl_semi_sync_replica_enabled",
                 source_wait_point: "rpl_semi_sync_source_wait_point",
+                source_wait_no_replica: "rpl_semi_sync_source_wait_no_replica",
                 source_status: "Rpl_semi_sync_source_status",
                 source_clients: "Rpl_semi_sync_source_clients",
                 replica_status: "Rpl_semi_sync_replica_status",
@@ -435,6 +439,7 @@ impl ServerKind {
                 source_enabled: "rpl_semi_sync_master_enabled",
                 replica_enabled: "rpl_semi_sync_slave_enabled",
                 source_wait_point: "rpl_semi_sync_master_wait_point",
+                source_wait_no_replica: "rpl_semi_sync_master_wait_no_slave",
                 source_status: "Rpl_semi_sync_master_status",
                 source_clients: "Rpl_semi_sync_master_clients",
                 replica_status: "Rpl_semi_sync_slave_status",
@@ -471,10 +476,26 @@ impl ServerKind {
                 "SET GLOBAL {} = 'AFTER_SYNC'",
                 n.source_wait_point
             )));
+            // A new primary has no replica until the old one rejoins: with
+            // the default ON every commit would stall for the semi-sync
+            // timeout (10 s) first. While a replica is connected, commits
+            // still wait for it.
+            v.push(Sql::new(format!(
+                "SET GLOBAL {} = OFF",
+                n.source_wait_no_replica
+            )));
         }
         v.push(Sql::new(format!("SET GLOBAL {on} = ON")));
         v.push(Sql::new(format!("SET GLOBAL {off} = OFF")));
         v
+    }
+
+    /// Stops being a semi-sync replica (before a promotion).
+    pub fn semisync_replica_off(&self) -> Sql {
+        Sql::new(format!(
+            "SET GLOBAL {} = OFF",
+            self.semisync_names().replica_enabled
+        ))
     }
 
     pub fn semisync_status_query(&self) -> Sql {
@@ -775,6 +796,7 @@ mod tests {
             texts(mariadb().semisync_enable(true)),
             [
                 "SET GLOBAL rpl_semi_sync_master_wait_point = 'AFTER_SYNC'",
+                "SET GLOBAL rpl_semi_sync_master_wait_no_slave = OFF",
                 "SET GLOBAL rpl_semi_sync_master_enabled = ON",
                 "SET GLOBAL rpl_semi_sync_slave_enabled = OFF"
             ]

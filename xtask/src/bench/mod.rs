@@ -51,6 +51,9 @@ pub struct DatabaseArgs {
     /// Trials (each on a fresh stack).
     #[arg(long, default_value_t = 20)]
     trials: usize,
+    /// Semi-synchronous replication on both servers (`mysql.semisync`).
+    #[arg(long)]
+    semisync: bool,
     /// Also write the results (table and every trial) as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -168,12 +171,13 @@ fn bench_database(root: &Path, a: DatabaseArgs) -> Result<()> {
     let load_start = loadavg();
     let t0 = Instant::now();
     println!(
-        "bench database: {} trial(s), semi-sync on; load average {load_start}",
-        a.trials
+        "bench database: {} trial(s), semi-sync {}; load average {load_start}",
+        a.trials,
+        if a.semisync { "on" } else { "off" }
     );
     let mut trials = Vec::new();
     for i in 0..a.trials {
-        let t = database::run(i)?;
+        let t = database::run(i, a.semisync)?;
         database::print_trial(&t, a.trials);
         if let Some(f) = &t.failure {
             println!("{f}");
@@ -195,6 +199,7 @@ fn bench_database(root: &Path, a: DatabaseArgs) -> Result<()> {
             "command": command,
             "agent_bin": agent.map(|p| p.display().to_string()),
             "mariadb": mariadb_version(),
+            "semisync": a.semisync,
             "workspace_head": git(root, &["rev-parse", "HEAD"]),
             "workspace_agent_changes": git(root, &["status", "--porcelain", "agent", "agent-ebpf"]),
             "loadavg_start": load_start,
