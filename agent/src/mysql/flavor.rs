@@ -485,6 +485,16 @@ impl ServerKind {
                 n.source_wait_no_replica
             )));
         }
+        if !as_primary && self.flavor == Flavor::Mariadb {
+            // Stopping a semi-sync replica's IO thread first connects to
+            // the primary to kill its dump thread, bounded by this many
+            // seconds (default 5). After the primary died, that bound is
+            // what the promotion waits: 1 s is the shortest that still lets
+            // a live primary on the LAN answer.
+            v.push(Sql::new(
+                "SET GLOBAL rpl_semi_sync_slave_kill_conn_timeout = 1",
+            ));
+        }
         v.push(Sql::new(format!("SET GLOBAL {on} = ON")));
         v.push(Sql::new(format!("SET GLOBAL {off} = OFF")));
         v
@@ -804,6 +814,7 @@ mod tests {
         assert_eq!(
             texts(mariadb().semisync_enable(false)),
             [
+                "SET GLOBAL rpl_semi_sync_slave_kill_conn_timeout = 1",
                 "SET GLOBAL rpl_semi_sync_slave_enabled = ON",
                 "SET GLOBAL rpl_semi_sync_master_enabled = OFF"
             ]

@@ -482,9 +482,8 @@ impl MysqlDriver {
             if self.cfg.semisync {
                 // No more acknowledgements to the old primary while we take
                 // over (the promotion ends semi-sync as a replica anyway).
-                // Note: STOP of an IO thread that was talking to a primary
-                // that vanished still takes about 2 s on MariaDB 10.11 with
-                // semi-sync (see bench/RESULTS.md); not solved yet.
+                // The STOP below still waits for MariaDB's kill-connection
+                // to a vanished primary (1 s: see `semisync_enable`).
                 s.exec("semi-sync replica off", &[kind.semisync_replica_off()])
                     .await?;
             }
