@@ -24,6 +24,7 @@
 
 pub mod agent;
 pub mod atlas_fixture;
+pub mod capture;
 pub mod faults;
 pub mod keepalived;
 pub mod mariadb;

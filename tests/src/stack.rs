@@ -175,18 +175,19 @@ impl Stack {
         .with_context(|| self.logs())
     }
 
-    /// The acknowledged writes (`prefix` + tag rows of a [`crate::writer::Writer`])
-    /// that `s`'s server does not hold: lost writes, as "<prefix><tag>".
-    pub fn missing_writes(&self, s: Server, prefix: &str, acks: &[Ack]) -> Result<Vec<String>> {
+    /// The acknowledged writes that `s`'s server does not hold (lost
+    /// writes), as "<prefix><tag>", for each ([`crate::writer::Writer`]
+    /// prefix, its acknowledgements): one read of the table for all.
+    pub fn missing_writes(&self, s: Server, writes: &[(&str, &[Ack])]) -> Result<Vec<String>> {
         let rows: HashSet<String> = self
             .db(s)
             .sql("SELECT v FROM app.t")?
             .lines()
             .map(str::to_string)
             .collect();
-        Ok(acks
+        Ok(writes
             .iter()
-            .map(|a| format!("{prefix}{}", a.tag))
+            .flat_map(|(prefix, acks)| acks.iter().map(move |a| format!("{prefix}{}", a.tag)))
             .filter(|tag| !rows.contains(tag))
             .collect())
     }

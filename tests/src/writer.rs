@@ -131,6 +131,17 @@ impl Writer {
             .copied()
     }
 
+    /// Waits (bounded) until at least `n` writes were acknowledged.
+    pub fn wait_acks(&self, n: usize, bound: Duration) -> Result<()> {
+        crate::wait_until(
+            bound,
+            format!("{n} writes acknowledged ({})", self.prefix),
+            || self.shared.lock().unwrap().acks.len() >= n,
+        )
+        .map(|_| ())
+        .with_context(|| format!("last error: {:?}", self.last_error()))
+    }
+
     pub fn last_error(&self) -> Option<String> {
         self.shared.lock().unwrap().last_error.clone()
     }

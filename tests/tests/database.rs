@@ -254,10 +254,7 @@ fn semisync_no_acknowledged_write_is_lost_when_the_primary_dies() -> Result<()> 
         WriterMode::APP,
         Duration::from_secs(60),
     )?;
-    wait_until(STEP, "writes acknowledged by server1", || {
-        app.acks().len() >= 100
-    })
-    .with_context(|| format!("{:?}", app.last_error()))?;
+    app.wait_acks(100, STEP)?;
     let fault = kill_server1(&mut st)?;
     wait_until(STEP, "the application writing again, on server2", || {
         app.first_ack_from(2, fault).is_some()
@@ -265,7 +262,7 @@ fn semisync_no_acknowledged_write_is_lost_when_the_primary_dies() -> Result<()> 
     .with_context(|| format!("{:?}\n{}", app.last_error(), st.logs()))?;
     let again = app.first_ack_from(2, fault).context("ack")?.at - fault;
     let (acks, attempts) = app.finish()?;
-    let lost = st.missing_writes(S2, "a", &acks)?;
+    let lost = st.missing_writes(S2, &[("a", &acks)])?;
     let by_server1 = acks.iter().filter(|a| a.server_id == 1).count();
     println!(
         "{} writes acknowledged ({by_server1} by server1) of {attempts} attempts; the application wrote again {:.0} ms after the fault; lost: {lost:?}",
@@ -342,10 +339,7 @@ fn planned_switchover_loses_no_acknowledged_write_and_the_old_primary_rejoins() 
         WriterMode::APP,
         Duration::from_secs(60),
     )?;
-    wait_until(STEP, "writes acknowledged by server1", || {
-        app.acks().len() >= 200
-    })
-    .with_context(|| format!("{:?}", app.last_error()))?;
+    app.wait_acks(200, STEP)?;
     let t = Instant::now();
     let out = st.lab.switchover(S1)?;
     ensure!(out.status.success(), "switchover: {out:?}");
@@ -355,7 +349,7 @@ fn planned_switchover_loses_no_acknowledged_write_and_the_old_primary_rejoins() 
     .with_context(|| format!("{:?}\n{}", app.last_error(), st.logs()))?;
     let again = app.first_ack_from(2, t).context("ack")?.at - t;
     let (acks, _) = app.finish()?;
-    let lost = st.missing_writes(S2, "a", &acks)?;
+    let lost = st.missing_writes(S2, &[("a", &acks)])?;
     let s2 = st.lab.agent_status(S2)?;
     println!(
         "switchover: the application wrote again {:.0} ms later; {} writes acknowledged; server2's promotion: {}",

@@ -505,19 +505,10 @@ impl MysqlDriver {
             let mut missing = replica::missing(&received, &st.executed);
             if !missing.is_empty() && applier_can_run {
                 let wait_start = Instant::now();
-                let wait = kind.wait_for(&received, timeout);
-                // The server's own timeout is the precise one on MariaDB; ours
-                // bounds a hung server (and MySQL's whole seconds).
-                let limit = timeout + self.timeout();
-                let reached = match s.row_within("wait for applier", &wait, limit).await {
-                    Ok(row) => {
-                        let v = row.and_then(|r| r.into_iter().next().flatten());
-                        kind.wait_succeeded(v.and_then(|v| v.trim().parse().ok()))
-                    }
-                    // Our bound hit first (hung server, or MySQL's whole seconds): re-read below.
-                    Err(MysqlError::Timeout { .. }) => false,
-                    Err(e) => return Err(e),
-                };
+                // Not reached: re-read below.
+                let reached = self
+                    .wait_applied(s, "wait for applier", &received, timeout)
+                    .await?;
                 report.waited = wait_start.elapsed();
                 let st = Self::replica_status(s).await?.ok_or_else(|| {
                     unreadable(&server, "replica status", "vanished during the wait")
@@ -585,6 +576,29 @@ impl MysqlDriver {
         Ok(report)
     }
 
+    /// The server-side wait for the applier to reach `target`, bounded by
+    /// `timeout`: whether it did. The server's own timeout is the precise
+    /// one on MariaDB; ours (a statement timeout more) bounds a hung server
+    /// and MySQL's whole seconds, and counts as not reached.
+    async fn wait_applied(
+        &self,
+        s: &mut Session,
+        step: &str,
+        target: &GtidSet,
+        timeout: Duration,
+    ) -> Result<bool, MysqlError> {
+        let kind = s.kind();
+        let wait = kind.wait_for(target, timeout);
+        match s.row_within(step, &wait, timeout + self.timeout()).await {
+            Ok(row) => {
+                let v = row.and_then(|r| r.into_iter().next().flatten());
+                Ok(kind.wait_succeeded(v.and_then(|v| v.trim().parse().ok())))
+            }
+            Err(MysqlError::Timeout { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A planned handover leaves the old primary alive with, maybe, commits
     /// this replica has not received yet: stopping the IO thread now would
     /// lose them. So: wait (bounded) until the old primary's server is
@@ -632,20 +646,16 @@ impl MysqlDriver {
             Ok((has, None)) => has,
             Err(e) => return format!("old primary {peer}: {e}"),
         };
-        let kind = s.kind();
-        let wait = kind.wait_for(&last, timeout);
-        let reached = match s
-            .row_within(
+        let reached = match self
+            .wait_applied(
+                s,
                 "wait for the old primary's last transactions",
-                &wait,
-                timeout + self.timeout(),
+                &last,
+                timeout,
             )
             .await
         {
-            Ok(row) => kind.wait_succeeded(
-                row.and_then(|r| r.into_iter().next().flatten())
-                    .and_then(|v| v.trim().parse().ok()),
-            ),
+            Ok(r) => r,
             Err(e) => return format!("waiting for the old primary's {last}: {e}"),
         };
         let took = start.elapsed();

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
+use ha_lab::capture::{open_capture, Fd};
 
 /// One ARP frame seen on the client's interface.
 #[derive(Debug, Clone)]
@@ -48,7 +49,7 @@ impl ArpCapture {
             std::thread::Builder::new()
                 .name("bench-arp".into())
                 .spawn(move || -> Result<()> {
-                    let fd = match open(&ns, &ifname) {
+                    let fd = match open_capture(&ns, &ifname, libc::ETH_P_ARP as u16) {
                         Ok(fd) => {
                             let _ = ready_tx.send(Ok(()));
                             fd
@@ -58,10 +59,7 @@ impl ArpCapture {
                             return Err(e);
                         }
                     };
-                    let r = receive(fd, &stop, &frames, deadline);
-                    // SAFETY: we own fd.
-                    unsafe { libc::close(fd) };
-                    r
+                    receive(&fd, &stop, &frames, deadline)
                 })?
         };
         ready_rx
@@ -109,66 +107,8 @@ pub fn first_garp<'a>(
     })
 }
 
-fn open(ns: &str, ifname: &str) -> Result<libc::c_int> {
-    ha_lab::netns::enter_netns(ns)?;
-    let proto = (libc::ETH_P_ARP as u16).to_be();
-    // SAFETY: plain socket(2).
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
-    }
-    let close_on_err = |e: anyhow::Error| {
-        // SAFETY: we own fd.
-        unsafe { libc::close(fd) };
-        e
-    };
-    let cname = std::ffi::CString::new(ifname)?;
-    // SAFETY: valid C string.
-    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    if ifindex == 0 {
-        return Err(close_on_err(anyhow!("no interface {ifname} in {ns}")));
-    }
-    // SAFETY: a zeroed sockaddr_ll is valid; we fill what bind needs.
-    let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = proto;
-    sll.sll_ifindex = ifindex as i32;
-    // SAFETY: sll is a valid sockaddr_ll of the given size.
-    let rc = unsafe {
-        libc::bind(
-            fd,
-            &sll as *const _ as *const libc::sockaddr,
-            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(close_on_err(anyhow!("bind AF_PACKET: {e}")));
-    }
-    // A timeout so the stop flag is seen within 20 ms.
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 20_000,
-    };
-    // SAFETY: tv is a valid timeval.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const _ as *const libc::c_void,
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(close_on_err(anyhow!("SO_RCVTIMEO: {e}")));
-    }
-    Ok(fd)
-}
-
 fn receive(
-    fd: libc::c_int,
+    fd: &Fd,
     stop: &AtomicBool,
     frames: &Mutex<Vec<ArpFrame>>,
     deadline: Instant,
@@ -181,7 +121,7 @@ fn receive(
         // SAFETY: buf and sll are valid for writes of their sizes.
         let n = unsafe {
             libc::recvfrom(
-                fd,
+                fd.0,
                 buf.as_mut_ptr() as *mut libc::c_void,
                 buf.len(),
                 0,

@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use ha_lab::stack::{inside, replicating, started, vip, Stack, StackOptions};
 use ha_lab::writer::{Writer, WriterMode};
 use ha_lab::{Link, Server};
@@ -90,16 +90,8 @@ fn trial(st: &mut Stack, t: &mut DbTrial) -> Result<()> {
     let app = Writer::start(&ns2, vip(), "a", WriterMode::APP, bound)?;
     let probe = Writer::start(&ns2, vip(), "p", WriterMode::PROBE, bound)?;
     // Both writing to server1 before the fault.
-    ha_lab::wait_until(PHASE, "the writers acknowledged by server1", || {
-        app.acks().len() >= 50 && probe.acks().len() >= 20
-    })
-    .with_context(|| {
-        format!(
-            "app: {:?}, prober: {:?}",
-            app.last_error(),
-            probe.last_error()
-        )
-    })?;
+    app.wait_acks(50, PHASE)?;
+    probe.wait_acks(20, PHASE)?;
     if app.acks().iter().any(|a| a.server_id != 1) {
         bail!("a write was acknowledged by server2 before the fault");
     }
@@ -158,8 +150,7 @@ fn trial(st: &mut Stack, t: &mut DbTrial) -> Result<()> {
     let (app_acks, _) = app.finish()?;
     let (probe_acks, _) = probe.finish()?;
     t.acked_total = app_acks.len() + probe_acks.len();
-    let mut lost = st.missing_writes(S2, "a", &app_acks)?;
-    lost.extend(st.missing_writes(S2, "p", &probe_acks)?);
+    let lost = st.missing_writes(S2, &[("a", &app_acks), ("p", &probe_acks)])?;
     t.lost = Some(lost.len());
     t.lost_tags = lost.into_iter().take(20).collect();
     for (what, v) in [

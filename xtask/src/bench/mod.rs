@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use ha_lab::Lab;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use contender::Contender;
 
@@ -166,14 +166,12 @@ fn bench_database(root: &Path, a: DatabaseArgs) -> Result<()> {
     }
     let agent = agent_bin(root, &[Contender::HaAgent], a.no_build)?;
     Lab::cleanup_orphans(LAB_BASE)?;
-    let started_wall = date_utc();
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let load_start = loadavg();
-    let t0 = Instant::now();
+    let run = Run::start();
     println!(
-        "bench database: {} trial(s), semi-sync {}; load average {load_start}",
+        "bench database: {} trial(s), semi-sync {}; load average {}",
         a.trials,
-        if a.semisync { "on" } else { "off" }
+        if a.semisync { "on" } else { "off" },
+        run.load_start
     );
     let mut trials = Vec::new();
     for i in 0..a.trials {
@@ -188,27 +186,19 @@ fn bench_database(root: &Path, a: DatabaseArgs) -> Result<()> {
     print!("{}", database::table(&trials));
     let load_end = loadavg();
     println!(
-        "\nbench database: done in {:.0} s; load average {load_start} at the start, {load_end} at the end; kernel {}",
-        t0.elapsed().as_secs_f64(),
+        "\nbench database: done in {:.0} s; load average {} at the start, {load_end} at the end; kernel {}",
+        run.started.elapsed().as_secs_f64(),
+        run.load_start,
         kernel()
     );
     if let Some(path) = &a.json {
-        let meta = json!({
-            "date": started_wall,
-            "kernel": kernel(),
-            "command": command,
-            "agent_bin": agent.map(|p| p.display().to_string()),
-            "mariadb": mariadb_version(),
-            "semisync": a.semisync,
-            "workspace_head": git(root, &["rev-parse", "HEAD"]),
-            "workspace_agent_changes": git(root, &["status", "--porcelain", "agent", "agent-ebpf"]),
-            "loadavg_start": load_start,
-            "loadavg_end": load_end,
-            "duration_s": t0.elapsed().as_secs_f64(),
-        });
-        let text = serde_json::to_string_pretty(&database::json(&trials, meta))?;
-        std::fs::write(path, text + "\n")
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        let meta = run.meta(
+            root,
+            agent.as_deref(),
+            &load_end,
+            json!({"mariadb": mariadb_version(), "semisync": a.semisync}),
+        );
+        write_json(path, &database::json(&trials, meta))?;
         println!("bench database: JSON written to {}", path.display());
     }
     Ok(())
@@ -303,9 +293,9 @@ fn failover(root: &Path, a: FailoverArgs) -> Result<()> {
     if !stale.is_empty() {
         println!("bench: removed leftover labs of dead runs: {stale:?}");
     }
-    let started_wall = date_utc();
+    let run = Run::start();
     let log_dir = a.logs.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("ha-bench-{}", started_wall.replace(':', "")))
+        std::env::temp_dir().join(format!("ha-bench-{}", run.date.replace(':', "")))
     });
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("cannot create {}", log_dir.display()))?;
@@ -314,7 +304,6 @@ fn failover(root: &Path, a: FailoverArgs) -> Result<()> {
         ping_interval: Duration::from_millis(a.ping_interval_ms),
         log_dir,
     };
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
     println!(
         "bench: {} trial(s) x {} fault(s) x {} contender(s), soak {} s each, checks {}; ping every {} ms; logs of failures in {}",
         a.trials,
@@ -325,8 +314,6 @@ fn failover(root: &Path, a: FailoverArgs) -> Result<()> {
         a.ping_interval_ms,
         ctx.log_dir.display()
     );
-    let load_start = loadavg();
-    let t_start = Instant::now();
 
     let mut trials = Vec::new();
     for i in 0..a.trials {
@@ -422,32 +409,70 @@ fn failover(root: &Path, a: FailoverArgs) -> Result<()> {
         }
     }
     println!(
-        "\nbench: done in {:.0} s; load average {load_start} at the start, {load_end} at the end",
-        t_start.elapsed().as_secs_f64()
+        "\nbench: done in {:.0} s; load average {} at the start, {load_end} at the end",
+        run.started.elapsed().as_secs_f64(),
+        run.load_start
     );
     if let Some(path) = &a.json {
-        let meta = json!({
-            "date": started_wall,
+        let meta = run.meta(
+            root,
+            agent_bin.as_deref(),
+            &load_end,
+            json!({
+                "keepalived": keepalived_version(),
+                "ping_interval_ms": a.ping_interval_ms,
+                "log_dir": ctx.log_dir.display().to_string(),
+            }),
+        );
+        write_json(path, &report.json(meta))?;
+        println!("bench: JSON written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// What every JSON report records about its run, taken at its start.
+struct Run {
+    date: String,
+    command: String,
+    load_start: String,
+    started: Instant,
+}
+
+impl Run {
+    fn start() -> Run {
+        Run {
+            date: date_utc(),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            load_start: loadavg(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The run's facts, plus the benchmark's own in `extra` (an object).
+    fn meta(&self, root: &Path, agent_bin: Option<&Path>, load_end: &str, extra: Value) -> Value {
+        let mut meta = json!({
+            "date": self.date,
             "kernel": kernel(),
-            "command": command,
+            "command": self.command,
             "agent_bin": agent_bin.map(|p| p.display().to_string()),
-            "keepalived": keepalived_version(),
             "workspace_head": git(root, &["rev-parse", "HEAD"]),
             // Uncommitted agent changes in the workspace (a binary built
             // from it, rather than from HEAD, includes them).
             "workspace_agent_changes": git(root, &["status", "--porcelain", "agent", "agent-ebpf"]),
-            "ping_interval_ms": a.ping_interval_ms,
-            "loadavg_start": load_start,
+            "loadavg_start": self.load_start,
             "loadavg_end": load_end,
-            "duration_s": t_start.elapsed().as_secs_f64(),
-            "log_dir": ctx.log_dir.display().to_string(),
+            "duration_s": self.started.elapsed().as_secs_f64(),
         });
-        let text = serde_json::to_string_pretty(&report.json(meta))?;
-        std::fs::write(path, text + "\n")
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        println!("bench: JSON written to {}", path.display());
+        if let (Some(m), Value::Object(e)) = (meta.as_object_mut(), extra) {
+            m.extend(e);
+        }
+        meta
     }
-    Ok(())
+}
+
+fn write_json(path: &Path, v: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn print_trial(r: &trial::TrialResult, n: usize) {
