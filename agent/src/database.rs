@@ -792,6 +792,7 @@ impl Controller {
                 caught_up: p.caught_up,
                 skipped_gtids: p.skipped.as_ref().map(|g| g.to_string()),
                 handoff: p.handoff.clone(),
+                frozen_by: p.frozen_by.map(str::to_string),
             }),
             last_rejoin: self.last_rejoin.as_ref().map(|(at, r)| RejoinStatus {
                 time: rfc3339(*at),

@@ -157,8 +157,11 @@ fn seed_checks_with_mysql_and_atlas() -> Result<()> {
 fn errant_write_on_the_isolated_old_primary_blocks_its_rejoin_until_forced() -> Result<()> {
     let mut st = started(StackOptions::default())?;
     kill_server1(&mut st)?;
-    wait_until_ok(STEP, "a write on server2 succeeds", || {
-        Ok(app_write(st.db(S2), "after failover")?.status.success())
+    // No write on server2 yet: after the forced rejoin below, server1's
+    // (reset) binary log stays empty, and a later rejoin must start from
+    // what it replicated (gtid_slave_pos), not from that empty log.
+    wait_until_ok(STEP, "server2 promoted", || {
+        Ok(st.lab.agent_status(S2)?["database"]["last_promotion"].is_object())
     })
     .with_context(|| st.logs())?;
     // server1's MariaDB comes back without its agent and with its links
@@ -228,12 +231,28 @@ fn errant_write_on_the_isolated_old_primary_blocks_its_rejoin_until_forced() -> 
         "{}",
         s["database"]
     );
+    // server1's MariaDB restarts: its agent rejoins it again, from what it
+    // has (not from an empty binlog position: that would replay server2's
+    // whole history and stop on a duplicate key).
+    st.dbs[0].kill()?;
+    st.dbs[0].spawn()?;
+    ensure!(
+        app_write(st.db(S2), "after the restart")?.status.success(),
+        "write on server2"
+    );
+    let rows = st.db(S2).count()?;
+    // server1 also still has its discarded errant row.
+    wait_until_ok(SETTLE, "server1 replicating again with every row", || {
+        Ok(replicating(st.db(S1))? && st.db(S1).count()? == rows + 1)
+    })
+    .with_context(|| format!("{:?}\n{}", st.db(S1).slave_status("Last_Error"), st.logs()))?;
     Ok(())
 }
 
 #[test]
 #[ignore = "privileged: run by cargo xtask test"]
-fn semisync_no_acknowledged_write_is_lost_when_the_primary_dies() -> Result<()> {
+fn semisync_primary_death_loses_no_acknowledged_write_and_nothing_diverges_silently() -> Result<()>
+{
     let mut st = started(StackOptions {
         semisync: true,
         ..Default::default()
@@ -277,6 +296,53 @@ fn semisync_no_acknowledged_write_is_lost_when_the_primary_dies() -> Result<()> 
         lost.is_empty(),
         "acknowledged writes missing on the new primary: {lost:?}"
     );
+    // After a death the applier froze "received" (no wait for MariaDB's
+    // kill-connection to the dead host), and the old replication is
+    // stopped and forgotten afterwards, in the background.
+    let promotion = st.lab.agent_status(S2)?["database"]["last_promotion"].clone();
+    ensure!(
+        promotion["frozen_by"] == "applier" && promotion["caught_up"] == true,
+        "server2's promotion: {promotion}"
+    );
+    wait_until_ok(STEP, "server2 forgot its replication from server1", || {
+        Ok(st.db(S2).slave_status("Master_Host")?.is_none())
+    })
+    .with_context(|| st.logs())?;
+    // server1 returns. Killed with commits in its binlog that server2
+    // never acknowledged, it holds errant transactions and must say so;
+    // otherwise it rejoins with every row. Never silently diverged.
+    st.lab.links_up(S1)?;
+    st.start_agent(S1)?;
+    st.wait_state(S1, "BACKUP")?;
+    st.dbs[0].spawn()?;
+    let rows = st.db(S2).count()?;
+    let mut errant = None;
+    wait_until_ok(
+        SETTLE,
+        "server1 rejoined with every row, or its errant set shown",
+        || {
+            if let Some(g) = st.lab.agent_status(S1)?["database"]["errant"]["gtids"].as_str() {
+                errant = Some(g.to_string());
+                return Ok(true);
+            }
+            Ok(replicating(st.db(S1))? && st.db(S1).count()? == rows)
+        },
+    )
+    .with_context(|| st.logs())?;
+    match errant {
+        Some(g) => {
+            println!("server1's rejoin refused: errant {g} (commits server2 never acknowledged)");
+            ensure!(
+                g.split(',').all(|p| p.split('-').nth(1) == Some("1")),
+                "errant transactions must be server1's own: {g}"
+            );
+            ensure!(
+                !replicating(st.db(S1))?,
+                "server1 replicates despite errant transactions"
+            );
+        }
+        None => println!("server1 rejoined with all {rows} rows"),
+    }
     Ok(())
 }
 
@@ -367,6 +433,12 @@ fn planned_switchover_loses_no_acknowledged_write_and_the_old_primary_rejoins() 
             .is_some_and(|h| h.starts_with("applied the old primary's")),
         "{}",
         s2["database"]
+    );
+    // The old primary still speaks: its IO thread is stopped first.
+    ensure!(
+        s2["database"]["last_promotion"]["frozen_by"] == "io_thread",
+        "{}",
+        s2["database"]["last_promotion"]
     );
     // No divergence: the old primary rejoins (an errant GTID would block it).
     wait_until_ok(SETTLE, "server1 replicating from server2", || {

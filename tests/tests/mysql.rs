@@ -94,7 +94,8 @@ fn promotion_applies_the_whole_relay_backlog_first() {
     assert_eq!(s2.count().unwrap(), 10, "backlog not applied yet");
 
     let d = driver(&s2, &s1);
-    let rep = rt()
+    let rt = rt();
+    let rep = rt
         .block_on(d.promote(Duration::from_secs(60), CatchupPolicy::StayReadOnly))
         .unwrap();
     println!(
@@ -113,12 +114,16 @@ fn promotion_applies_the_whole_relay_backlog_first() {
         10 + N as u64,
         "every received row applied"
     );
+    // The applier froze "received"; the IO thread is stopped and
+    // replication forgotten after the unfence, in the background.
+    assert_eq!(rep.frozen_by, Some("applier"), "{rep:?}");
+    rt.block_on(d.settle_background());
     assert_eq!(
         s2.slave_status("Slave_IO_Running").unwrap(),
         None,
         "replication reset"
     );
-    let h = rt().block_on(d.probe());
+    let h = rt.block_on(d.probe());
     assert!(h.writable, "{h:?}");
     let w = s2
         .app_sql("INSERT INTO app.t (v, origin) VALUES ('new primary', 2)")
@@ -239,8 +244,12 @@ fn old_primary_rejoins_and_catches_up() {
     s1.kill().unwrap();
     let d2 = driver(&s2, &s1);
     let rt = rt();
-    rt.block_on(d2.promote(Duration::from_secs(5), CatchupPolicy::StayReadOnly))
-        .unwrap();
+    rt.block_on(async {
+        d2.promote(Duration::from_secs(5), CatchupPolicy::StayReadOnly)
+            .await
+            .unwrap();
+        d2.settle_background().await;
+    });
     s2.insert_rows(50, "on new primary").unwrap();
 
     s1.spawn().unwrap();

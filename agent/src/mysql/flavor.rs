@@ -307,6 +307,10 @@ impl ServerKind {
         Sql::new(format!("START {} SQL_THREAD", self.replica()))
     }
 
+    pub fn stop_sql_thread(&self) -> Sql {
+        Sql::new(format!("STOP {} SQL_THREAD", self.replica()))
+    }
+
     pub fn stop_replication(&self) -> Sql {
         Sql::new(format!("STOP {}", self.replica()))
     }
@@ -664,6 +668,10 @@ mod tests {
             assert_eq!(
                 k.start_sql_thread().text(),
                 format!("START {word} SQL_THREAD")
+            );
+            assert_eq!(
+                k.stop_sql_thread().text(),
+                format!("STOP {word} SQL_THREAD")
             );
             assert_eq!(k.stop_replication().text(), format!("STOP {word}"));
             assert_eq!(k.start_replication().text(), format!("START {word}"));

@@ -71,6 +71,8 @@ pub struct MysqlDriver {
     /// Bumped by every fence: a promotion that sees it change gives up
     /// instead of unfencing after the daemon fenced.
     fence_generation: AtomicU64,
+    /// The post-promotion replication reset, while it runs.
+    background: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for MysqlDriver {
@@ -92,6 +94,12 @@ struct PeerView {
 }
 
 fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<(Conn, Identity)>> {
+    slot.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock_task(
+    slot: &Mutex<Option<tokio::task::JoinHandle<()>>>,
+) -> std::sync::MutexGuard<'_, Option<tokio::task::JoinHandle<()>>> {
     slot.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -141,6 +149,7 @@ impl MysqlDriver {
             fence_slot: Mutex::new(None),
             action_slot: Mutex::new(None),
             fence_generation: AtomicU64::new(0),
+            background: Mutex::new(None),
         })
     }
 
@@ -407,6 +416,9 @@ impl MysqlDriver {
         policy: CatchupPolicy,
         old_primary: Option<SocketAddr>,
     ) -> Result<PromotionReport, MysqlError> {
+        // A previous promotion's reset first: this one must not see its
+        // half-stopped replication as a source still to drain.
+        self.settle_background().await;
         let start = Instant::now();
         let generation = self.fence_generation.load(Ordering::SeqCst);
         let mut s = self.session(&self.action_slot).await?;
@@ -447,6 +459,7 @@ impl MysqlDriver {
             skipped: None,
             semisync: None,
             handoff: None,
+            frozen_by: None,
             steps: Vec::new(),
             took: Duration::ZERO,
         };
@@ -480,16 +493,30 @@ impl MysqlDriver {
                 }
             }
             if self.cfg.semisync {
-                // No more acknowledgements to the old primary while we take
-                // over (the promotion ends semi-sync as a replica anyway).
-                // The STOP below still waits for MariaDB's kill-connection
-                // to a vanished primary (1 s: see `semisync_enable`).
+                // The promotion ends semi-sync as a replica. (A running IO
+                // thread keeps acknowledging until it stops: MariaDB reads
+                // this setting when the thread starts.)
                 s.exec("semi-sync replica off", &[kind.semisync_replica_off()])
                     .await?;
             }
+            let deadline = start + timeout;
+            if old_primary.is_none() && applier_can_run {
+                if let Some(done) = self
+                    .freeze_by_applier(s, &report, timeout, generation)
+                    .await?
+                {
+                    let r = self.finish_promotion(s, done, start, generation).await;
+                    if r.is_ok() {
+                        self.forget_source_in_background(kind);
+                    }
+                    return r;
+                }
+            }
+            let timeout = deadline.saturating_duration_since(Instant::now());
             // Freeze "received": the old primary, if it still talks, must not
             // feed us more while we take over.
             s.exec("stop IO thread", &[kind.stop_io_thread()]).await?;
+            report.frozen_by = Some("io_thread");
             let st = Self::replica_status(s).await?.ok_or_else(|| {
                 unreadable(&server, "replica status", "vanished after STOP IO_THREAD")
             })?;
@@ -574,6 +601,116 @@ impl MysqlDriver {
         report.steps = std::mem::take(&mut s.steps);
         report.took = start.elapsed();
         Ok(report)
+    }
+
+    /// Promotion after a death, without stopping the IO thread first. With
+    /// semi-sync, MariaDB's STOP of the IO thread first connects to the old
+    /// primary to kill its dump thread, and when that host is gone the
+    /// connect waits `rpl_semi_sync_slave_kill_conn_timeout` (1 s at
+    /// least): a second of read-only primary for nothing. So the applier
+    /// freezes the state instead: apply everything received, stop the
+    /// applier, and check that "received" did not move meanwhile (a dead
+    /// primary sends nothing; if it did move, the old primary still talks
+    /// and `None` sends the caller down the careful path: IO thread first).
+    /// What the IO thread could still receive after the check is never
+    /// applied (the applier stays stopped until replication is reset). A
+    /// dead primary sends nothing more. A live one (only its agent hung)
+    /// could get a semi-sync ack for a commit received in the milliseconds
+    /// between this check and the background STOP: MariaDB applies a change
+    /// of `rpl_semi_sync_slave_enabled` only when the IO thread restarts.
+    /// Such a server acknowledges its later commits anyway, after its
+    /// semi-sync timeout; the errant-GTID check then blocks its rejoin.
+    /// Returns the report ready to unfence, or `None`.
+    async fn freeze_by_applier(
+        &self,
+        s: &mut Session,
+        report: &PromotionReport,
+        timeout: Duration,
+        generation: u64,
+    ) -> Result<Option<PromotionReport>, MysqlError> {
+        let kind = s.kind();
+        let server = self.server();
+        let Some(now) = Self::replica_status(s).await? else {
+            return Ok(None);
+        };
+        let Some(before) = now.received else {
+            return Ok(None);
+        };
+        let wait_start = Instant::now();
+        let waited = if replica::missing(&before, &now.executed).is_empty() {
+            Duration::ZERO
+        } else {
+            if !self
+                .wait_applied(s, "wait for applier", &before, timeout)
+                .await?
+            {
+                // Not caught up in time: the careful path decides (policy).
+                return Ok(None);
+            }
+            wait_start.elapsed()
+        };
+        s.exec("stop SQL thread", &[kind.stop_sql_thread()]).await?;
+        let st = Self::replica_status(s).await?.ok_or_else(|| {
+            unreadable(&server, "replica status", "vanished after STOP SQL_THREAD")
+        })?;
+        let moved = st.received.as_ref() != Some(&before);
+        let missing = replica::missing(&before, &st.executed);
+        if moved || !missing.is_empty() {
+            info!(server = %server, before = %before, now = ?st.received.as_ref().map(ToString::to_string), "mysql: the old primary still sent transactions during the takeover: stopping its IO thread first");
+            s.exec("start SQL thread", &[kind.start_sql_thread()])
+                .await?;
+            return Ok(None);
+        }
+        if self.fence_generation.load(Ordering::SeqCst) != generation {
+            return Err(MysqlError::FencedDuringPromotion { server });
+        }
+        let mut done = report.clone();
+        done.received = Some(before);
+        done.waited = waited;
+        done.caught_up = true;
+        done.frozen_by = Some("applier");
+        Ok(Some(done))
+    }
+
+    /// Stops the old IO thread and forgets the old primary on a connection
+    /// of its own, after the unfence: the STOP may wait out the semi-sync
+    /// kill-connection (see [`Self::freeze_by_applier`]). A rejoin waits for
+    /// it ([`Self::settle_background`]).
+    fn forget_source_in_background(&self, kind: ServerKind) {
+        let ep = self.local.clone();
+        let timeout = self.timeout();
+        let server = self.server();
+        let task = tokio::spawn(async move {
+            let start = Instant::now();
+            let r = async {
+                let mut s = Session::open(&ep, timeout).await?;
+                s.exec(
+                    "stop and reset replication",
+                    &[kind.stop_replication(), kind.reset_replication()],
+                )
+                .await
+            }
+            .await;
+            match r {
+                Ok(()) => {
+                    info!(server = %server, took_ms = ms(start.elapsed()), "mysql: old replication stopped and reset (after the unfence)")
+                }
+                Err(e) => {
+                    warn!(server = %server, error = %e, "mysql: could not reset the old replication after the promotion; the applier stays stopped, and a rejoin resets it")
+                }
+            }
+        });
+        if let Some(old) = lock_task(&self.background).replace(task) {
+            old.abort();
+        }
+    }
+
+    /// Waits for [`Self::forget_source_in_background`] to finish.
+    pub async fn settle_background(&self) {
+        let task = lock_task(&self.background).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 
     /// The server-side wait for the applier to reach `target`, bounded by
@@ -743,6 +880,7 @@ impl MysqlDriver {
     /// tables) and listed in the report and the log. A no-op when it already
     /// replicates from `peer` with both threads running.
     pub async fn rejoin(&self, peer: SocketAddr, force: bool) -> Result<RejoinReport, RejoinError> {
+        self.settle_background().await;
         let start = Instant::now();
         let mut s = self.session(&self.action_slot).await?;
         let r = self.rejoin_in(&mut s, start, peer, force).await;
@@ -812,8 +950,20 @@ impl MysqlDriver {
         s.exec("stop replication", &[kind.stop_replication()])
             .await?;
         if errant.is_empty() {
-            s.exec("set start position", &kind.set_start_position(None))
-                .await?;
+            // MariaDB: from everything it has, logged and replicated: after
+            // a forced rejoin (binary logs reset) with nothing replicated
+            // since, gtid_binlog_pos alone is empty and replication would
+            // start over from the peer's first transaction.
+            let from = match Self::gtids(s).await? {
+                (GtidSet::Mariadb(has), _) => Some(GtidSet::Mariadb(has.position())),
+                _ => None,
+            };
+            s.exec(
+                "set start position",
+                &kind.set_start_position(from.as_ref()),
+            )
+            .await?;
+            report.start_position = from;
         } else {
             warn!(server = %server, peer = %peer_s, discarded = %errant, "FORCED rejoin: giving up transactions only this server has; they stay in its tables but leave its GTID history and binary logs");
             s.exec("discard binary logs", &[kind.discard_binlogs()])

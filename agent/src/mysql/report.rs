@@ -101,6 +101,10 @@ pub struct PromotionReport {
     /// A planned handover (the old primary's agent still spoke): what was
     /// done to receive the old primary's last transactions first.
     pub handoff: Option<String>,
+    /// How "received" was frozen before the wait: `applier` (after a death:
+    /// the applier stopped, the IO thread stopped and reset after the
+    /// unfence) or `io_thread` (stopped first). None: it was no replica.
+    pub frozen_by: Option<&'static str>,
     pub steps: Vec<Step>,
     #[serde(serialize_with = "ms", rename = "took_ms")]
     pub took: Duration,

@@ -74,6 +74,9 @@ pub struct PromotionStatus {
     /// Planned handover: how the old primary's last transactions were awaited.
     #[serde(default)]
     pub handoff: Option<String>,
+    /// `applier` or `io_thread`: see `PromotionReport::frozen_by`.
+    #[serde(default)]
+    pub frozen_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -178,6 +181,9 @@ impl DatabaseStatus {
             );
             if let Some(h) = &p.handoff {
                 let _ = writeln!(o, "    handover: {h}");
+            }
+            if let Some(f) = &p.frozen_by {
+                let _ = writeln!(o, "    received set frozen by stopping the {f}");
             }
         }
         if let Some(r) = &self.last_rejoin {

@@ -54,6 +54,10 @@ pub struct DbTrial {
     /// to its binlog, never acknowledged, when it died): its agent refused
     /// to rejoin, as it must. The errant set.
     pub rejoin_blocked: Option<String>,
+    /// server2's own account of its promotion (`last_promotion.took_ms`).
+    pub promotion_ms: Option<f64>,
+    /// How it froze what it had received: `applier` or `io_thread`.
+    pub frozen_by: Option<String>,
     pub failure: Option<String>,
 }
 
@@ -147,6 +151,11 @@ fn trial(st: &mut Stack, t: &mut DbTrial) -> Result<()> {
         ha_lab::check_interrupt()?;
         std::thread::sleep(Duration::from_millis(5));
     }
+    if let Ok(s) = st.lab.agent_status(S2) {
+        let p = &s["database"]["last_promotion"];
+        t.promotion_ms = p["took_ms"].as_f64();
+        t.frozen_by = p["frozen_by"].as_str().map(str::to_string);
+    }
     let (app_acks, _) = app.finish()?;
     let (probe_acks, _) = probe.finish()?;
     t.acked_total = app_acks.len() + probe_acks.len();
@@ -238,10 +247,12 @@ pub fn print_trial(t: &DbTrial, n: usize) {
     match &t.failure {
         Some(e) => println!("{head}: FAILED: {}", e.lines().next().unwrap_or("")),
         None => println!(
-            "{head}: VIPs {} ms, writable {} ms (app {} ms), stale ro gone +{} ms, lost {}/{} acked, old primary accepted {}/{} writes, replicating {} ms, caught up {} ms, Atlas ro +{} ms{}",
+            "{head}: VIPs {} ms, writable {} ms (app {} ms; promotion {} ms, frozen by the {}), stale ro gone +{} ms, lost {}/{} acked, old primary accepted {}/{} writes, replicating {} ms, caught up {} ms, Atlas ro +{} ms{}",
             f(t.vips_ms),
             f(t.writable_ms),
             f(t.app_writes_again_ms),
+            f(t.promotion_ms),
+            t.frozen_by.as_deref().unwrap_or("-"),
             f(t.stale_ro_gone_ms),
             t.lost.map_or("-".into(), |l| l.to_string()),
             t.acked_total,
@@ -268,6 +279,11 @@ fn rows(trials: &[DbTrial]) -> Vec<(&'static str, Vec<f64>, &'static str)> {
             "fault -> server2 writable through the inside VIP, new connection (ms)",
             col(|t| t.writable_ms),
             "median <= 100",
+        ),
+        (
+            "server2's promotion, as its status reports it (ms)",
+            col(|t| t.promotion_ms),
+            "",
         ),
         (
             "fault -> the app's long-lived connection writing again (ms)",
@@ -332,10 +348,13 @@ pub fn table(trials: &[DbTrial]) -> String {
     let acked: usize = trials.iter().map(|t| t.acked_total).sum();
     let failed = trials.iter().filter(|t| t.failure.is_some()).count();
     let blocked = trials.iter().filter(|t| t.rejoin_blocked.is_some()).count();
+    let by_applier = trials
+        .iter()
+        .filter(|t| t.frozen_by.as_deref() == Some("applier"))
+        .count();
     out.push_str(&format!(
-        "| acknowledged writes lost, all trials | {lost} of {acked} | 0 |\n| rejoins blocked: the old primary held transactions server2 lacks | {blocked}/{} | |\n| failed trials | {failed}/{} | 0 |\n",
-        trials.len(),
-        trials.len()
+        "| acknowledged writes lost, all trials | {lost} of {acked} | 0 |\n| rejoins blocked: the old primary held transactions server2 lacks | {blocked}/{n} | |\n| promotions frozen by the applier (no wait for the IO thread's stop) | {by_applier}/{n} | |\n| failed trials | {failed}/{n} | 0 |\n",
+        n = trials.len(),
     ));
     out
 }
@@ -361,6 +380,7 @@ pub fn json(trials: &[DbTrial], meta: Value) -> Value {
                 "rejoin_replicating_ms": t.rejoin_replicating_ms, "rejoin_caught_up_ms": t.rejoin_caught_up_ms,
                 "atlas_ro_after_catchup_ms": t.atlas_ro_after_catchup_ms,
                 "atlas_without_rw": t.atlas_without_rw, "rejoin_blocked": t.rejoin_blocked,
+                "promotion_ms": t.promotion_ms, "frozen_by": t.frozen_by,
                 "failure": t.failure,
             })
         })
