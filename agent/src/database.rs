@@ -801,6 +801,7 @@ impl Controller {
                 io_running: r.io_running,
                 sql_running: r.sql_running,
                 discarded: r.discarded.as_ref().map(|e| e.to_string()),
+                undone: r.undone.clone(),
             }),
             errant: self.errant.as_ref().map(|b| ErrantStatus {
                 peer: b.peer.to_string(),

@@ -130,13 +130,18 @@ impl Services {
         tokio::spawn(async move {
             let answer = match done.await {
                 Ok(Ok(rep)) => Reply::Ok {
-                    message: match &rep.discarded {
-                        Some(e) => format!(
+                    message: match (&rep.discarded, &rep.undone) {
+                        (Some(e), Some(u)) => format!(
+                            "rejoined {} in {:.0} ms; DISCARDED {e}: {u}, gone from its GTID history and binary logs",
+                            rep.peer,
+                            rep.took.as_secs_f64() * 1000.0
+                        ),
+                        (Some(e), None) => format!(
                             "rejoined {} in {:.0} ms; DISCARDED {e} (still in this server's tables, gone from its GTID history and binary logs)",
                             rep.peer,
                             rep.took.as_secs_f64() * 1000.0
                         ),
-                        None => format!(
+                        (None, _) => format!(
                             "rejoined {} in {:.0} ms; nothing had to be discarded",
                             rep.peer,
                             rep.took.as_secs_f64() * 1000.0

@@ -167,12 +167,12 @@ fn errant_write_on_the_isolated_old_primary_blocks_its_rejoin_until_forced() -> 
     // server1's MariaDB comes back without its agent and with its links
     // down, and takes a write nobody else will ever see.
     st.dbs[0].spawn()?;
-    // A key the new primary will not use: a forced rejoin keeps the row,
-    // and the same key written on both sides would stop replication.
-    // It starts read-only (as the README advises): the errant write is an
+    // An auto-increment key: server2's next row takes the same id, so the
+    // forced rejoin must undo this row, or replication stops on it. It
+    // starts read-only (as the README advises): the errant write is an
     // administrator's, who can bypass that.
     st.db(S1)
-        .sql("INSERT INTO app.t (id, v, origin) VALUES (1000001, 'errant', @@server_id)")
+        .sql("INSERT INTO app.t (v, origin) VALUES ('errant', @@server_id)")
         .context("errant write")?;
     let errant_pos = st.db(S1).gtid_binlog_pos()?;
     st.start_agent(S1)?;
@@ -214,7 +214,10 @@ fn errant_write_on_the_isolated_old_primary_blocks_its_rejoin_until_forced() -> 
     let said = String::from_utf8_lossy(&out.stdout);
     println!("ha-agent rejoin --force: {}", said.trim());
     ensure!(
-        out.status.success() && said.contains("DISCARDED") && said.contains(&errant_pos),
+        out.status.success()
+            && said.contains("DISCARDED")
+            && said.contains(&errant_pos)
+            && said.contains("row changes undone"),
         "{out:?}"
     );
     wait_until_ok(SETTLE, "server1 replicating from server2", || {
@@ -231,6 +234,12 @@ fn errant_write_on_the_isolated_old_primary_blocks_its_rejoin_until_forced() -> 
         "{}",
         s["database"]
     );
+    ensure!(
+        st.db(S1)
+            .value("SELECT COUNT(*) FROM app.t WHERE v = 'errant'")?
+            == "0",
+        "the errant row must be undone"
+    );
     // server1's MariaDB restarts: its agent rejoins it again, from what it
     // has (not from an empty binlog position: that would replay server2's
     // whole history and stop on a duplicate key).
@@ -241,9 +250,10 @@ fn errant_write_on_the_isolated_old_primary_blocks_its_rejoin_until_forced() -> 
         "write on server2"
     );
     let rows = st.db(S2).count()?;
-    // server1 also still has its discarded errant row.
+    // The errant row is gone: server1 holds exactly server2's rows, including
+    // the one that reused its id.
     wait_until_ok(SETTLE, "server1 replicating again with every row", || {
-        Ok(replicating(st.db(S1))? && st.db(S1).count()? == rows + 1)
+        Ok(replicating(st.db(S1))? && st.db(S1).count()? == rows)
     })
     .with_context(|| format!("{:?}\n{}", st.db(S1).slave_status("Last_Error"), st.logs()))?;
     Ok(())

@@ -353,10 +353,19 @@ fn errant_writes_block_rejoin_and_force_records_what_it_discards() {
     assert_eq!(rep.discarded.as_ref(), Some(&errant));
     assert_eq!(rep.start_position.as_ref().unwrap().to_string(), "0-1-20");
     assert!(rep.io_running && rep.sql_running, "{rep:?}");
-    // The new primary's 30 rows arrive; the 5 errant rows stay in the table
-    // (reported as discarded from the history, not deleted).
-    s1.wait_count(55, SECS_20).unwrap();
+    println!("undone: {:?}", rep.undone);
+    assert!(
+        rep.undone.as_deref().is_some_and(|u| u.contains("undone")),
+        "{rep:?}"
+    );
+    // The 5 errant rows were undone; the new primary's 30 arrive.
+    s1.wait_count(50, SECS_20).unwrap();
     assert_eq!(s2.count().unwrap(), 50);
+    assert_eq!(
+        s1.value("SELECT COUNT(*) FROM app.t WHERE v = 'errant'")
+            .unwrap(),
+        "0"
+    );
     ha_lab::wait_until_ok(SECS_20, "server1 to reach server2's position", || {
         Ok(s1.value("SELECT @@global.gtid_slave_pos")? == "0-2-50")
     })

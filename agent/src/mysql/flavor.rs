@@ -307,6 +307,11 @@ impl ServerKind {
         Sql::new(format!("START {} SQL_THREAD", self.replica()))
     }
 
+    /// The binary log index file and the data directory it is relative to.
+    pub fn binlog_location(&self) -> Sql {
+        Sql::new("SELECT @@global.log_bin_index, @@global.datadir")
+    }
+
     pub fn stop_sql_thread(&self) -> Sql {
         Sql::new(format!("STOP {} SQL_THREAD", self.replica()))
     }

@@ -23,6 +23,7 @@
 pub mod credentials;
 mod error;
 pub mod fitness;
+pub mod flashback;
 pub mod flavor;
 pub mod gtid;
 pub mod replica;
@@ -59,6 +60,8 @@ const HANDOFF_CONNECT: Duration = Duration::from_millis(500);
 /// Planned handover: how long the old primary's agent gets to fence it.
 const HANDOFF_FENCE_WAIT: Duration = Duration::from_secs(1);
 const HANDOFF_POLL: Duration = Duration::from_millis(5);
+/// Forced rejoin: bound on reading the binary logs and applying their undo.
+const FLASHBACK_BOUND: Duration = Duration::from_secs(120);
 
 pub struct MysqlDriver {
     cfg: MysqlConfig,
@@ -914,6 +917,7 @@ impl MysqlDriver {
             peer: peer_s.clone(),
             already_replicating: false,
             discarded: None,
+            undone: None,
             start_position: None,
             io_running: false,
             sql_running: false,
@@ -965,7 +969,16 @@ impl MysqlDriver {
             .await?;
             report.start_position = from;
         } else {
-            warn!(server = %server, peer = %peer_s, discarded = %errant, "FORCED rejoin: giving up transactions only this server has; they stay in its tables but leave its GTID history and binary logs");
+            if kind.flavor == Flavor::Mariadb {
+                // Their rows go too, or the first primary write reusing one
+                // of their keys would stop replication (see `flashback`).
+                let undone =
+                    flashback::undo_after(s, &self.local, &errant.keep, FLASHBACK_BOUND).await?;
+                warn!(server = %server, peer = %peer_s, discarded = %errant, %undone, "FORCED rejoin: giving up transactions only this server has: rows undone, GTID history and binary logs reset");
+                report.undone = Some(undone.to_string());
+            } else {
+                warn!(server = %server, peer = %peer_s, discarded = %errant, "FORCED rejoin: giving up transactions only this server has; they stay in its tables but leave its GTID history and binary logs");
+            }
             s.exec("discard binary logs", &[kind.discard_binlogs()])
                 .await?;
             s.exec(

@@ -116,9 +116,11 @@ pub struct RejoinReport {
     pub peer: String,
     /// It already replicated from the peer with both threads running: nothing was changed.
     pub already_replicating: bool,
-    /// With `force`: the errant transactions given up (left in this server's
-    /// tables but removed from its GTID history and binary logs).
+    /// With `force`: the errant transactions given up, removed from its GTID
+    /// history and binary logs (and, on MariaDB, from its tables: `undone`).
     pub discarded: Option<Errant>,
+    /// MariaDB: how their row changes were undone first (see `flashback`).
+    pub undone: Option<String>,
     /// Where replication started (MariaDB `gtid_slave_pos`; MySQL the kept `gtid_executed`).
     pub start_position: Option<GtidSet>,
     pub io_running: bool,

@@ -88,6 +88,9 @@ pub struct RejoinStatus {
     pub sql_running: bool,
     /// With `--force`: the errant transactions given up.
     pub discarded: Option<String>,
+    /// MariaDB: how their row changes were undone.
+    #[serde(default)]
+    pub undone: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -195,7 +198,13 @@ impl DatabaseStatus {
                 r.took_ms,
                 r.discarded
                     .as_deref()
-                    .map(|d| format!("; DISCARDED {d}"))
+                    .map(|d| format!(
+                        "; DISCARDED {d}{}",
+                        r.undone
+                            .as_deref()
+                            .map(|u| format!(", {u}"))
+                            .unwrap_or_default()
+                    ))
                     .unwrap_or_default()
             );
         }
