@@ -19,6 +19,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "stress-ng",
     "keepalived",
     "mariadb-server",
+    // mariadb-binlog: the forced rejoin's undo of errant transactions.
+    "mariadb-client",
 ];
 
 pub const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
