@@ -5,13 +5,35 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use ha_lab::stack::{
-    app_write, inside, kill_server1, ms, replicating, started, vip, StackOptions, SETTLE, STEP,
+    app_write, inside, kill_server1, ms, replicating, started, vip, Stack, StackOptions, SETTLE,
+    STEP,
 };
 use ha_lab::writer::{Writer, WriterMode};
 use ha_lab::{wait_until, wait_until_ok, Link, Server};
 
 const S1: Server = Server::S1;
 const S2: Server = Server::S2;
+
+/// The web application on server2, writing (tag "a") through the inside VIP.
+fn app_on_server2(st: &Stack) -> Result<Writer> {
+    Writer::start(
+        st.lab.server_ns(S2),
+        vip(),
+        "a",
+        WriterMode::APP,
+        Duration::from_secs(60),
+    )
+}
+
+/// Waits until server2 acknowledges one of the application's writes made
+/// after `since`; how long after `since` that was.
+fn writing_again_on_server2(st: &Stack, app: &Writer, since: Instant) -> Result<Duration> {
+    wait_until(STEP, "the application writing again, on server2", || {
+        app.first_ack_from(2, since).is_some()
+    })
+    .with_context(|| format!("{:?}\n{}", app.last_error(), st.logs()))?;
+    Ok(app.first_ack_from(2, since).context("ack")?.at - since)
+}
 
 #[test]
 #[ignore = "privileged: run by cargo xtask test"]
@@ -275,21 +297,10 @@ fn semisync_primary_death_loses_no_acknowledged_write_and_nothing_diverges_silen
         }))
     })
     .with_context(|| st.logs())?;
-    // The web application on server2 writes through the inside VIP.
-    let app = Writer::start(
-        st.lab.server_ns(S2),
-        vip(),
-        "a",
-        WriterMode::APP,
-        Duration::from_secs(60),
-    )?;
+    let app = app_on_server2(&st)?;
     app.wait_acks(100, STEP)?;
     let fault = kill_server1(&mut st)?;
-    wait_until(STEP, "the application writing again, on server2", || {
-        app.first_ack_from(2, fault).is_some()
-    })
-    .with_context(|| format!("{:?}\n{}", app.last_error(), st.logs()))?;
-    let again = app.first_ack_from(2, fault).context("ack")?.at - fault;
+    let again = writing_again_on_server2(&st, &app, fault)?;
     let (acks, attempts) = app.finish()?;
     let lost = st.missing_writes(S2, &[("a", &acks)])?;
     let by_server1 = acks.iter().filter(|a| a.server_id == 1).count();
@@ -408,22 +419,12 @@ fn planned_switchover_loses_no_acknowledged_write_and_the_old_primary_rejoins() 
     // Asynchronous replication: only the handover's drain keeps the writes
     // server1 acknowledged just before the switchover.
     let st = started(StackOptions::default())?;
-    let app = Writer::start(
-        st.lab.server_ns(S2),
-        vip(),
-        "a",
-        WriterMode::APP,
-        Duration::from_secs(60),
-    )?;
+    let app = app_on_server2(&st)?;
     app.wait_acks(200, STEP)?;
     let t = Instant::now();
     let out = st.lab.switchover(S1)?;
     ensure!(out.status.success(), "switchover: {out:?}");
-    wait_until(STEP, "the application writing again, on server2", || {
-        app.first_ack_from(2, t).is_some()
-    })
-    .with_context(|| format!("{:?}\n{}", app.last_error(), st.logs()))?;
-    let again = app.first_ack_from(2, t).context("ack")?.at - t;
+    let again = writing_again_on_server2(&st, &app, t)?;
     let (acks, _) = app.finish()?;
     let lost = st.missing_writes(S2, &[("a", &acks)])?;
     let s2 = st.lab.agent_status(S2)?;

@@ -50,10 +50,6 @@ use session::{Endpoint, Identity, Session};
 
 type Slot = Mutex<Option<(Conn, Identity)>>;
 
-/// The driver of the local server. Cheap to share (`Arc`); calls may run
-/// concurrently: health probes, fencing and the other actions each keep
-/// their own connection, so a probe or a fence never waits behind a
-/// promotion's catch-up wait.
 /// Planned handover: bound on reaching the old primary's server (it is
 /// alive, or its agent would not have handed over).
 const HANDOFF_CONNECT: Duration = Duration::from_millis(500);
@@ -63,6 +59,10 @@ const HANDOFF_POLL: Duration = Duration::from_millis(5);
 /// Forced rejoin: bound on reading the binary logs and applying their undo.
 const FLASHBACK_BOUND: Duration = Duration::from_secs(120);
 
+/// The driver of the local server. Cheap to share (`Arc`); calls may run
+/// concurrently: health probes, fencing and the other actions each keep
+/// their own connection, so a probe or a fence never waits behind a
+/// promotion's catch-up wait.
 pub struct MysqlDriver {
     cfg: MysqlConfig,
     local: Endpoint,
@@ -96,14 +96,9 @@ struct PeerView {
     has: GtidSet,
 }
 
-fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<(Conn, Identity)>> {
-    slot.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn lock_task(
-    slot: &Mutex<Option<tokio::task::JoinHandle<()>>>,
-) -> std::sync::MutexGuard<'_, Option<tokio::task::JoinHandle<()>>> {
-    slot.lock().unwrap_or_else(|p| p.into_inner())
+/// A poisoned lock still holds a usable value (a connection or a task handle).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn unreadable(server: &str, what: &'static str, message: impl ToString) -> MysqlError {
@@ -224,6 +219,13 @@ impl MysqlDriver {
     }
 
     /// (what the server has, MariaDB binlog state) — see [`PeerView::has`].
+    /// The replica status of a server that was a replica a moment ago.
+    async fn replica_status_still(s: &mut Session, when: &str) -> Result<ReplicaState, MysqlError> {
+        Self::replica_status(s)
+            .await?
+            .ok_or_else(|| unreadable(&s.server, "replica status", format!("vanished {when}")))
+    }
+
     async fn gtids(s: &mut Session) -> Result<(GtidSet, Option<MariadbGtids>), MysqlError> {
         let kind = s.kind();
         let row = s
@@ -520,9 +522,7 @@ impl MysqlDriver {
             // feed us more while we take over.
             s.exec("stop IO thread", &[kind.stop_io_thread()]).await?;
             report.frozen_by = Some("io_thread");
-            let st = Self::replica_status(s).await?.ok_or_else(|| {
-                unreadable(&server, "replica status", "vanished after STOP IO_THREAD")
-            })?;
+            let st = Self::replica_status_still(s, "after STOP IO_THREAD").await?;
             let Some(received) = st.received.clone() else {
                 if policy == CatchupPolicy::StayReadOnly {
                     return Err(MysqlError::NoGtidReplication { server });
@@ -540,9 +540,7 @@ impl MysqlDriver {
                     .wait_applied(s, "wait for applier", &received, timeout)
                     .await?;
                 report.waited = wait_start.elapsed();
-                let st = Self::replica_status(s).await?.ok_or_else(|| {
-                    unreadable(&server, "replica status", "vanished during the wait")
-                })?;
+                let st = Self::replica_status_still(s, "during the wait").await?;
                 missing = replica::missing(&received, &st.executed);
                 if let Some(e) = &st.last_sql_error {
                     reason = Some(format!("applier error {}: {}", e.code, e.message));
@@ -653,9 +651,7 @@ impl MysqlDriver {
             wait_start.elapsed()
         };
         s.exec("stop SQL thread", &[kind.stop_sql_thread()]).await?;
-        let st = Self::replica_status(s).await?.ok_or_else(|| {
-            unreadable(&server, "replica status", "vanished after STOP SQL_THREAD")
-        })?;
+        let st = Self::replica_status_still(s, "after STOP SQL_THREAD").await?;
         let moved = st.received.as_ref() != Some(&before);
         let missing = replica::missing(&before, &st.executed);
         if moved || !missing.is_empty() {
@@ -703,14 +699,14 @@ impl MysqlDriver {
                 }
             }
         });
-        if let Some(old) = lock_task(&self.background).replace(task) {
+        if let Some(old) = lock(&self.background).replace(task) {
             old.abort();
         }
     }
 
     /// Waits for [`Self::forget_source_in_background`] to finish.
     pub async fn settle_background(&self) {
-        let task = lock_task(&self.background).take();
+        let task = lock(&self.background).take();
         if let Some(task) = task {
             let _ = task.await;
         }
