@@ -1,23 +1,18 @@
 //! ha-agent: sub-second, data-safe failover for a two-server web + MySQL stack.
 //!
-//! The election is a pure state machine ([`election`]); everything else is a
-//! thin driver that owns one thing (eBPF liveness, VIPs, ARP, hooks, status).
+//! The folders show the architecture:
+//! - [`decisions`]: sans-IO state machines (events and the time in, actions
+//!   and the next deadline out): the election, the database controller, the
+//!   proxy wish;
+//! - [`drivers`]: thin owners of one thing each (eBPF liveness, probe
+//!   senders, VIPs, ARP, hooks, MySQL, Atlas);
+//! - [`operator`]: what the operator sees and writes (config, status);
+//! - [`protocol`]: the probe on the wire, shared by decisions and drivers;
+//! - [`daemon`]: the wiring that feeds drivers' events to the decisions and
+//!   carries out their actions.
 
-pub mod arp;
-pub mod atlas;
-pub mod config;
 pub mod daemon;
-pub mod database;
-pub mod ebpf;
-pub mod election;
-pub mod hooks;
-pub mod mysql;
-pub mod privileges;
+pub mod decisions;
+pub mod drivers;
+pub mod operator;
 pub mod protocol;
-pub mod proxy;
-pub mod sender;
-pub mod services;
-pub mod status;
-#[cfg(test)]
-mod testns;
-pub mod vip;

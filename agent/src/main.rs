@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use ha_agent::config::Config;
-use ha_agent::status::{self, Reply};
+use ha_agent::operator::config::Config;
+use ha_agent::operator::status::{self, Reply};
 
 #[derive(Parser)]
 #[command(

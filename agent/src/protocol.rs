@@ -24,7 +24,7 @@ use agent_ebpf::{ProbeHeader, PROBE_HEADER_LEN, PROBE_KIND_PROBE, PROBE_MAGIC, P
 use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::election::{Control, Role};
+use crate::decisions::election::{Control, Role};
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
@@ -282,7 +282,7 @@ mod tests {
         assert_eq!(PROBE_HEADER_LEN, 24);
         // The kernel reads the token as a native u64 from the wire bytes.
         let wire = u64::from_ne_bytes(p[8..16].try_into().unwrap());
-        assert_eq!(wire, crate::ebpf::token_to_kernel(5));
+        assert_eq!(wire, crate::drivers::ebpf::token_to_kernel(5));
     }
 
     #[test]

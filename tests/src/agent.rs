@@ -252,7 +252,7 @@ impl Lab {
     pub fn write_agent_config(&self, server: Server, overrides: &Overrides) -> Result<PathBuf> {
         let text = self.agent_config_text(server, overrides)?;
         let path = self.agent_config_path(server);
-        ha_agent::config::Config::parse(&text, &path)
+        ha_agent::operator::config::Config::parse(&text, &path)
             .with_context(|| format!("the lab's config for {server} is invalid:\n{text}"))?;
         std::fs::write(&path, text)?;
         Ok(path)

@@ -47,7 +47,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ha_agent::atlas::{Backend, Kind, State};
+use ha_agent::drivers::atlas::{Backend, Kind, State};
 use sha1::{Digest, Sha1};
 
 pub const SERVER_VERSION: &str = "5.0.99-agent-admin";
@@ -233,7 +233,7 @@ impl fmt::Display for Change {
             f,
             "{}: {}",
             self.cause,
-            ha_agent::atlas::table::describe(&self.table)
+            ha_agent::drivers::atlas::table::describe(&self.table)
         )
     }
 }

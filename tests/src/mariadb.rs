@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use ha_agent::config::{CatchupPolicy, MysqlConfig};
+use ha_agent::operator::config::{CatchupPolicy, MysqlConfig};
 
 use crate::netns::netns_command;
 use crate::wait::{wait_until, wait_until_ok};

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use ha_agent::atlas::{Backend, Kind};
+use ha_agent::drivers::atlas::{Backend, Kind};
 
 use crate::atlas_fixture::{AtlasFixture, FixtureConfig};
 use crate::mariadb::{Mariadb, MariadbOptions, AGENT_USER, REPL_USER};
@@ -84,7 +84,7 @@ impl NsAtlas {
     }
 
     pub fn describe(&self) -> String {
-        ha_agent::atlas::table::describe(&self.get().table())
+        ha_agent::drivers::atlas::table::describe(&self.get().table())
     }
 }
 

@@ -10,12 +10,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ha_agent::atlas::client::{AdminConnection, ClientError, Reply, Timeouts};
-use ha_agent::atlas::{
+use ha_agent::drivers::atlas::client::{AdminConnection, ClientError, Reply, Timeouts};
+use ha_agent::drivers::atlas::{
     in_sync, AtlasHandle, AtlasReconciler, AtlasStatus, Backend, Desired, Kind, Password, Persist,
     Settings, State,
 };
-use ha_agent::config::{AtlasConfig, AtlasPersist};
+use ha_agent::operator::config::{AtlasConfig, AtlasPersist};
 use ha_lab::atlas_fixture::{self as fx, AtlasFixture, Command, FixtureConfig};
 
 fn vip() -> SocketAddrV4 {

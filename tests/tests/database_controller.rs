@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use ha_agent::database::{DbHandle, DbWish, LocalDb};
-use ha_agent::mysql::MysqlDriver;
-use ha_agent::status::DatabaseStatus;
+use ha_agent::decisions::database::{DbHandle, DbWish, LocalDb};
+use ha_agent::drivers::mysql::MysqlDriver;
+use ha_agent::operator::status::DatabaseStatus;
 use ha_lab::mariadb::{Mariadb, MariadbOptions};
 use tokio::sync::mpsc::UnboundedReceiver;
 

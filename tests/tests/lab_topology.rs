@@ -207,8 +207,8 @@ fn agent_configs_are_valid_and_share_a_key() {
             &Overrides::new().set("node.fence_timeout_ms", 500),
         )
         .unwrap();
-    let p1 = ha_agent::config::Config::load(&c1).unwrap();
-    let p2 = ha_agent::config::Config::load(&c2).unwrap();
+    let p1 = ha_agent::operator::config::Config::load(&c1).unwrap();
+    let p2 = ha_agent::operator::config::Config::load(&c2).unwrap();
     assert_eq!(p1.node.priority, 101);
     assert!(p1.node.nopreempt);
     assert_eq!(p2.node.priority, 100);

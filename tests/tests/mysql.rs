@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ha_agent::mysql::{CatchupPolicy, MysqlDriver, MysqlError, RejoinError};
+use ha_agent::drivers::mysql::{CatchupPolicy, MysqlDriver, MysqlError, RejoinError};
 use ha_lab::mariadb::{Mariadb, MariadbOptions};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -54,7 +54,10 @@ fn fence_blocks_application_writes_and_is_idempotent() {
     rt().block_on(async {
         let h = d.probe().await;
         assert!(h.up && h.writable && !h.read_only, "{h:?}");
-        assert_eq!(h.flavor, Some(ha_agent::mysql::flavor::Flavor::Mariadb));
+        assert_eq!(
+            h.flavor,
+            Some(ha_agent::drivers::mysql::flavor::Flavor::Mariadb)
+        );
         assert!(h.problems.is_empty(), "{:?}", h.problems);
         assert!(h.replica.is_none());
 
@@ -635,7 +638,7 @@ fn malformed_gtid_strings_from_a_server_are_errors_not_panics() {
         "0 -1- 2",
     ] {
         let fake = FakeServer::start(bad);
-        let cfg = ha_agent::config::MysqlConfig {
+        let cfg = ha_agent::operator::config::MysqlConfig {
             address: fake.addr,
             user: "agent".into(),
             password_file: "/nonexistent".into(),
@@ -650,7 +653,7 @@ fn malformed_gtid_strings_from_a_server_are_errors_not_panics() {
             timeout_ms: 2000,
             max_replica_lag_s: 2,
         };
-        use ha_agent::mysql::credentials::Secret;
+        use ha_agent::drivers::mysql::credentials::Secret;
         let d = MysqlDriver::with_passwords(&cfg, Secret::new("x"), Secret::new("y")).unwrap();
         rt.block_on(async {
             let h = d.probe().await;

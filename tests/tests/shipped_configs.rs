@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use ha_agent::config::Config;
+use ha_agent::operator::config::Config;
 
 fn load(name: &str) -> Config {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

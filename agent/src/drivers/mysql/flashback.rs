@@ -256,7 +256,7 @@ async fn write_private(path: &Path, text: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mysql::credentials::Secret;
+    use crate::drivers::mysql::credentials::Secret;
 
     #[test]
     fn index_lines_resolve_against_the_data_directory() {

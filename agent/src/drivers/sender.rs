@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::arp::ArpSocket;
+use crate::drivers::arp::ArpSocket;
 use crate::protocol::{set_seq, PROBE_LEN};
 
 /// What the sender needs for one link.

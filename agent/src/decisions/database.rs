@@ -31,17 +31,17 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tracing::{error, info, warn};
 
-use crate::election::{Control, Role};
-use crate::mysql::fitness::{DownTracker, Fitness};
-use crate::mysql::gtid::Errant;
-use crate::mysql::{
+use crate::decisions::election::{Control, Role};
+use crate::drivers::mysql::fitness::{DownTracker, Fitness};
+use crate::drivers::mysql::gtid::Errant;
+use crate::drivers::mysql::{
     FenceReport, Health, MysqlDriver, MysqlError, PromotionReport, RejoinError, RejoinReport,
     SemisyncReport,
 };
-use crate::status::database::{
+use crate::operator::status::database::{
     DatabaseStatus, ErrantStatus, PromotionStatus, RejoinStatus, ReplicationStatus,
 };
-use crate::status::rfc3339;
+use crate::operator::status::rfc3339;
 
 /// Rejoin retries back off up to this many check intervals.
 const MAX_BACKOFF_INTERVALS: u32 = 10;
@@ -821,8 +821,8 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mysql::flavor::ServerKind;
-    use crate::mysql::replica::{Columns, ReplicaState};
+    use crate::drivers::mysql::flavor::ServerKind;
+    use crate::drivers::mysql::replica::{Columns, ReplicaState};
     use std::net::Ipv4Addr;
 
     const PEER: &str = "203.0.113.12:3306";

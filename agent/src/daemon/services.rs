@@ -1,5 +1,5 @@
 //! The services the agent drives besides the VIPs: the local MySQL (through
-//! [`crate::database`]) and the local Atlas proxy (through [`crate::atlas`]),
+//! [`crate::decisions::database`]) and the local Atlas proxy (through [`crate::drivers::atlas`]),
 //! each only when its section is configured. The daemon calls [`Services::sync`]
 //! after every event; it recomputes what each service should be from the
 //! election's view and hands it over without ever waiting for either.
@@ -10,13 +10,13 @@ use anyhow::{Context, Result};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use crate::atlas::{AtlasHandle, AtlasReconciler, Settings};
-use crate::config::Config;
-use crate::database::{wish_for, DbHandle, LocalDb};
-use crate::election::{Election, Role};
-use crate::mysql::MysqlDriver;
-use crate::proxy::{self, ProxyAddresses};
-use crate::status::{AtlasSection, DatabaseStatus, Reply};
+use crate::decisions::database::{wish_for, DbHandle, LocalDb};
+use crate::decisions::election::{Election, Role};
+use crate::decisions::proxy::{self, ProxyAddresses};
+use crate::drivers::atlas::{AtlasHandle, AtlasReconciler, Settings};
+use crate::drivers::mysql::MysqlDriver;
+use crate::operator::config::Config;
+use crate::operator::status::{AtlasSection, DatabaseStatus, Reply};
 
 /// How long a stopping agent waits for its last fence.
 const STOP_FENCE_BOUND: Duration = Duration::from_secs(3);

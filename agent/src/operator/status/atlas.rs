@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::atlas::AtlasStatus;
+use crate::drivers::atlas::AtlasStatus;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct AtlasSection {
@@ -40,8 +40,8 @@ impl AtlasSection {
                 .collect(),
             table: s.table.iter().map(|b| b.to_string()).collect(),
             last_error: s.last_error.clone(),
-            last_error_at: s.last_error_at.map(crate::status::rfc3339),
-            last_ok_at: s.last_ok_at.map(crate::status::rfc3339),
+            last_error_at: s.last_error_at.map(crate::operator::status::rfc3339),
+            last_ok_at: s.last_ok_at.map(crate::operator::status::rfc3339),
             consecutive_failures: s.consecutive_failures,
             steps_applied: s.steps_applied,
         }

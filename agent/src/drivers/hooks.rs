@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::HooksConfig;
+use crate::operator::config::HooksConfig;
 
 /// How many outcomes `recent()` keeps.
 pub const RECENT: usize = 20;

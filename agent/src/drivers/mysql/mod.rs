@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use mysql_async::Conn;
 use tracing::{error, info, warn};
 
-pub use crate::config::{CatchupPolicy, MysqlConfig};
+pub use crate::operator::config::{CatchupPolicy, MysqlConfig};
 pub use error::{MysqlError, RejoinError};
 pub use report::{FenceReport, Health, PromotionReport, RejoinReport, SemisyncReport, Step};
 

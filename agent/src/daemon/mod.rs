@@ -5,6 +5,8 @@
 //! carries out what it asks, in order. Only this module does I/O on behalf of
 //! the election.
 
+pub mod services;
+
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
@@ -24,18 +26,20 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use crate::arp::ArpSocket;
-use crate::config::{Config, Vip};
-use crate::ebpf::{kernel_link_config, monotonic_now_ns, Liveness, XdpMode};
-use crate::election::{Control, Election, ElectionConfig, Input, Output, Role, Transition};
-use crate::hooks::{HookRunner, HookState};
-use crate::protocol::{self, Key, PROBE_LEN};
-use crate::sender::{Sender, SenderLink, Witness};
-use crate::services::Services;
-use crate::status::{
+use crate::daemon::services::Services;
+use crate::decisions::election::{
+    Control, Election, ElectionConfig, Input, Output, Role, Transition,
+};
+use crate::drivers::arp::ArpSocket;
+use crate::drivers::ebpf::{kernel_link_config, monotonic_now_ns, Liveness, XdpMode};
+use crate::drivers::hooks::{HookRunner, HookState};
+use crate::drivers::sender::{Sender, SenderLink, Witness};
+use crate::drivers::vip::VipDriver;
+use crate::operator::config::{Config, Vip};
+use crate::operator::status::{
     self, HookStatus, LinkStatus, PeerStatus, Reply, Status, TransitionStatus, VipStatus,
 };
-use crate::vip::VipDriver;
+use crate::protocol::{self, Key, PROBE_LEN};
 
 /// Accepted probes passed to userspace unchanged once in this many: a
 /// periodic full check (HMAC) of what the kernel accepts by token alone.
@@ -76,7 +80,7 @@ pub async fn run(cfg: Config) -> Result<()> {
 }
 
 async fn run_inner(cfg: Config) -> Result<()> {
-    crate::privileges::check()?;
+    crate::drivers::privileges::check()?;
     let key = Key::load(&cfg.node.key_file)?;
     let vips = cfg.vips();
     let token = random_token()?;

@@ -1,5 +1,5 @@
 //! The Atlas backend table the agent wants, from the election's view and the
-//! local database's state (a pure function; [`crate::atlas`] applies it).
+//! local database's state (a pure function; [`crate::drivers::atlas`] applies it).
 //!
 //! - rw: always the inside VIP on port 3306 (or `atlas.rw_backend`): writes
 //!   follow the VIP, whoever holds it.
@@ -18,9 +18,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
-use crate::atlas::Desired;
-use crate::config::{Config, LinkConfig};
-use crate::election::{Control, Role};
+use crate::decisions::election::{Control, Role};
+use crate::drivers::atlas::Desired;
+use crate::operator::config::{Config, LinkConfig};
 
 /// MySQL's port when nothing says otherwise.
 const MYSQL_PORT: u16 = 3306;

@@ -550,7 +550,7 @@ pub fn check_value<'v>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mysql::gtid::{MariadbGtids, MysqlGtidSet};
+    use crate::drivers::mysql::gtid::{MariadbGtids, MysqlGtidSet};
 
     fn kind(v: &str, c: &str) -> ServerKind {
         ServerKind::detect(v, c).unwrap()

@@ -12,7 +12,7 @@ use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage, State};
 use netlink_packet_route::AddressFamily;
 
-use crate::config::Vip;
+use crate::operator::config::Vip;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VipError {
@@ -363,7 +363,7 @@ mod tests {
     #[test]
     #[ignore = "privileged: run by cargo xtask test"]
     fn add_remove_held_in_a_namespace() {
-        use crate::testns::Netns;
+        use crate::drivers::testns::Netns;
         let ns = Netns::new("vip");
         // veth pairs inside the one namespace (this kernel may lack dummy).
         ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d0p"]);

@@ -426,7 +426,9 @@ impl MysqlConfig {
                 "must name the local admin account (not empty, no NUL)",
             );
         }
-        if let Err(e) = crate::mysql::flavor::check_value("user", &self.replication_user, 80) {
+        if let Err(e) =
+            crate::drivers::mysql::flavor::check_value("user", &self.replication_user, 80)
+        {
             bad(f("replication_user"), &e.to_string());
         }
         for (name, path) in [
@@ -749,7 +751,7 @@ impl Config {
         }
         if let Some(atlas) = &self.atlas {
             atlas.problems(&mut bad);
-            if let Err(e) = crate::proxy::ProxyAddresses::from_config(self) {
+            if let Err(e) = crate::decisions::proxy::ProxyAddresses::from_config(self) {
                 bad("atlas.rw_backend".into(), &e.to_string());
             }
         }

@@ -152,7 +152,7 @@ pub fn token_to_kernel(token: u64) -> u64 {
 /// The kernel settings of one configured link. `ifindex` and `local_mac` are
 /// filled in by [`Liveness::attach_link`]; the peer token starts unknown (0).
 pub fn kernel_link_config(
-    link: &crate::config::LinkConfig,
+    link: &crate::operator::config::LinkConfig,
     port: u16,
     pass_every: u32,
 ) -> LinkConfig {

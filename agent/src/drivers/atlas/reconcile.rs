@@ -117,7 +117,7 @@ pub fn in_sync(table: &[Backend], desired: &Desired) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::atlas::table::State;
+    use crate::drivers::atlas::table::State;
     use std::net::Ipv4Addr;
 
     /// Atlas's table semantics, from its source (network_backends_add and the
@@ -183,7 +183,7 @@ mod tests {
         let mut m = start.clone();
         let mut steps = Vec::new();
         let mut had_desired_rw = false;
-        for _ in 0..=crate::atlas::MAX_STEPS_PER_ROUND {
+        for _ in 0..=crate::drivers::atlas::MAX_STEPS_PER_ROUND {
             let step = next_step(&m.table(), desired);
             if step == Step::Done {
                 check_final(&m, desired);

@@ -293,7 +293,7 @@ mod tests {
     #[test]
     #[ignore = "privileged: run by cargo xtask test"]
     fn gratuitous_arp_updates_the_peers_neighbour_entry() {
-        use crate::testns::{ifindex_of, mac_of, veth_pair};
+        use crate::drivers::testns::{ifindex_of, mac_of, veth_pair};
         let (a, b) = veth_pair("garp", "198.51.100.10/24", "198.51.100.20/24");
         let mac_a = mac_of(&a, "va");
         // B believes the VIP is at some other MAC (the old holder). Linux only
@@ -336,7 +336,7 @@ mod tests {
     #[test]
     #[ignore = "privileged: run by cargo xtask test"]
     fn request_gets_a_reply() {
-        use crate::testns::{ifindex_of, mac_of, veth_pair};
+        use crate::drivers::testns::{ifindex_of, mac_of, veth_pair};
         let (a, b) = veth_pair("req", "198.51.100.10/24", "198.51.100.20/24");
         let mac_a = mac_of(&a, "va");
         let mac_b = mac_of(&b, "vb");

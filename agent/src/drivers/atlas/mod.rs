@@ -38,7 +38,7 @@ pub use reconcile::{in_sync, next_step, Desired, Step};
 pub use secret::{Password, PasswordError};
 pub use table::{Backend, Kind, State};
 
-use crate::config::{AtlasConfig, AtlasPersist};
+use crate::operator::config::{AtlasConfig, AtlasPersist};
 use cnf::CnfError;
 
 /// Steps per reconciliation before giving up until the next one (a table
@@ -149,7 +149,7 @@ pub struct AtlasStatus {
 }
 
 fn ser_time<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::status::rfc3339(*t))
+    s.serialize_str(&crate::operator::status::rfc3339(*t))
 }
 
 fn ser_opt_time<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {

@@ -1,0 +1,13 @@
+//! Drivers: each owns one thing of the outside world and does what the
+//! decisions ask, nothing more.
+
+pub mod arp;
+pub mod atlas;
+pub mod ebpf;
+pub mod hooks;
+pub mod mysql;
+pub mod privileges;
+pub mod sender;
+#[cfg(test)]
+pub(crate) mod testns;
+pub mod vip;
