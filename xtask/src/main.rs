@@ -144,33 +144,18 @@ fn test(root: &Path, no_setup: bool, filter: Option<&str>) -> Result<()> {
         println!("xtask: removed leftover lab namespaces of dead runs: {stale:?}");
     }
     println!("xtask: privileged tests (one at a time)");
-    let failed = privileged_tests(root, &bin, filter.map(|f| (f, false)))?;
-    if failed.is_empty() {
-        return Ok(());
+    let failed = privileged_tests(root, &bin, filter)?;
+    if !failed.is_empty() {
+        // No retry: on this 2-core machine a failed timing test has so far
+        // always been a product fault (a false takeover, lost writes).
+        bail!("privileged tests failed: {failed:?}");
     }
-    // These tests time real failovers on a shared 2-core machine: a test
-    // that fails is run once more on its own. A broken behaviour fails both
-    // times; a pass on retry is reported, never hidden.
-    println!(
-        "xtask: retrying {} failed privileged test(s) once: {failed:?}",
-        failed.len()
-    );
-    let mut still = Vec::new();
-    for name in &failed {
-        if !privileged_tests(root, &bin, Some((name, true)))?.is_empty() {
-            still.push(name.clone());
-        }
-    }
-    if !still.is_empty() {
-        bail!("privileged tests failed twice: {still:?}");
-    }
-    println!("xtask: FLAKY: {failed:?} failed once and passed on retry");
     Ok(())
 }
 
 /// Runs the privileged (`#[ignore]`d) tests, echoing their output; returns
 /// the names of the tests that failed.
-fn privileged_tests(root: &Path, bin: &Path, filter: Option<(&str, bool)>) -> Result<Vec<String>> {
+fn privileged_tests(root: &Path, bin: &Path, filter: Option<&str>) -> Result<Vec<String>> {
     use std::io::BufRead;
     let mut cmd = Command::new(cargo());
     cmd.current_dir(root)
@@ -187,15 +172,12 @@ fn privileged_tests(root: &Path, bin: &Path, filter: Option<(&str, bool)>) -> Re
         ])
         .env("HA_AGENT_BIN", bin)
         .stdout(std::process::Stdio::piped());
-    if let Some((f, exact)) = filter {
+    if let Some(f) = filter {
         cmd.arg(f);
-        if exact {
-            cmd.arg("--exact");
-        }
     }
     println!(
         "xtask: $ cargo test --workspace --tests --no-fail-fast -- --ignored --test-threads=1 {}",
-        filter.map_or("", |f| f.0)
+        filter.unwrap_or("")
     );
     let mut child = cmd.spawn().context("cannot run cargo test")?;
     let mut failed = Vec::new();
