@@ -1,4 +1,5 @@
-//! Types shared by the eBPF liveness program and the agent that loads it.
+//! Types shared by the eBPF liveness program and the agent that loads it,
+//! and the one keyed hash both sides compute (SipHash-2-4).
 //!
 //! Everything here is `#[repr(C)]` plain data: the kernel side reads it from
 //! maps and packets, the agent writes and reads the same bytes. Addresses and
@@ -6,21 +7,31 @@
 //! so the kernel compares them with packet fields without swapping.
 #![no_std]
 
+pub mod siphash;
+
 /// Links (interfaces) one agent can monitor.
 pub const MAX_LINKS: u32 = 4;
-/// VIPs the kernel watches for conflicting ARP claims.
-pub const MAX_VIPS: u32 = 16;
+/// VIPs the kernel watches (ARP conflicts, and the hung-agent lease).
+pub const MAX_VIPS: u32 = 256;
 
 /// First bytes of every probe's UDP payload.
-pub const PROBE_MAGIC: [u8; 4] = *b"HAP1";
-pub const PROBE_VERSION: u8 = 1;
+pub const PROBE_MAGIC: [u8; 4] = *b"HAP2";
+/// Wire format version 2: seq, boot and sender id under a kernel-checked
+/// SipHash tag; session echo and replay windows (see the agent's `protocol`).
+pub const PROBE_VERSION: u8 = 2;
 /// Probe kinds (`ProbeHeader::kind`).
 pub const PROBE_KIND_PROBE: u8 = 1;
+/// `seq = slot << SEQ_SHIFT | n`: `n` = 0 for the slot's regular probe, 1,
+/// 2, ... for probes sent early within the slot because the control state
+/// changed. Loss is counted in slots, the refresh pass too.
+pub const SEQ_SHIFT: u32 = 8;
 
-/// Wire header of a probe: the part the kernel parses. The authenticated
-/// control body follows it (see the agent's `protocol` module). Multi-byte
-/// fields are big-endian byte arrays so the struct has no padding and no
-/// alignment needs inside a packet.
+/// Wire header of a probe: the part the kernel parses and authenticates.
+/// `tag` is SipHash-2-4 under the kernel key over the 40 bytes before it
+/// ([`TAGGED_LEN`]), so a frame nobody with the key sent cannot count as
+/// liveness, and `seq` lets the kernel refuse any replay. The userspace
+/// body (control state, HMAC-SHA256 over everything) follows. Multi-byte
+/// fields are big-endian byte arrays: no padding, alignment 1.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeHeader {
@@ -30,15 +41,49 @@ pub struct ProbeHeader {
     /// Sender's link index (0-based, same order in both configs).
     pub link: u8,
     pub flags: u8,
-    /// Sender's session token: random per agent start.
-    pub token: [u8; 8],
-    /// Per-link probe sequence number, for loss counting.
-    pub seq: [u8; 4],
+    /// Sender's identity: its first link's address (network order bytes).
+    pub sender: [u8; 4],
     /// Generation of the sender's control state; changes whenever the body does.
     pub ctl_gen: [u8; 4],
+    /// Sender's session token: random per agent start, never 0.
+    pub token: [u8; 8],
+    /// Slot number in this session: strictly increasing per link. Redundant
+    /// senders send a slot with the same `seq`; the first copy counts.
+    pub seq: [u8; 8],
+    /// Sender's boot counter (kept on disk, grows on every start).
+    pub boot: [u8; 8],
+    /// SipHash-2-4(kernel key, bytes 0..40), little-endian.
+    pub tag: [u8; 8],
 }
 
 pub const PROBE_HEADER_LEN: usize = core::mem::size_of::<ProbeHeader>();
+/// Bytes of the header covered by `tag`.
+pub const TAGGED_LEN: usize = 40;
+
+/// Global settings (map `GLOBAL`, one entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Global {
+    /// SipHash key halves for the probe tag (derived from the shared key).
+    pub sip_k0: u64,
+    pub sip_k1: u64,
+    /// The peer's identity as its probes carry it (`ProbeHeader::sender`,
+    /// read as a native u32): frames from anyone else are dropped.
+    pub peer_id: u32,
+    /// While not 0, the lease ([`LEASE`](Lease)) is enforced for the VIPs.
+    pub lease_enforced: u32,
+}
+
+/// The hung-agent lease (map `LEASE`, one entry): while `until_ns` is in the
+/// past, the kernel drops every frame addressed to one of our VIPs (IPv4 to
+/// it, ARP asking for it). The agent's real-time senders renew it on every
+/// probe slot, and only while the agent's decision loop is alive.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lease {
+    /// CLOCK_MONOTONIC deadline (ns).
+    pub until_ns: u64,
+}
 
 /// Per-link settings written by the agent (map `LINK_CONFIG`, index = link).
 #[repr(C)]
@@ -58,14 +103,24 @@ pub struct LinkConfig {
     /// Pass one accepted probe in `pass_every` to userspace even when its
     /// control generation did not change (refresh); 0 = never.
     pub pass_every: u32,
-    /// Session token the peer currently uses (wire bytes as u64, native
-    /// reading); 0 = not known yet: every probe is passed up and counted in
-    /// `LinkState::rejected` until userspace installs the token.
+    /// Session token the peer currently uses (wire bytes read as a native
+    /// u64); 0 = none accepted yet. Only probes of this session count as
+    /// liveness; others go to userspace (rate limited) to be verified.
     pub peer_token: u64,
+    /// Probes of another session older than this boot are old sessions
+    /// replayed: dropped here.
+    pub peer_min_boot: u64,
     /// Silence longer than this marks the peer down on this link.
     pub detect_ns: u64,
     /// Silence longer than this marks the witness down on this link.
     pub witness_detect_ns: u64,
+    /// At most one probe of an unknown session per this interval goes up.
+    pub unknown_gap_ns: u64,
+    /// A detection timer that fires later than this after it was due saw
+    /// a stall of its own CPU (or of the whole machine): probes may be
+    /// waiting; it gives them `grace_ns` before declaring anything down.
+    pub stall_ns: u64,
+    pub grace_ns: u64,
     /// Our MAC on the link: ARP from another MAC claiming one of our VIPs is a conflict.
     pub local_mac: [u8; 6],
     pub _pad1: [u8; 2],
@@ -81,19 +136,32 @@ pub struct LinkState {
     pub witness_last_ns: u64,
     pub peer_up: u32,
     pub witness_up: u32,
-    /// Accepted probes.
+    /// Accepted probes (first copy of a slot of the accepted session).
     pub rx: u64,
-    /// Probes missing according to sequence gaps.
+    /// Slots missing according to sequence gaps.
     pub lost: u64,
-    /// Probes whose token is not `LinkConfig::peer_token` (or no token is
-    /// known yet); they are passed to userspace, which verifies them.
+    /// Frames to the probe port that are not valid probes of the peer: bad
+    /// source, sender, link, tag, or an old session. Dropped.
     pub rejected: u64,
+    /// Valid probes of the accepted session with a seq already seen
+    /// (redundant copies, replays). Dropped.
+    pub duplicates: u64,
+    /// Probes of a session not accepted (yet) that went up to userspace.
+    pub unknown: u64,
     pub witness_rx: u64,
-    pub last_seq: u32,
+    /// Highest seq accepted for `seq_token`.
+    pub last_seq: u64,
+    /// The session `last_seq` belongs to.
+    pub seq_token: u64,
+    /// When the last unknown-session probe went up (rate limit).
+    pub unknown_last_ns: u64,
     /// Control generation of the last probe passed to userspace. An accepted
     /// probe is passed up when its `ctl_gen` differs, when it brings the peer
     /// up, or when `seq % pass_every == 0`; otherwise the kernel drops it.
     pub passed_ctl_gen: u32,
+    pub _pad: u32,
+    /// Frames to a VIP dropped because the lease had lapsed.
+    pub lease_drops: u64,
 }
 
 /// Event kinds (`Event::kind`).
@@ -124,4 +192,6 @@ mod pod {
     unsafe impl aya::Pod for super::LinkConfig {}
     unsafe impl aya::Pod for super::LinkState {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::Global {}
+    unsafe impl aya::Pod for super::Lease {}
 }

@@ -1,15 +1,24 @@
-//! `ha_xdp`: the kernel-side liveness detector.
+//! `ha_xdp`: the kernel-side liveness detector and the hung-agent lease.
 //!
 //! Attached (XDP) to every monitored interface. For each link it:
-//! - accepts the peer's probes (IPv4/UDP to `LinkConfig::port`, from
-//!   `peer_ip` to `local_ip`, `ProbeHeader` with the known token), keeps
-//!   counters in `LINK_STATE`, re-arms the link's peer timer and drops the
+//! - takes every frame to the probe port and lets nothing through but the
+//!   peer's valid probes: source `peer_ip`, the peer's sender id, our link
+//!   index, and a SipHash-2-4 tag under a key only the two agents know
+//!   (`GLOBAL`). Anything else is dropped and counted (`rejected`);
+//! - counts the first copy of each slot of the accepted peer session as
+//!   liveness (`seq` strictly increasing: the redundant senders' copies and
+//!   any replay are dropped), re-arms the link's peer timer and drops the
 //!   probe unless userspace needs its body (control generation changed, a
 //!   periodic refresh, or the peer just came up);
-//! - passes probes with an unknown token up (userspace verifies the HMAC and
-//!   installs the token), counting them as `rejected`;
+//! - passes probes of a session not accepted yet to userspace, rate limited,
+//!   unless their boot counter is older than the newest the agent knows (an
+//!   old session replayed);
 //! - tracks the witness's ARP replies with a second timer;
-//! - reports ARP from another MAC claiming one of our VIPs (`VIPS`).
+//! - reports ARP from another MAC claiming one of our VIPs (`VIPS`);
+//! - drops every frame addressed to one of our VIPs (IPv4 to it, ARP asking
+//!   for it) while the agent's lease (`LEASE`) has lapsed: an agent that
+//!   hangs with the VIPs stops serving them within the lease, whatever its
+//!   threads do.
 //!
 //! The timers (`bpf_timer`, CLOCK_MONOTONIC) fire `detect_ns` after the last
 //! accepted probe / witness reply and emit the DOWN events on `EVENTS`
@@ -22,9 +31,9 @@
 use core::ffi::c_void;
 
 use agent_ebpf::{
-    Event, LinkConfig, LinkState, EVENT_PEER_DOWN, EVENT_PEER_UP, EVENT_VIP_CONFLICT,
-    EVENT_WITNESS_DOWN, EVENT_WITNESS_UP, MAX_LINKS, MAX_VIPS, PROBE_HEADER_LEN, PROBE_KIND_PROBE,
-    PROBE_MAGIC, PROBE_VERSION,
+    siphash::siphash24, Event, Global, Lease, LinkConfig, LinkState, ProbeHeader, EVENT_PEER_DOWN,
+    EVENT_PEER_UP, EVENT_VIP_CONFLICT, EVENT_WITNESS_DOWN, EVENT_WITNESS_UP, MAX_LINKS, MAX_VIPS,
+    PROBE_HEADER_LEN, PROBE_KIND_PROBE, PROBE_MAGIC, PROBE_VERSION, SEQ_SHIFT, TAGGED_LEN,
 };
 use aya_ebpf::{
     bindings::{bpf_timer, xdp_action},
@@ -54,6 +63,8 @@ pub struct LinkTimer {
     /// Set once `bpf_timer_init` + `bpf_timer_set_callback` ran for this slot.
     pub initialized: u32,
     pub _pad: u32,
+    /// When the timer was last armed to fire (CLOCK_MONOTONIC ns).
+    pub due_ns: u64,
 }
 
 /// Index in `TIMERS`: `link * TIMERS_PER_LINK + TIMER_PEER / TIMER_WITNESS`.
@@ -62,8 +73,18 @@ const TIMER_PEER: u32 = 0;
 const TIMER_WITNESS: u32 = 1;
 
 const CLOCK_MONOTONIC: u64 = 1;
+/// `bpf_timer_start` flag (Linux 6.7): keep the timer on the CPU that armed it.
+const BPF_F_TIMER_CPU_PIN: u64 = 1 << 1;
 /// At most one VIP conflict event per VIP in this window.
 const CONFLICT_INTERVAL_NS: u64 = 100_000_000;
+/// A seq gap larger than this (slots) is a restarted sender, not loss.
+const MAX_GAP_SLOTS: u64 = 100_000;
+
+#[btf_map]
+static GLOBAL: Array<Global, 1> = Array::new();
+
+#[btf_map]
+static LEASE: Array<Lease, 1> = Array::new();
 
 #[btf_map]
 static LINK_CONFIG: Array<LinkConfig, { MAX_LINKS as usize }> = Array::new();
@@ -88,7 +109,9 @@ static EVENTS: RingBuf<Event, { 64 * 1024 }> = RingBuf::new();
 const ETH_HLEN: usize = 14;
 const IPV4_HLEN: usize = 20; // probes carry no IP options
 const UDP_HLEN: usize = 8;
-const PROBE_OFF: usize = ETH_HLEN + IPV4_HLEN + UDP_HLEN;
+const IP_END: usize = ETH_HLEN + IPV4_HLEN;
+const UDP_END: usize = IP_END + UDP_HLEN;
+const PROBE_OFF: usize = UDP_END;
 const PROBE_END: usize = PROBE_OFF + PROBE_HEADER_LEN;
 const ARP_END: usize = ETH_HLEN + 28;
 
@@ -103,10 +126,7 @@ pub fn ha_xdp(ctx: XdpContext) -> u32 {
     let ethertype = unsafe { *((data + 12) as *const [u8; 2]) };
     match ethertype {
         [0x08, 0x00] => on_ipv4(&ctx, data, end),
-        [0x08, 0x06] => {
-            on_arp(&ctx, data, end);
-            xdp_action::XDP_PASS
-        }
+        [0x08, 0x06] => on_arp(&ctx, data, end),
         _ => xdp_action::XDP_PASS,
     }
 }
@@ -132,73 +152,132 @@ fn read4(addr: usize) -> [u8; 4] {
     unsafe { *(addr as *const [u8; 4]) }
 }
 
+/// Whether frames to `ip` must be dropped: it is one of our VIPs and the
+/// agent's lease has lapsed (the agent hangs: its peer may already serve it).
+#[inline(always)]
+fn vip_fenced(link: u32, ip: u32) -> bool {
+    let Some(g) = GLOBAL.get(0) else {
+        return false;
+    };
+    if g.lease_enforced == 0 || VIPS.get_ptr(ip).is_none() {
+        return false;
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let lapsed = LEASE.get(0).is_none_or(|l| now >= l.until_ns);
+    if lapsed {
+        if let Some(st) = LINK_STATE.get_ptr_mut(link) {
+            // SAFETY: `st` points into the array map's value for `link`.
+            unsafe { (*st).lease_drops += 1 };
+        }
+    }
+    lapsed
+}
+
 #[inline(always)]
 fn on_ipv4(ctx: &XdpContext, data: usize, end: usize) -> u32 {
-    // One bounds check covers Ethernet + IPv4 + UDP + ProbeHeader; anything
-    // shorter is not a probe.
-    if data + PROBE_END > end {
+    if data + IP_END > end {
         return xdp_action::XDP_PASS;
-    }
-    let ip = data + ETH_HLEN;
-    // SAFETY: all reads below are within [data, data + PROBE_END).
-    unsafe {
-        let ver_ihl = *(ip as *const u8);
-        let proto = *((ip + 9) as *const u8);
-        let frag = *((ip + 6) as *const [u8; 2]);
-        // IPv4 without options, UDP, not a fragment (MF clear, offset 0).
-        if ver_ihl != 0x45 || proto != 17 || frag[0] & 0x3f != 0 || frag[1] != 0 {
-            return xdp_action::XDP_PASS;
-        }
     }
     let Some((link, cfg)) = find_link(ctx) else {
         return xdp_action::XDP_PASS;
     };
+    let ip = data + ETH_HLEN;
     let saddr = u32::from_ne_bytes(read4(ip + 12));
     let daddr = u32::from_ne_bytes(read4(ip + 16));
-    // SAFETY: within the checked range.
+    if daddr != cfg.local_ip {
+        if vip_fenced(link, daddr) {
+            return xdp_action::XDP_DROP;
+        }
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: all reads below are within [data, data + IP_END).
+    let (ver_ihl, proto, frag) = unsafe {
+        (
+            *(ip as *const u8),
+            *((ip + 9) as *const u8),
+            *((ip + 6) as *const [u8; 2]),
+        )
+    };
+    // IPv4 without options, UDP, not a fragment (MF clear, offset 0).
+    if ver_ihl != 0x45 || proto != 17 || frag[0] & 0x3f != 0 || frag[1] != 0 {
+        return xdp_action::XDP_PASS;
+    }
+    if data + UDP_END > end {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: within [data, data + UDP_END).
     let dport = u16::from_ne_bytes(unsafe { *((ip + IPV4_HLEN + 2) as *const [u8; 2]) });
-    if saddr != cfg.peer_ip || daddr != cfg.local_ip || dport != cfg.port {
+    if dport != cfg.port {
         return xdp_action::XDP_PASS;
     }
-    let p = data + PROBE_OFF;
-    // SAFETY: within the checked range; ProbeHeader has alignment 1.
-    let hdr = unsafe { &*(p as *const agent_ebpf::ProbeHeader) };
-    if hdr.magic != PROBE_MAGIC || hdr.version != PROBE_VERSION || hdr.kind != PROBE_KIND_PROBE {
-        return xdp_action::XDP_PASS;
-    }
-    let token = u64::from_ne_bytes(hdr.token);
     let Some(st) = LINK_STATE.get_ptr_mut(link) else {
-        return xdp_action::XDP_PASS;
+        return xdp_action::XDP_DROP;
     };
     // SAFETY: `st` points into the array map's value for `link`.
     let st = unsafe { &mut *st };
-    if cfg.peer_token == 0 || token != cfg.peer_token {
+    // A frame to the probe port: from here on only a valid probe of the
+    // peer goes anywhere, so nobody without the key can make the agent work.
+    if saddr != cfg.peer_ip || data + PROBE_END > end {
         st.rejected += 1;
+        return xdp_action::XDP_DROP;
+    }
+    let p = data + PROBE_OFF;
+    // SAFETY: within the checked range; ProbeHeader has alignment 1.
+    let hdr = unsafe { &*(p as *const ProbeHeader) };
+    let Some(g) = GLOBAL.get(0) else {
+        return xdp_action::XDP_DROP;
+    };
+    if hdr.magic != PROBE_MAGIC
+        || hdr.version != PROBE_VERSION
+        || hdr.kind != PROBE_KIND_PROBE
+        || hdr.link as u32 != link
+        || u32::from_ne_bytes(hdr.sender) != g.peer_id
+    {
+        st.rejected += 1;
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: the 40 tagged bytes are within the checked range.
+    let tagged = unsafe { &*(p as *const [u8; TAGGED_LEN]) };
+    if siphash24(g.sip_k0, g.sip_k1, tagged) != u64::from_le_bytes(hdr.tag) {
+        st.rejected += 1;
+        return xdp_action::XDP_DROP;
+    }
+
+    let token = u64::from_ne_bytes(hdr.token);
+    let seq = u64::from_be_bytes(hdr.seq);
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if cfg.peer_token == 0 || token != cfg.peer_token {
+        // Another session: userspace verifies it and accepts it only once
+        // its probes echo our own session (a replay of an old session
+        // cannot). Old boots are replays: dropped here.
+        if u64::from_be_bytes(hdr.boot) < cfg.peer_min_boot
+            || now.wrapping_sub(st.unknown_last_ns) < cfg.unknown_gap_ns
+        {
+            st.rejected += 1;
+            return xdp_action::XDP_DROP;
+        }
+        st.unknown_last_ns = now;
+        st.unknown += 1;
         return xdp_action::XDP_PASS;
     }
 
-    let seq = u32::from_be_bytes(hdr.seq);
-    let ctl_gen = u32::from_be_bytes(hdr.ctl_gen);
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-
-    st.peer_last_ns = now;
-    if st.rx == 0 {
-        st.last_seq = seq;
+    if st.seq_token != token {
+        // First probe of a newly accepted session.
+        st.seq_token = token;
+    } else if seq <= st.last_seq {
+        // A redundant sender's copy of a slot already counted, or a replay.
+        st.duplicates += 1;
+        return xdp_action::XDP_DROP;
     } else {
-        let delta = seq.wrapping_sub(st.last_seq) as i32;
-        if delta > 0 {
-            let gap = (delta - 1) as u64;
-            // A huge jump is a restart of the sender, not loss.
-            if gap < 100_000 {
-                st.lost += gap;
-            }
-            st.last_seq = seq;
-        } else if delta < -1024 {
-            // Sender restarted with a lower sequence number.
-            st.last_seq = seq;
-        } // else: duplicate or reordered, ignore.
+        let gap = (seq >> SEQ_SHIFT).saturating_sub(st.last_seq >> SEQ_SHIFT);
+        if gap > 1 && gap < MAX_GAP_SLOTS {
+            st.lost += gap - 1;
+        }
     }
+    st.last_seq = seq;
+    st.peer_last_ns = now;
     st.rx += 1;
 
     if cfg.detect_ns != 0 {
@@ -208,15 +287,17 @@ fn on_ipv4(ctx: &XdpContext, data: usize, end: usize) -> u32 {
     let mut pass = false;
     if st.peer_up == 0 {
         st.peer_up = 1;
-        emit(EVENT_PEER_UP, link, now, seq as u64);
+        emit(EVENT_PEER_UP, link, now, seq);
         // Userspace wants the control body of the first probe after an outage.
         pass = true;
     }
+    let ctl_gen = u32::from_be_bytes(hdr.ctl_gen);
     if ctl_gen != st.passed_ctl_gen {
         st.passed_ctl_gen = ctl_gen;
         pass = true;
     }
-    if cfg.pass_every != 0 && seq % cfg.pass_every == 0 {
+    let slot = seq >> SEQ_SHIFT;
+    if cfg.pass_every != 0 && slot % cfg.pass_every as u64 == 0 {
         pass = true;
     }
     if pass {
@@ -227,27 +308,35 @@ fn on_ipv4(ctx: &XdpContext, data: usize, end: usize) -> u32 {
 }
 
 #[inline(always)]
-fn on_arp(ctx: &XdpContext, data: usize, end: usize) {
+fn on_arp(ctx: &XdpContext, data: usize, end: usize) -> u32 {
     if data + ARP_END > end {
-        return;
+        return xdp_action::XDP_PASS;
     }
     let arp = data + ETH_HLEN;
     // SAFETY: all reads below are within [data, data + ARP_END).
-    let (hdr, op, sha, spa) = unsafe {
+    let (hdr, op, sha, spa, tpa) = unsafe {
         (
             *(arp as *const [u8; 6]),
             *((arp + 6) as *const [u8; 2]),
             *((arp + 8) as *const [u8; 6]),
             u32::from_ne_bytes(read4(arp + 14)),
+            u32::from_ne_bytes(read4(arp + 24)),
         )
     };
     // Ethernet/IPv4 ARP only.
-    if hdr != [0, 1, 0x08, 0x00, 6, 4] || spa == 0 {
-        return;
+    if hdr != [0, 1, 0x08, 0x00, 6, 4] {
+        return xdp_action::XDP_PASS;
     }
     let Some((link, cfg)) = find_link(ctx) else {
-        return;
+        return xdp_action::XDP_PASS;
     };
+    // A hung agent must not answer for a VIP its peer may hold now.
+    if op == [0, 1] && tpa != spa && vip_fenced(link, tpa) {
+        return xdp_action::XDP_DROP;
+    }
+    if spa == 0 {
+        return xdp_action::XDP_PASS;
+    }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
 
@@ -275,7 +364,7 @@ fn on_arp(ctx: &XdpContext, data: usize, end: usize) {
             // SAFETY: value pointer returned by the map lookup.
             unsafe {
                 if now.wrapping_sub(*last) < CONFLICT_INTERVAL_NS {
-                    return;
+                    return xdp_action::XDP_PASS;
                 }
                 *last = now;
             }
@@ -284,6 +373,7 @@ fn on_arp(ctx: &XdpContext, data: usize, end: usize) {
         }
         emit(EVENT_VIP_CONFLICT, link, now, spa as u64);
     }
+    xdp_action::XDP_PASS
 }
 
 #[inline(always)]
@@ -299,7 +389,19 @@ fn emit(kind: u32, link: u32, ts_ns: u64, value: u64) {
     );
 }
 
-/// (Re)starts timer `key` to fire in `ns`, initializing it on first use.
+/// (Re)starts timer `key` to fire in `ns`, pinned to this CPU, initializing
+/// it on first use.
+///
+/// Why a stall of the receiving side can delay a detection but never fake a
+/// death: the timer is pinned to the CPU that processed the latest probe.
+/// A vCPU that stalls stops both its timer and the probes queued for it
+/// (veth and most NICs process a frame on the CPU it was queued on); when it
+/// runs again the kernel handles NET_RX softirqs before HRTIMER ones, so the
+/// queued probe re-arms the timer (and the callback re-checks the time of
+/// the last probe) before the timer can fire. A timer on a CPU that does
+/// run fires only if no CPU processed a probe for `detect_ns`: the peer's
+/// redundant senders send every slot from distinct CPUs (distinct flows),
+/// so one stalled CPU on either side leaves the other flow counting.
 #[inline(always)]
 fn arm_timer(key: u32, ns: u64) {
     let Some(t) = TIMERS.get_ptr_mut(key) else {
@@ -309,6 +411,7 @@ fn arm_timer(key: u32, ns: u64) {
     // timer field of that value and the TIMERS map itself, as the verifier requires.
     unsafe {
         let timer = core::ptr::addr_of_mut!((*t).timer);
+        (*t).due_ns = bpf_ktime_get_ns().wrapping_add(ns);
         if (*t).initialized == 0 {
             // -EBUSY if another CPU won the race: harmless.
             bpf_timer_init(
@@ -319,13 +422,33 @@ fn arm_timer(key: u32, ns: u64) {
             bpf_timer_set_callback(timer, timer_cb as *const () as *mut c_void);
             (*t).initialized = 1;
         }
-        bpf_timer_start(timer, ns, 0);
+        start_pinned(timer, ns);
+    }
+}
+
+/// Starts `timer` pinned to this CPU, or unpinned on kernels older than 6.7.
+///
+/// # Safety
+/// `timer` must point to an initialized `bpf_timer` inside a map value.
+#[inline(always)]
+unsafe fn start_pinned(timer: *mut bpf_timer, ns: u64) {
+    // SAFETY: per the caller's contract.
+    unsafe {
+        if bpf_timer_start(timer, ns, BPF_F_TIMER_CPU_PIN) != 0 {
+            bpf_timer_start(timer, ns, 0);
+        }
     }
 }
 
 /// Timer callback (peer or witness of one link): declares the link's peer or
 /// witness down when it stayed silent for the detection time, else re-arms
 /// for the remainder (a probe may have arrived just as the timer fired).
+///
+/// A callback that runs later than `stall_ns` after it was due ran on a
+/// CPU (or a machine) that was stalled: the probes that arrived meanwhile
+/// may not have been processed yet (on another CPU, or queued behind the
+/// stall). It never declares a death then; it looks again `grace_ns` later.
+/// A stall of the receiving side can thus delay a detection, never fake one.
 #[inline(never)]
 unsafe extern "C" fn timer_cb(_map: *mut c_void, key: *mut u32, value: *mut LinkTimer) -> i32 {
     // SAFETY: the kernel passes the element's key and value.
@@ -339,6 +462,8 @@ unsafe extern "C" fn timer_cb(_map: *mut c_void, key: *mut u32, value: *mut Link
     let st = unsafe { &mut *st };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the element the kernel passed in.
+    let due = unsafe { (*value).due_ns };
     let (last, detect, up, kind) = if which == TIMER_PEER {
         (
             st.peer_last_ns,
@@ -355,7 +480,14 @@ unsafe extern "C" fn timer_cb(_map: *mut c_void, key: *mut u32, value: *mut Link
         )
     };
     let elapsed = now.saturating_sub(last);
-    if elapsed >= detect {
+    let (rearm, down) = if elapsed < detect {
+        (detect - elapsed, false)
+    } else if cfg.stall_ns != 0 && now.saturating_sub(due) > cfg.stall_ns {
+        (cfg.grace_ns, false)
+    } else {
+        (0, true)
+    };
+    if down {
         if *up == 1 {
             *up = 0;
             emit(kind, link, now, last);
@@ -363,7 +495,8 @@ unsafe extern "C" fn timer_cb(_map: *mut c_void, key: *mut u32, value: *mut Link
     } else {
         // SAFETY: re-arming the timer of the element the kernel passed in.
         unsafe {
-            bpf_timer_start(core::ptr::addr_of_mut!((*value).timer), detect - elapsed, 0);
+            (*value).due_ns = now.wrapping_add(rearm);
+            start_pinned(core::ptr::addr_of_mut!((*value).timer), rearm);
         }
     }
     0

@@ -218,6 +218,8 @@ impl Lab {
         }
         writeln!(t, "key_file = \"{}\"", key.display())?;
         writeln!(t, "status_socket = \"{}\"", sock.display())?;
+        let state = self.dir().join(format!("{}-state", server.name()));
+        writeln!(t, "state_dir = \"{}\"", state.display())?;
         for link in Link::ALL {
             writeln!(t, "\n[[link]]")?;
             writeln!(t, "name = \"{}\"", link.name())?;

@@ -24,11 +24,13 @@
 
 pub mod agent;
 pub mod atlas_fixture;
+pub mod attacker;
 pub mod capture;
 pub mod faults;
 pub mod keepalived;
 pub mod mariadb;
 pub mod netns;
+pub mod pair;
 pub mod pinger;
 pub mod process;
 pub mod selftest;

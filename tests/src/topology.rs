@@ -568,7 +568,59 @@ impl Lab {
         self.teardown()
     }
 
+    /// Where this lab's logs are kept after it ends (every lab's, so a
+    /// failure's evidence is there without asking): the workspace's
+    /// `target/lab-evidence/<test>-<prefix>/`.
+    pub fn evidence_dir(&self) -> PathBuf {
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("lab")
+            .replace("::", "-")
+            .replace(['/', ' '], "_");
+        crate::agent::workspace_root()
+            .join("target/lab-evidence")
+            .join(format!("{test}-{}", self.prefix))
+    }
+
+    /// Copies the lab's logs, configs and small files (not database data
+    /// directories) to [`Lab::evidence_dir`], and keeps the newest 200 such
+    /// directories.
+    fn save_evidence(&self) {
+        let to = self.evidence_dir();
+        if std::fs::create_dir_all(&to).is_err() {
+            return;
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let path = e.path();
+                let small = e
+                    .metadata()
+                    .is_ok_and(|m| m.is_file() && m.len() < 64 << 20);
+                let wanted = path.extension().is_some_and(|x| {
+                    ["log", "toml", "txt", "err", "json", "cnf"].contains(&x.to_str().unwrap_or(""))
+                });
+                if small && wanted {
+                    let _ = std::fs::copy(&path, to.join(e.file_name()));
+                }
+            }
+        }
+        // Database error logs live one level down.
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for d in entries.flatten().filter(|e| e.path().is_dir()) {
+                for f in ["error.log", "mysqld.err"] {
+                    let p = d.path().join(f);
+                    if p.is_file() {
+                        let name = format!("{}-{f}", d.file_name().to_string_lossy());
+                        let _ = std::fs::copy(&p, to.join(name));
+                    }
+                }
+            }
+        }
+        prune_evidence(to.parent().unwrap_or(&to), 200);
+    }
+
     fn teardown(&mut self) -> Result<()> {
+        self.save_evidence();
         let r = Self::remove_namespaces(&format!("{}-", self.prefix));
         let keep = std::thread::panicking() || std::env::var_os("HA_LAB_KEEP").is_some();
         if keep {
@@ -587,6 +639,24 @@ impl Drop for Lab {
                 eprintln!("ha-lab: cleanup of {} failed: {e:#}", self.prefix);
             }
         }
+    }
+}
+
+/// Keeps the newest `keep` evidence directories.
+fn prune_evidence(root: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if dirs.len() <= keep {
+        return;
+    }
+    dirs.sort();
+    for (_, d) in &dirs[..dirs.len() - keep] {
+        let _ = std::fs::remove_dir_all(d);
     }
 }
 

@@ -6,118 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
-use ha_lab::{wait_until, wait_until_ok, Lab, LabProcess, Link, Overrides, Server};
+use anyhow::{ensure, Context, Result};
+use ha_lab::pair::{server2_mac_outside, started, FAILOVER, SETTLE};
+use ha_lab::{wait_until, wait_until_ok, Lab, Link, Overrides, Server};
 
 const S1: Server = Server::S1;
 const S2: Server = Server::S2;
-/// Generous bound for "the agents settled" (start-up loads the eBPF program).
-const SETTLE: Duration = Duration::from_secs(10);
-/// Bound for a failover; the design target is tens of milliseconds, the bound
-/// only keeps a broken agent from hanging the test.
-const FAILOVER: Duration = Duration::from_secs(3);
-
-struct Running {
-    lab: Lab,
-    agents: [Option<LabProcess>; 2],
-}
-
-impl Running {
-    fn agent(&mut self, s: Server) -> &mut LabProcess {
-        self.agents[usize::from(s.index() - 1)]
-            .as_mut()
-            .expect("agent running")
-    }
-
-    fn take(&mut self, s: Server) -> LabProcess {
-        self.agents[usize::from(s.index() - 1)]
-            .take()
-            .expect("agent running")
-    }
-
-    fn restart(&mut self, s: Server) -> Result<()> {
-        let p = self.lab.start_agent(s)?;
-        self.agents[usize::from(s.index() - 1)] = Some(p);
-        Ok(())
-    }
-
-    fn logs(&self) -> String {
-        self.agents
-            .iter()
-            .flatten()
-            .map(|p| format!("--- {} ---\n{}", p.name(), p.log_tail(40)))
-            .collect()
-    }
-
-    /// Fails if `cond` stops holding at any moment during `d`.
-    fn holds_for(&self, d: Duration, what: &str, cond: impl Fn(&Lab) -> bool) -> Result<()> {
-        let end = Instant::now() + d;
-        while Instant::now() < end {
-            if !cond(&self.lab) {
-                bail!(
-                    "{what} stopped holding: {}\n{}",
-                    self.lab.describe_vips(),
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(())
-    }
-
-    fn wait_sole_holder(&self, s: Server, bound: Duration) -> Result<Duration> {
-        wait_until(bound, format!("{s} sole VIP holder"), || {
-            self.lab.sole_holder_is(s)
-        })
-        .with_context(|| format!("{}\n{}", self.lab.describe_vips(), self.logs()))
-    }
-
-    /// `s` stays the only VIP holder for two seconds.
-    fn stays_sole_holder(&self, s: Server, what: &str) -> Result<()> {
-        self.holds_for(Duration::from_secs(2), what, |l| l.sole_holder_is(s))
-    }
-
-    /// `s` holds both VIPs (the other server may hold them too).
-    fn wait_holds_both(&self, s: Server) -> Result<Duration> {
-        wait_until(FAILOVER, format!("{s} holds both VIPs"), || {
-            Link::ALL
-                .iter()
-                .all(|l| self.lab.vip_holders(l.vip()).contains(&s))
-        })
-        .with_context(|| format!("{}\n{}", self.lab.describe_vips(), self.logs()))
-    }
-
-    fn wait_state(&self, s: Server, state: &str) -> Result<Duration> {
-        wait_until_ok(SETTLE, format!("{s} in {state}"), || {
-            Ok(self.lab.agent_state(s)? == state)
-        })
-        .with_context(|| self.logs())
-    }
-}
-
-/// Both agents running with the lab's configs, server1 holding the VIPs.
-fn started_with(overrides: [Overrides; 2]) -> Result<Running> {
-    let lab = Lab::new()?;
-    let [o1, o2] = overrides;
-    let a1 = lab.start_agent_with(S1, &o1)?;
-    let a2 = lab.start_agent_with(S2, &o2)?;
-    let r = Running {
-        lab,
-        agents: [Some(a1), Some(a2)],
-    };
-    r.wait_sole_holder(S1, SETTLE)?;
-    r.wait_state(S2, "BACKUP")?;
-    Ok(r)
-}
-
-fn started() -> Result<Running> {
-    started_with([Overrides::new(), Overrides::new()])
-}
-
-fn server2_mac_outside(r: &Running) -> String {
-    r.lab.mac(S2, Link::Outside).to_string()
-}
-
 #[test]
 #[ignore = "privileged: run by cargo xtask test"]
 fn takeover_on_death_and_garp_reaches_the_client() -> Result<()> {

@@ -4,14 +4,14 @@
 //! after every event; it recomputes what each service should be from the
 //! election's view and hands it over without ever waiting for either.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
+use crate::daemon::election_loop::ElectionView;
 use crate::decisions::database::{wish_for, DbHandle, LocalDb};
-use crate::decisions::election::{Election, Role};
 use crate::decisions::proxy::{self, ProxyAddresses};
 use crate::drivers::atlas::{AtlasHandle, AtlasReconciler, Settings};
 use crate::drivers::mysql::MysqlDriver;
@@ -90,22 +90,22 @@ impl Services {
         }
     }
 
-    /// Hands each service what it should be now (never waits).
-    pub fn sync(&self, election: &Election) {
+    /// Hands each service what it should be now (never waits). While a
+    /// takeover is provisional (it may still be handed back: a false
+    /// alarm), neither the database nor the proxy is changed.
+    pub fn sync(&self, election: &ElectionView) {
         let role = election.role();
         let peer = election
             .peer_alive()
             .then(|| election.peer_control())
             .flatten();
+        if election.provisional() {
+            return;
+        }
         if let Some(db) = &self.db {
             db.set_peer_heard(peer.is_some());
-            let fresh = role == Role::Master && election.control(Instant::now()).fresh_takeover;
-            let wish = wish_for(role, fresh, peer.as_ref(), db.peer());
-            if db.set_wish(wish) && fresh {
-                info!(
-                    "mysql: holding the promotion until the silent holder's reclaim window closes"
-                );
-            }
+            let wish = wish_for(role, false, peer.as_ref(), db.peer());
+            db.set_wish(wish);
         }
         if let Some(a) = &self.atlas {
             let d = proxy::desired(&a.addrs, role, peer.as_ref(), self.local_db.replica_ok);

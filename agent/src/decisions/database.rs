@@ -841,6 +841,7 @@ mod tests {
             witness_reach: 1,
             witness_count: 1,
             links_up: 3,
+            witness_links: 1,
             router_id: u32::from(Ipv4Addr::new(10, 0, 0, 2)),
             replica_ok: false,
             fresh_takeover: false,

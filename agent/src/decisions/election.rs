@@ -26,6 +26,17 @@
 //!   unfit hands the VIPs to a fit, eligible peer like a switchover. Nobody
 //!   holding the VIPs is worse than an unfit holder: when the peer is not a
 //!   candidate either, an unfit backup still takes them.
+//! - Carrier loss on a link is instant evidence: neither the peer nor that
+//!   link's witness can be reached there, at once (a holder that unplugged
+//!   its uplink hands over without waiting for the witness to time out). A
+//!   holder with no carrier on any link drops the VIPs at once.
+//! - A takeover from a holder that fell silent is provisional until the
+//!   reclaim window is over and the old holder's lease (its kernel stops
+//!   serving the VIPs without its agent) has surely lapsed: hooks, the
+//!   database and the proxy act only when it is confirmed; a hand-back
+//!   inside the window is a false alarm, counted with its cause.
+//! - Epochs are checked arithmetic; a peer epoch implausibly far ahead of
+//!   what both sides have seen is refused.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -33,6 +44,9 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+mod timers;
+use timers::{Timer, TimerTable};
 
 /// Transitions kept for `ha-agent status`.
 const HISTORY: usize = 32;
@@ -54,23 +68,6 @@ impl Role {
             Role::Master => "MASTER",
             Role::Fault => "FAULT",
         }
-    }
-    pub fn to_wire(self) -> u8 {
-        match self {
-            Role::Init => 0,
-            Role::Backup => 1,
-            Role::Master => 2,
-            Role::Fault => 3,
-        }
-    }
-    pub fn from_wire(b: u8) -> Option<Role> {
-        Some(match b {
-            0 => Role::Init,
-            1 => Role::Backup,
-            2 => Role::Master,
-            3 => Role::Fault,
-            _ => return None,
-        })
     }
 }
 
@@ -97,7 +94,9 @@ pub struct Control {
     pub witness_count: u8,
     /// Bit i: this node hears the peer on link i.
     pub links_up: u8,
-    /// Tie-breaker: the node's first link address.
+    /// Bit i: this node reaches the witness of link i.
+    pub witness_links: u8,
+    /// Tie-breaker and identity: the node's first link address.
     pub router_id: u32,
     /// Its database replicates from the holder and has caught up: the
     /// holder may send reads there (always false without a managed database).
@@ -112,6 +111,12 @@ impl Control {
         self.witness_count == 0 || self.witness_reach > 0
     }
 }
+
+/// How far ahead of every epoch this node has seen a peer's epoch may be.
+/// Epochs grow by one per takeover; this bound only keeps a signed but
+/// absurd epoch (a broken or hostile peer with the key) from driving ours
+/// towards overflow.
+pub const MAX_EPOCH_JUMP: u64 = 1 << 32;
 
 #[derive(Clone, Debug)]
 pub struct ElectionConfig {
@@ -145,15 +150,34 @@ pub struct ElectionConfig {
     pub router_id: Ipv4Addr,
 }
 
+/// An authenticated, fresh control message from the peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerMessage {
+    /// The peer's session token: a new value means the peer agent restarted.
+    pub session: u64,
+    pub control: Control,
+    /// The peer's lease: how long its kernel keeps serving its VIPs after
+    /// its agent stops renewing.
+    pub lease: Duration,
+    /// The peer's worst probe-sender lateness in the last second (its report).
+    pub lateness: Duration,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
-    /// The kernel saw the peer's probes resume (`up`) or stop (`!up`) on a link.
-    PeerLink { link: usize, up: bool },
+    /// The kernel saw the peer's probes resume (`up`) or stop (`!up`) on a
+    /// link; `last_heard` is when it accepted the peer's latest probe there.
+    PeerLink {
+        link: usize,
+        up: bool,
+        last_heard: Instant,
+    },
     /// The kernel saw the witness of a link answer again or go silent.
     Witness { link: usize, up: bool },
-    /// An authenticated control message from the peer. `session` is the
-    /// peer's token: a new value means the peer agent restarted.
-    PeerControl { session: u64, control: Control },
+    /// The interface of a link gained or lost carrier.
+    Carrier { link: usize, up: bool },
+    /// An authenticated control message from the peer.
+    PeerControl(PeerMessage),
     /// Someone else claims one of our VIPs by ARP.
     VipConflict { vip: Ipv4Addr },
     /// Graceful stop (SIGTERM): hand over if we hold the VIPs, then stop.
@@ -175,8 +199,15 @@ pub enum Output {
     AnnounceVips,
     /// Our advertised control state changed: send it to the peer now.
     Advertise(Control),
-    /// A role change, for logs, status and hooks.
+    /// A role change, for logs, status and (when `hooks`) the notify hooks.
     Transition(Transition),
+    /// A provisional takeover is now a real failover: run the MASTER hooks,
+    /// promote the database, change the proxy.
+    TakeoverConfirmed { epoch: u64 },
+    /// A provisional takeover was handed back: the holder had only stalled.
+    FalseAlarm(FalseAlarm),
+    /// A peer message was refused; for the log (rate-limit there).
+    Refused(Refusal),
     /// Shutdown finished: the VIPs are released, the process may exit.
     Stopped,
 }
@@ -187,8 +218,42 @@ pub struct Transition {
     pub to: Role,
     pub epoch: u64,
     pub reason: String,
+    /// Whether the notify hooks run for it now. A provisional takeover runs
+    /// them at [`Output::TakeoverConfirmed`]; leaving it (a false alarm)
+    /// runs none.
+    pub hooks: bool,
     #[serde(skip)]
     pub at: Instant,
+}
+
+/// A takeover handed back inside the reclaim window, with its cause.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FalseAlarm {
+    pub at: Instant,
+    pub epoch: u64,
+    /// The holder's silence that made us take over (last probe -> takeover).
+    pub silence: Duration,
+    /// How long we held the VIPs.
+    pub held: Duration,
+    /// The holder's own report of its sender lateness when it spoke again.
+    pub peer_lateness: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The peer's epoch is more than [`MAX_EPOCH_JUMP`] ahead of every epoch seen.
+    ImplausibleEpoch { theirs: u64, known: u64 },
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::ImplausibleEpoch { theirs, known } => write!(
+                f,
+                "the peer's epoch {theirs} is implausibly far ahead of the newest known ({known}): epochs grow by one per takeover"
+            ),
+        }
+    }
 }
 
 /// Why a switchover request was refused.
@@ -204,6 +269,8 @@ pub enum SwitchoverError {
         "the peer is in {0}: nobody holds the VIPs to hand over (the election will settle it)"
     )]
     NoHolder(Role),
+    #[error("the peer was just heard again and has not said its state yet: retry in a moment")]
+    PeerUnknown,
     #[error("a shutdown is in progress")]
     ShuttingDown,
     #[error("the local database is down (unfit): this node must not take the VIPs")]
@@ -214,6 +281,22 @@ pub enum SwitchoverError {
 struct Peer {
     session: u64,
     control: Control,
+    lease: Duration,
+    lateness: Duration,
+    /// The peer was silent on every link since `control` came: what it
+    /// said is history until it speaks again (its first probe after an
+    /// outage may reach us after the kernel's "heard again").
+    stale: bool,
+}
+
+/// Our takeover from a holder that fell silent.
+#[derive(Clone, Copy, Debug)]
+struct SilentTakeover {
+    at: Instant,
+    /// The epoch of the holder we replaced.
+    replaced: u64,
+    /// Its silence when we took over.
+    silence: Duration,
 }
 
 pub struct Election {
@@ -222,27 +305,18 @@ pub struct Election {
     epoch: u64,
     links_up: Vec<bool>,
     witness_up: Vec<bool>,
+    carrier: Vec<bool>,
     peer: Option<Peer>,
-    /// A control message arrived: the peer counts as heard until then.
-    heard_until: Option<Instant>,
-    /// Time of the latest input or timeout.
-    now: Instant,
-    /// While set, we are not eligible (we yielded and wait for the peer).
-    yield_until: Option<Instant>,
+    /// When the kernel (or a control message) last had the peer's probe.
+    last_heard: Option<Instant>,
+    timers: TimerTable,
     /// Operator asked, on a backup, to become master.
     want_takeover: bool,
-    init_deadline: Option<Instant>,
-    fence_deadline: Option<Instant>,
-    preempt_deadline: Option<Instant>,
-    /// When the weaker backup may take VIPs nobody holds.
-    contest_deadline: Option<Instant>,
-    /// Our last takeover from a silent holder: when, and that holder's epoch.
-    silent_takeover: Option<(Instant, u64)>,
-    /// As holder, when we must yield to a replacement that did not hand back.
-    conflict_deadline: Option<Instant>,
+    /// Our last takeover from a silent holder, while it may be handed back
+    /// or is not yet confirmed.
+    silent_takeover: Option<SilentTakeover>,
     /// The preempt delay ran out: we ask the holder for the VIPs.
     preempt_ready: bool,
-    shutdown_deadline: Option<Instant>,
     stopped: bool,
     /// The local database is fit to serve (true when none is managed).
     db_fit: bool,
@@ -251,40 +325,46 @@ pub struct Election {
     advertised: Option<Control>,
     outputs: VecDeque<Output>,
     history: VecDeque<Transition>,
+    false_alarms: u64,
+}
+
+/// Margin on the old holder's lease: its clock and ours may run at slightly
+/// different rates (ppm), and the lease was anchored before its last probe left.
+fn lease_margin(lease: Duration) -> Duration {
+    Duration::from_millis(1) + lease / 1000
 }
 
 impl Election {
     pub fn new(cfg: ElectionConfig, now: Instant) -> Self {
         let links = cfg.links;
+        let mut timers = TimerTable::default();
+        timers.set(Timer::Init, now + cfg.init_timeout);
         let mut e = Election {
             role: Role::Init,
             epoch: 0,
             links_up: vec![false; links],
             witness_up: vec![false; links],
+            carrier: vec![true; links],
             peer: None,
-            heard_until: None,
-            now,
-            yield_until: None,
+            last_heard: None,
+            timers,
             want_takeover: false,
-            init_deadline: Some(now + cfg.init_timeout),
-            fence_deadline: None,
-            preempt_deadline: None,
-            contest_deadline: None,
             silent_takeover: None,
-            conflict_deadline: None,
             preempt_ready: false,
-            shutdown_deadline: None,
             stopped: false,
             db_fit: true,
             replica_ok: false,
             advertised: None,
             outputs: VecDeque::new(),
             history: VecDeque::new(),
+            false_alarms: 0,
             cfg,
         };
         // A starting node holds nothing, whatever a previous run left behind.
         e.outputs.push_back(Output::RemoveVips);
-        e.advertise();
+        let first = e.control(now);
+        e.advertised = Some(first);
+        e.outputs.push_back(Output::Advertise(first));
         e
     }
 
@@ -300,23 +380,47 @@ impl Election {
     pub fn witness_up(&self, link: usize) -> bool {
         self.witness_up.get(link).copied().unwrap_or(false)
     }
+    pub fn carrier(&self, link: usize) -> bool {
+        self.carrier.get(link).copied().unwrap_or(false)
+    }
     /// The peer is heard on at least one link.
     pub fn peer_alive(&self) -> bool {
         self.peer.is_some()
-            && (self.links_up.iter().any(|u| *u) || self.heard_until.is_some_and(|t| self.now < t))
+            && (self.links_up.iter().any(|u| *u) || self.timers.is_set(Timer::Heard))
     }
     /// Peer heard on some links but not all: an alarm, not a failover.
     pub fn degraded(&self) -> bool {
         self.peer_alive() && self.links_up.iter().any(|u| !*u)
     }
+    /// What the peer last said (for the status; may be from before a silence).
     pub fn peer_control(&self) -> Option<Control> {
         self.peer.as_ref().map(|p| p.control)
+    }
+    /// What the peer says now: heard, and speaking since its last silence.
+    pub fn peer_now(&self) -> Option<Control> {
+        self.peer
+            .as_ref()
+            .filter(|p| !p.stale && self.peer_alive())
+            .map(|p| p.control)
+    }
+    /// The peer's own report of its sender lateness (latest message).
+    pub fn peer_lateness(&self) -> Option<Duration> {
+        self.peer.as_ref().map(|p| p.lateness)
     }
     pub fn history(&self) -> impl Iterator<Item = &Transition> {
         self.history.iter()
     }
     pub fn fencing_at(&self) -> Option<Instant> {
-        self.fence_deadline
+        self.timers.get(Timer::Fence)
+    }
+    /// Takeovers handed back inside the reclaim window since start.
+    pub fn false_alarms(&self) -> u64 {
+        self.false_alarms
+    }
+    /// We hold the VIPs after a takeover from a silent holder that is not
+    /// confirmed yet: the database, the proxy and the hooks wait.
+    pub fn provisional(&self) -> bool {
+        self.role == Role::Master && self.timers.is_set(Timer::Settle)
     }
 
     /// What we advertise now.
@@ -329,11 +433,8 @@ impl Election {
             want_takeover: self.want_takeover || self.preempt_ready,
             witness_reach: self.witness_reach(),
             witness_count: self.cfg.witness_links.count_ones() as u8,
-            links_up: self
-                .links_up
-                .iter()
-                .enumerate()
-                .fold(0u8, |m, (i, u)| if *u { m | (1 << i) } else { m }),
+            links_up: bits(&self.links_up),
+            witness_links: bits(&self.witness_up) & self.cfg.witness_links,
             router_id: u32::from(self.cfg.router_id),
             replica_ok: self.replica_ok,
             fresh_takeover: self.role == Role::Master && self.fresh_takeover(now),
@@ -342,8 +443,7 @@ impl Election {
 
     /// Within the reclaim window of a takeover from a silent holder.
     fn fresh_takeover(&self, now: Instant) -> bool {
-        self.silent_takeover
-            .is_some_and(|(at, _)| now < at + self.cfg.reclaim_window)
+        self.silent_takeover.is_some() && self.timers.running(Timer::Reclaim, now)
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -351,51 +451,63 @@ impl Election {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [
-            self.init_deadline,
-            self.fence_deadline,
-            self.preempt_deadline,
-            self.contest_deadline,
-            self.conflict_deadline,
-            self.silent_takeover
-                .map(|(at, _)| at + self.cfg.reclaim_window),
-            self.shutdown_deadline,
-            self.yield_until,
-            // Only decides something while no link is up: no wake otherwise.
-            self.heard_until
-                .filter(|_| !self.links_up.iter().any(|u| *u)),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        // `Heard` only decides something while no link is up: no wake otherwise.
+        let links_up = self.links_up.iter().any(|u| *u);
+        self.timers.next(|t| !(t == Timer::Heard && links_up))
     }
 
     pub fn handle_input(&mut self, input: Input, now: Instant) {
         if self.stopped {
             return;
         }
-        self.now = now;
+        // Time has moved: what expired meanwhile counts before this input.
+        self.expire(now);
         match input {
-            Input::PeerLink { link, up } => {
+            Input::PeerLink {
+                link,
+                up,
+                last_heard,
+            } => {
                 if let Some(slot) = self.links_up.get_mut(link) {
                     *slot = up;
                 }
+                self.heard(last_heard);
             }
             Input::Witness { link, up } => {
                 if let Some(slot) = self.witness_up.get_mut(link) {
                     *slot = up;
                 }
             }
-            Input::PeerControl { session, control } => self.on_peer_control(session, control, now),
+            Input::Carrier { link, up } => {
+                if let Some(slot) = self.carrier.get_mut(link) {
+                    *slot = up;
+                }
+                if !up {
+                    // Nothing crosses a link without carrier: the kernel's
+                    // timers would say so only after their detection times.
+                    if let Some(slot) = self.links_up.get_mut(link) {
+                        *slot = false;
+                    }
+                    if let Some(slot) = self.witness_up.get_mut(link) {
+                        *slot = false;
+                    }
+                }
+            }
+            Input::PeerControl(m) => {
+                if !self.on_peer_control(m, now) {
+                    return;
+                }
+            }
             Input::VipConflict { .. } => {
                 if self.role == Role::Master {
                     self.outputs.push_back(Output::AnnounceVips);
                 }
             }
             Input::Shutdown => {
-                if self.shutdown_deadline.is_none() {
-                    self.shutdown_deadline = Some(now + self.cfg.shutdown_wait);
-                    self.yield_until = None;
+                if !self.timers.is_set(Timer::Shutdown) {
+                    self.timers
+                        .set(Timer::Shutdown, now + self.cfg.shutdown_wait);
+                    self.timers.stop(Timer::Yield);
                 }
             }
             Input::LocalDb { fit, replica_ok } => {
@@ -410,39 +522,63 @@ impl Election {
         if self.stopped {
             return;
         }
-        self.now = now;
-        if self.yield_until.is_some_and(|t| now >= t) {
-            self.yield_until = None;
-        }
-        if self.heard_until.is_some_and(|t| now >= t) {
-            self.heard_until = None;
-        }
-        if !self.fresh_takeover(now) {
-            self.silent_takeover = None;
-        }
+        self.expire(now);
         self.evaluate(now);
+    }
+
+    /// Dispatches every expired timer that is not decided by `evaluate`.
+    fn expire(&mut self, now: Instant) {
+        for t in Timer::ALL {
+            if !self.timers.expired(t, now) {
+                continue;
+            }
+            match t {
+                // Decided by `evaluate`, which reads them.
+                Timer::Init
+                | Timer::Fence
+                | Timer::Preempt
+                | Timer::Contest
+                | Timer::Conflict
+                | Timer::Shutdown => {}
+                Timer::Yield | Timer::Heard => self.timers.stop(t),
+                Timer::Reclaim => {
+                    self.timers.stop(t);
+                    if !self.timers.is_set(Timer::Settle) {
+                        self.silent_takeover = None;
+                    }
+                }
+                Timer::Settle => {
+                    self.timers.stop(t);
+                    self.silent_takeover = None;
+                    if self.role == Role::Master {
+                        self.outputs
+                            .push_back(Output::TakeoverConfirmed { epoch: self.epoch });
+                    }
+                }
+            }
+        }
     }
 
     /// Operator request: on the holder, hand the VIPs to the peer; on the
     /// backup, ask the holder for them.
     pub fn switchover(&mut self, now: Instant) -> Result<(), SwitchoverError> {
-        self.now = now;
-        if self.shutdown_deadline.is_some() {
+        if self.timers.is_set(Timer::Shutdown) {
             return Err(SwitchoverError::ShuttingDown);
         }
         if !self.peer_alive() {
             return Err(SwitchoverError::PeerDead);
         }
+        let Some(peer) = self.peer_now() else {
+            return Err(SwitchoverError::PeerUnknown);
+        };
         match self.role {
             Role::Master => {
-                let peer = self.peer_control().expect("peer_alive implies a control");
                 if !(peer.eligible && peer.reach_ok() && peer.role == Role::Backup) {
                     return Err(SwitchoverError::PeerNotCandidate(peer.role));
                 }
                 self.yield_to_peer("switchover requested by the operator", now);
             }
             Role::Backup => {
-                let peer = self.peer_control().expect("peer_alive implies a control");
                 if peer.role != Role::Master {
                     return Err(SwitchoverError::NoHolder(peer.role));
                 }
@@ -457,9 +593,27 @@ impl Election {
         Ok(())
     }
 
-    fn on_peer_control(&mut self, session: u64, control: Control, now: Instant) {
-        self.heard_until = Some(now + self.cfg.detect_time);
-        let new_session = self.peer.as_ref().is_none_or(|p| p.session != session);
+    fn heard(&mut self, at: Instant) {
+        if self.last_heard.is_none_or(|t| at > t) {
+            self.last_heard = Some(at);
+        }
+    }
+
+    /// Takes a peer message in; false if it was refused.
+    fn on_peer_control(&mut self, m: PeerMessage, now: Instant) -> bool {
+        let control = m.control;
+        let known = self.epoch.max(self.peer_control().map_or(0, |p| p.epoch));
+        if control.epoch > known.saturating_add(MAX_EPOCH_JUMP) {
+            self.outputs
+                .push_back(Output::Refused(Refusal::ImplausibleEpoch {
+                    theirs: control.epoch,
+                    known,
+                }));
+            return false;
+        }
+        self.timers.set(Timer::Heard, now + self.cfg.detect_time);
+        self.heard(now);
+        let new_session = self.peer.as_ref().is_none_or(|p| p.session != m.session);
         // A peer that held the VIPs beside us and just let go announced them
         // while it held them: point the clients back at us.
         let peer_let_go = !new_session
@@ -469,20 +623,23 @@ impl Election {
         if peer_let_go {
             self.outputs.push_back(Output::AnnounceVips);
         }
-        if new_session {
-            // A restarted peer: what it said before is void.
-            self.peer = Some(Peer { session, control });
-        } else if let Some(p) = self.peer.as_mut() {
-            p.control = control;
-        }
+        // A restarted peer: what it said before is void.
+        self.peer = Some(Peer {
+            session: m.session,
+            control,
+            lease: m.lease,
+            lateness: m.lateness,
+            stale: false,
+        });
         if self.role == Role::Master && control.role == Role::Master {
             // Our epoch is our claim: adopting theirs here would turn the
             // comparison into a priority tie-break on the next message.
             self.resolve_two_holders(&control, now);
         } else {
-            self.conflict_deadline = None;
+            self.timers.stop(Timer::Conflict);
             self.epoch = self.epoch.max(control.epoch);
         }
+        true
     }
 
     /// Two holders: the most recent takeover (higher epoch) wins, except
@@ -494,11 +651,20 @@ impl Election {
         let fresh = self.fresh_takeover(now)
             && self
                 .silent_takeover
-                .is_some_and(|(_, replaced)| replaced == control.epoch);
+                .is_some_and(|s| s.replaced == control.epoch);
         if theirs < mine && fresh {
-            self.silent_takeover = None;
+            if let Some(s) = self.silent_takeover.take() {
+                self.false_alarms = self.false_alarms.saturating_add(1);
+                self.outputs.push_back(Output::FalseAlarm(FalseAlarm {
+                    at: now,
+                    epoch: self.epoch,
+                    silence: s.silence,
+                    held: now.saturating_duration_since(s.at),
+                    peer_lateness: self.peer_lateness().unwrap_or_default(),
+                }));
+            }
             self.yield_to_peer(
-                "the holder we replaced was only briefly silent: handing the VIPs back",
+                "the holder we replaced was only briefly silent: handing the VIPs back (false alarm)",
                 now,
             );
             return;
@@ -509,15 +675,15 @@ impl Election {
             return;
         }
         // Our direct replacement, made moments ago, will hand back.
-        if control.epoch == self.epoch + 1 && control.fresh_takeover {
-            let deadline = *self
-                .conflict_deadline
-                .get_or_insert(now + self.cfg.reclaim_window);
+        if self.epoch.checked_add(1) == Some(control.epoch) && control.fresh_takeover {
+            let deadline = self
+                .timers
+                .get_or_set(Timer::Conflict, now + self.cfg.reclaim_window);
             if now < deadline {
                 return;
             }
         }
-        self.conflict_deadline = None;
+        self.timers.stop(Timer::Conflict);
         let ours = self.epoch;
         self.epoch = self.epoch.max(control.epoch);
         self.enter(
@@ -534,13 +700,7 @@ impl Election {
         self.stopped = true;
         self.outputs.push_back(Output::RemoveVips);
         self.outputs.push_back(Output::Stopped);
-        self.shutdown_deadline = None;
-        self.init_deadline = None;
-        self.fence_deadline = None;
-        self.preempt_deadline = None;
-        self.contest_deadline = None;
-        self.conflict_deadline = None;
-        self.yield_until = None;
+        self.timers = TimerTable::default();
     }
 
     /// May be handed the VIPs: available, and its database is fit.
@@ -550,15 +710,11 @@ impl Election {
 
     /// Neither shutting down nor yielding (database fitness aside).
     fn available(&self, now: Instant) -> bool {
-        self.shutdown_deadline.is_none() && self.yield_until.is_none_or(|t| now >= t)
+        !self.timers.is_set(Timer::Shutdown) && !self.timers.running(Timer::Yield, now)
     }
 
     fn witness_reach(&self) -> u8 {
-        self.witness_up
-            .iter()
-            .enumerate()
-            .filter(|(i, up)| **up && self.cfg.witness_links & (1 << i) != 0)
-            .count() as u8
+        (bits(&self.witness_up) & self.cfg.witness_links).count_ones() as u8
     }
 
     fn reach_ok(&self) -> bool {
@@ -575,6 +731,11 @@ impl Election {
     }
 
     fn evaluate(&mut self, now: Instant) {
+        if !self.peer_alive() {
+            if let Some(p) = self.peer.as_mut() {
+                p.stale = true;
+            }
+        }
         self.update_preempt_timer(now);
         match self.role {
             Role::Init => self.evaluate_init(now),
@@ -582,7 +743,7 @@ impl Election {
             Role::Master => self.evaluate_master(now),
             Role::Fault => self.evaluate_fault(now),
         }
-        if let Some(deadline) = self.shutdown_deadline {
+        if let Some(deadline) = self.timers.get(Timer::Shutdown) {
             if self.role == Role::Master {
                 // Still holding: evaluate_master found no peer to hand over to.
                 self.enter(
@@ -592,7 +753,7 @@ impl Election {
                 );
             }
             let handed_over =
-                !self.peer_alive() || self.peer_control().is_some_and(|p| p.role == Role::Master);
+                !self.peer_alive() || self.peer_now().is_some_and(|p| p.role == Role::Master);
             if handed_over || now >= deadline {
                 self.stop();
             }
@@ -603,11 +764,11 @@ impl Election {
     fn evaluate_init(&mut self, now: Instant) {
         // Leave early only for a peer that holds the VIPs: otherwise wait the
         // whole init timeout so witness states settle before an election.
-        if self.peer_alive() && self.peer_control().is_some_and(|p| p.role == Role::Master) {
-            self.init_deadline = None;
+        if self.peer_now().is_some_and(|p| p.role == Role::Master) {
+            self.timers.stop(Timer::Init);
             self.enter(Role::Backup, "the peer holds the VIPs".into(), now);
-        } else if self.init_deadline.is_some_and(|t| now >= t) {
-            self.init_deadline = None;
+        } else if self.timers.expired(Timer::Init, now) {
+            self.timers.stop(Timer::Init);
             if self.peer_alive() {
                 self.enter(
                     Role::Backup,
@@ -633,7 +794,7 @@ impl Election {
     }
 
     fn evaluate_backup(&mut self, now: Instant) {
-        if self.shutdown_deadline.is_some() {
+        if self.timers.is_set(Timer::Shutdown) {
             return;
         }
         if !self.peer_alive() {
@@ -656,7 +817,11 @@ impl Election {
             }
             return;
         }
-        let peer = self.peer_control().expect("peer_alive implies a control");
+        let Some(peer) = self.peer_now() else {
+            // Heard again after a silence: wait for what it says now.
+            self.timers.stop(Timer::Contest);
+            return;
+        };
         // Nobody holds the VIPs: the better eligible candidate takes them.
         let peer_candidate =
             peer.eligible && peer.reach_ok() && matches!(peer.role, Role::Backup | Role::Init);
@@ -667,7 +832,7 @@ impl Election {
             && self.reach_ok()
             && (!peer_candidate || (self.db_fit && self.beats(&peer)));
         if !contest {
-            self.contest_deadline = None;
+            self.timers.stop(Timer::Contest);
             return;
         }
         // The statically stronger node goes at once; the weaker one waits so
@@ -677,16 +842,14 @@ impl Election {
         let stronger =
             (self.cfg.priority, u32::from(self.cfg.router_id)) > (peer.priority, peer.router_id);
         if !stronger && (peer.eligible || !self.db_fit) {
-            match self.contest_deadline {
-                None => {
-                    self.contest_deadline = Some(now + self.cfg.contest_delay);
-                    return;
-                }
-                Some(t) if now < t => return,
-                Some(_) => {}
+            let deadline = self
+                .timers
+                .get_or_set(Timer::Contest, now + self.cfg.contest_delay);
+            if now < deadline {
+                return;
             }
         }
-        self.contest_deadline = None;
+        self.timers.stop(Timer::Contest);
         let reason = if !peer_candidate {
             "nobody holds the VIPs and the peer is not a candidate"
         } else {
@@ -696,22 +859,22 @@ impl Election {
     }
 
     fn evaluate_master(&mut self, now: Instant) {
-        if self.conflict_deadline.is_some_and(|t| now >= t) {
-            match self.peer_control() {
-                Some(c) if self.peer_alive() && c.role == Role::Master => {
-                    self.resolve_two_holders(&c, now)
-                }
-                _ => self.conflict_deadline = None,
+        if self.timers.expired(Timer::Conflict, now) {
+            match self.peer_now() {
+                Some(c) if c.role == Role::Master => self.resolve_two_holders(&c, now),
+                _ => self.timers.stop(Timer::Conflict),
             }
             if self.role != Role::Master {
                 return;
             }
         }
         if self.peer_alive() {
-            self.fence_deadline = None;
-            let peer = self.peer_control().expect("peer_alive implies a control");
+            self.timers.stop(Timer::Fence);
+            let Some(peer) = self.peer_now() else {
+                return; // heard again after a silence: wait for what it says
+            };
             let peer_candidate = peer.eligible && peer.reach_ok() && peer.role == Role::Backup;
-            if self.shutdown_deadline.is_some() && peer_candidate {
+            if self.timers.is_set(Timer::Shutdown) && peer_candidate {
                 self.yield_to_peer("shutting down: handing the VIPs to the peer", now);
             } else if peer_candidate && peer.witness_reach > self.witness_reach() {
                 let reason = format!(
@@ -731,21 +894,28 @@ impl Election {
             return;
         }
         if self.reach_ok() {
-            self.fence_deadline = None;
+            self.timers.stop(Timer::Fence);
             return;
         }
-        match self.fence_deadline {
-            None => self.fence_deadline = Some(now + self.cfg.fence_timeout),
-            Some(t) if now >= t => {
-                self.fence_deadline = None;
-                self.enter(
-                    Role::Fault,
-                    "isolated: neither the peer nor any witness answered for the fence timeout"
-                        .into(),
-                    now,
-                );
-            }
-            Some(_) => {}
+        if !self.carrier.iter().any(|c| *c) {
+            self.timers.stop(Timer::Fence);
+            self.enter(
+                Role::Fault,
+                "no carrier on any link: nobody can reach us, dropping the VIPs".into(),
+                now,
+            );
+            return;
+        }
+        let deadline = self
+            .timers
+            .get_or_set(Timer::Fence, now + self.cfg.fence_timeout);
+        if now >= deadline {
+            self.timers.stop(Timer::Fence);
+            self.enter(
+                Role::Fault,
+                "isolated: neither the peer nor any witness answered for the fence timeout".into(),
+                now,
+            );
         }
     }
 
@@ -756,7 +926,7 @@ impl Election {
         } else if self.reach_ok() {
             // Listen for the peer before deciding: if it took over while we
             // were cut off, its probes will arrive within the init timeout.
-            self.init_deadline = Some(now + self.cfg.init_timeout);
+            self.timers.set(Timer::Init, now + self.cfg.init_timeout);
             self.enter(
                 Role::Init,
                 "a witness answers again: listening for the peer".into(),
@@ -769,44 +939,61 @@ impl Election {
         let wants = self.role == Role::Backup
             && !self.cfg.nopreempt
             && self.eligible(now)
-            && self.peer_alive()
-            && self.peer_control().is_some_and(|p| {
+            && self.peer_now().is_some_and(|p| {
                 p.role == Role::Master
                     && self.cfg.priority > p.priority
                     && self.witness_reach() >= p.witness_reach
             });
         if !wants {
-            self.preempt_deadline = None;
+            self.timers.stop(Timer::Preempt);
             self.preempt_ready = false;
         } else if self.preempt_ready {
-        } else if let Some(t) = self.preempt_deadline {
-            if now >= t {
-                self.preempt_deadline = None;
-                self.preempt_ready = true;
-            }
-        } else if self.cfg.preempt_delay.is_zero() {
+        } else if self.timers.expired(Timer::Preempt, now) || self.cfg.preempt_delay.is_zero() {
+            self.timers.stop(Timer::Preempt);
             self.preempt_ready = true;
         } else {
-            self.preempt_deadline = Some(now + self.cfg.preempt_delay);
+            self.timers
+                .get_or_set(Timer::Preempt, now + self.cfg.preempt_delay);
         }
     }
 
     fn take_over(&mut self, reason: &str, now: Instant) {
-        let peer_epoch = self.peer_control().map_or(0, |p| p.epoch);
-        self.silent_takeover = match self.peer_control() {
-            Some(p) if !self.peer_alive() && p.role == Role::Master => Some((now, p.epoch)),
-            _ => None,
-        };
-        self.epoch = self.epoch.max(peer_epoch) + 1;
+        let peer = self.peer.clone();
+        let peer_epoch = peer.as_ref().map_or(0, |p| p.control.epoch);
+        // Bounded by MAX_EPOCH_JUMP on the way in: saturation is unreachable
+        // in practice and keeps "the most recent takeover wins" ordered.
+        self.epoch = self.epoch.max(peer_epoch).saturating_add(1);
+        let from_silent_holder = peer
+            .as_ref()
+            .is_some_and(|p| p.control.role == Role::Master)
+            && !self.peer_alive();
+        self.silent_takeover = None;
+        self.timers.stop(Timer::Reclaim);
+        self.timers.stop(Timer::Settle);
+        if from_silent_holder {
+            let lease = peer.map_or(Duration::ZERO, |p| p.lease);
+            let last_heard = self.last_heard.unwrap_or(now);
+            let reclaim_end = now + self.cfg.reclaim_window;
+            // The old holder's kernel serves the VIPs until at most its
+            // lease after its last probe left, which was before we heard it.
+            let lease_end = last_heard + lease + lease_margin(lease);
+            self.silent_takeover = Some(SilentTakeover {
+                at: now,
+                replaced: peer_epoch,
+                silence: now.saturating_duration_since(last_heard),
+            });
+            self.timers.set(Timer::Reclaim, reclaim_end);
+            self.timers.set(Timer::Settle, reclaim_end.max(lease_end));
+        }
         self.want_takeover = false;
-        self.preempt_deadline = None;
+        self.timers.stop(Timer::Preempt);
         self.preempt_ready = false;
-        self.contest_deadline = None;
+        self.timers.stop(Timer::Contest);
         self.enter(Role::Master, reason.to_string(), now);
     }
 
     fn yield_to_peer(&mut self, reason: &str, now: Instant) {
-        self.yield_until = Some(now + self.cfg.handover_hold);
+        self.timers.set(Timer::Yield, now + self.cfg.handover_hold);
         self.enter(Role::Backup, reason.to_string(), now);
     }
 
@@ -815,24 +1002,34 @@ impl Election {
         if from == to {
             return;
         }
+        // A provisional takeover runs the hooks when confirmed; leaving it
+        // before that (a false alarm) runs none.
+        let hooks = if to == Role::Master {
+            !self.timers.is_set(Timer::Settle)
+        } else {
+            !(from == Role::Master && self.timers.is_set(Timer::Settle))
+        };
         self.role = to;
         if from == Role::Master {
             self.outputs.push_back(Output::RemoveVips);
+            self.timers.stop(Timer::Settle);
+            self.timers.stop(Timer::Reclaim);
+            self.silent_takeover = None;
         }
         if to == Role::Master {
-            self.fence_deadline = None;
             self.outputs.push_back(Output::AddVips);
             self.outputs.push_back(Output::AnnounceVips);
         }
+        self.timers.stop(Timer::Fence);
         if to != Role::Master {
-            self.fence_deadline = None;
-            self.conflict_deadline = None;
+            self.timers.stop(Timer::Conflict);
         }
         let t = Transition {
             from,
             to,
             epoch: self.epoch,
             reason,
+            hooks,
             at: now,
         };
         if self.history.len() == HISTORY {
@@ -849,24 +1046,15 @@ impl Election {
             self.outputs.push_back(Output::Advertise(c));
         }
     }
+}
 
-    fn advertise(&mut self) {
-        let c = Control {
-            role: self.role,
-            priority: self.cfg.priority,
-            epoch: self.epoch,
-            eligible: true,
-            want_takeover: false,
-            witness_reach: 0,
-            witness_count: self.cfg.witness_links.count_ones() as u8,
-            links_up: 0,
-            router_id: u32::from(self.cfg.router_id),
-            replica_ok: false,
-            fresh_takeover: false,
-        };
-        self.advertised = Some(c);
-        self.outputs.push_back(Output::Advertise(c));
-    }
+/// Bit i set when `flags[i]`.
+fn bits(flags: &[bool]) -> u8 {
+    flags
+        .iter()
+        .take(8)
+        .enumerate()
+        .fold(0u8, |m, (i, on)| if *on { m | (1 << i) } else { m })
 }
 
 #[cfg(test)]

@@ -5,3 +5,4 @@
 pub mod database;
 pub mod election;
 pub mod proxy;
+pub mod session;

@@ -253,6 +253,7 @@ peer_address = "192.168.1.100:3306"
             witness_reach: 1,
             witness_count: 1,
             links_up: 3,
+            witness_links: 1,
             router_id: 1,
             replica_ok,
             fresh_takeover: false,

@@ -8,9 +8,11 @@
 //!
 //! ```ignore
 //! let mut live = Liveness::load(cfg.ebpf.object.as_deref())?;
+//! live.set_global(&Global { sip_k0, sip_k1, peer_id, lease_enforced: 1 })?;
 //! let kcfg = kernel_link_config(&cfg.links[0], cfg.node.port, 40);
 //! live.attach_link(0, &cfg.links[0].interface, &kcfg, XdpMode::Native)?;
-//! live.set_peer_token(0, token_from_verified_probe)?;
+//! live.set_peer_session(token_of_accepted_session, min_boot)?;
+//! let lease = live.lease_writer()?; // for the real-time senders
 //! loop { for ev in live.next_events().await? { /* EVENT_* */ } }
 //! ```
 //!
@@ -20,11 +22,12 @@
 use std::fmt;
 use std::io;
 use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use agent_ebpf::{Event, LinkConfig, LinkState, MAX_LINKS, MAX_VIPS};
-use aya::maps::{Array, HashMap, MapData, MapError, RingBuf};
+use agent_ebpf::{Event, Global, Lease, LinkConfig, LinkState, MAX_LINKS, MAX_VIPS};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, RingBuf};
 use aya::programs::{ProgramError, Xdp, XdpMode as AyaXdpMode};
 use aya::Ebpf;
 use tokio::io::unix::AsyncFd;
@@ -39,6 +42,8 @@ static EMBEDDED_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ha-agent.bpf.o"));
 
 const PROGRAM: &str = "ha_xdp";
+const MAP_GLOBAL: &str = "GLOBAL";
+const MAP_LEASE: &str = "LEASE";
 const MAP_LINK_CONFIG: &str = "LINK_CONFIG";
 const MAP_LINK_STATE: &str = "LINK_STATE";
 const MAP_VIPS: &str = "VIPS";
@@ -96,6 +101,8 @@ pub enum EbpfError {
     TooManyVips { count: usize },
     #[error("reading kernel events: {0}")]
     Events(#[source] io::Error),
+    #[error("cannot duplicate the lease map's descriptor for the probe senders: {0}")]
+    LeaseFd(#[source] io::Error),
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> EbpfError {
@@ -164,9 +171,18 @@ pub fn kernel_link_config(
         pass_every,
         detect_ns: link.detect_time().as_nanos() as u64,
         witness_detect_ns: link.witness_detect_time().as_nanos() as u64,
+        unknown_gap_ns: UNKNOWN_SESSION_GAP_NS,
+        // A timer later than one probe interval ran on a stalled CPU; two
+        // intervals let the probes queued behind the stall through.
+        stall_ns: link.interval().as_nanos() as u64,
+        grace_ns: 2 * link.interval().as_nanos() as u64,
         ..LinkConfig::default()
     }
 }
+
+/// Probes of a session not accepted yet go up at most once in this
+/// interval per link: a flood of replays costs userspace little.
+const UNKNOWN_SESSION_GAP_NS: u64 = 100_000;
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`, so
 /// comparable with `Event::ts_ns` and `LinkState::*_last_ns`.
@@ -189,6 +205,8 @@ struct Attached {
 pub struct Liveness {
     // Field order = drop order: detach links (held by `ebpf`) before the maps go.
     ebpf: Ebpf,
+    global: Array<MapData, Global>,
+    lease: MapData,
     link_config: Array<MapData, LinkConfig>,
     link_state: Array<MapData, LinkState>,
     vips: HashMap<MapData, u32, u32>,
@@ -236,6 +254,11 @@ impl Liveness {
             ebpf.take_map(name)
                 .ok_or_else(|| missing(&format!("map {name}")))
         };
+        let global = Array::try_from(take(MAP_GLOBAL)?).map_err(map_err(MAP_GLOBAL))?;
+        let lease = match take(MAP_LEASE)? {
+            Map::Array(data) => data,
+            _ => return Err(missing("array map LEASE")),
+        };
         let link_config =
             Array::try_from(take(MAP_LINK_CONFIG)?).map_err(map_err(MAP_LINK_CONFIG))?;
         let link_state = Array::try_from(take(MAP_LINK_STATE)?).map_err(map_err(MAP_LINK_STATE))?;
@@ -248,6 +271,8 @@ impl Liveness {
                 .map_err(|e| EbpfError::Events(e.into()))?;
         Ok(Self {
             ebpf,
+            global,
+            lease,
             link_config,
             link_state,
             vips,
@@ -344,18 +369,40 @@ impl Liveness {
         Ok(())
     }
 
-    /// Installs the peer's session token (the number whose big-endian bytes
-    /// are on the wire; 0 = unknown) after userspace verified a probe carrying it.
-    pub fn set_peer_token(&mut self, link: u32, token: u64) -> Result<(), EbpfError> {
-        let slot = Self::check_link(link)?;
-        let cfg = self.configs[slot]
-            .as_mut()
-            .ok_or(EbpfError::NotAttached { link })?;
-        cfg.peer_token = token_to_kernel(token);
-        let cfg = *cfg;
-        self.link_config
-            .set(link, cfg, 0)
-            .map_err(map_err(MAP_LINK_CONFIG))
+    /// Writes the global settings: the probe tag key, the peer's sender
+    /// id, whether the lease is enforced.
+    pub fn set_global(&mut self, g: &Global) -> Result<(), EbpfError> {
+        self.global.set(0, *g, 0).map_err(map_err(MAP_GLOBAL))
+    }
+
+    /// A writer of the lease for the real-time senders (its own descriptor).
+    pub fn lease_writer(&self) -> Result<LeaseWriter, EbpfError> {
+        let fd = self
+            .lease
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(EbpfError::LeaseFd)?;
+        Ok(LeaseWriter { fd })
+    }
+
+    /// Installs the accepted peer session on every attached link (the number
+    /// whose big-endian bytes are on the wire; 0 = none) and the oldest boot
+    /// of the peer that is not a replay.
+    pub fn set_peer_session(&mut self, token: u64, min_boot: u64) -> Result<(), EbpfError> {
+        for link in 0..MAX_LINKS {
+            let slot = link as usize;
+            let Some(cfg) = self.configs[slot].as_mut() else {
+                continue;
+            };
+            cfg.peer_token = token_to_kernel(token);
+            cfg.peer_min_boot = min_boot;
+            let cfg = *cfg;
+            self.link_config
+                .set(link, cfg, 0)
+                .map_err(map_err(MAP_LINK_CONFIG))?;
+        }
+        Ok(())
     }
 
     /// The kernel's counters and liveness for `link`.
@@ -414,6 +461,57 @@ impl Liveness {
             if !out.is_empty() {
                 return Ok(out);
             }
+        }
+    }
+}
+
+/// Renews the hung-agent lease from a real-time thread: one `bpf()`
+/// system call on a descriptor of its own, no lock, no allocation, never
+/// blocking.
+pub struct LeaseWriter {
+    fd: std::os::fd::OwnedFd,
+}
+
+/// `union bpf_attr` for BPF_MAP_UPDATE_ELEM (the kernel reads this prefix).
+#[repr(C)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+
+impl LeaseWriter {
+    /// The kernel serves our VIPs until `until_ns` (CLOCK_MONOTONIC).
+    pub fn renew(&self, until_ns: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let key: u32 = 0;
+        let value = Lease { until_ns };
+        let attr = MapElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            _pad: 0,
+            key: std::ptr::addr_of!(key) as u64,
+            value: std::ptr::addr_of!(value) as u64,
+            flags: 0, // BPF_ANY
+        };
+        // SAFETY: `attr` points to a valid key and value of the map's sizes
+        // for the duration of the call; the kernel reads only
+        // size_of::<MapElemAttr>() bytes of it.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_ELEM,
+                std::ptr::addr_of!(attr),
+                std::mem::size_of::<MapElemAttr>() as libc::c_uint,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
         }
     }
 }

@@ -3,6 +3,8 @@
 
 pub mod arp;
 pub mod atlas;
+pub mod boot;
+pub mod carrier;
 pub mod ebpf;
 pub mod hooks;
 pub mod mysql;

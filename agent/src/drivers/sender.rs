@@ -1,28 +1,61 @@
-//! The probe sender: a dedicated real-time thread that sends our signed
-//! control state to the peer on every link, and ARP requests to each link's
-//! witness, on time even when the machine is saturated.
+//! The probe senders: one real-time thread per CPU, all on one time grid,
+//! each sending the slot's probe on every link (the first copy counts, the
+//! kernel drops the rest), the witness ARP requests, and renewing the
+//! hung-agent lease.
 //!
-//! It is a plain thread, not a tokio task, so it can run under SCHED_FIFO:
-//! if CPU hogs starved it, the peer would see silence and take over although
-//! nothing died. The async side only hands it new probe bytes.
+//! Why several: on a VM one vCPU can stall for tens of milliseconds (a
+//! SCHED_FIFO thread with locked memory at a 4 ms period was up to 37 ms
+//! late here), but two vCPUs rarely stall together (the earlier of two
+//! threads pinned one per CPU was never more than 0.73 ms late in 15,000
+//! cycles). A single sender would make the peer see a false death.
+//!
+//! Thread `j` wakes `j x stagger` after each slot starts and sends only
+//! what no sibling sent yet (per-link atomics), so normally one copy of
+//! each probe leaves; a sibling's stall costs one stagger, not the slot.
+//!
+//! Nothing here blocks, locks, allocates or logs once running: the probe
+//! bytes come from a seqlock of atomics written by the decision loop, the
+//! counters are atomics the async side reads and reports.
+//!
+//! The lease: before sending a slot's probes a thread reads the clock
+//! (`anchor`); after at least one probe left it sets the kernel's lease to
+//! `anchor + lease`. Every lease deadline is thus anchored before a probe
+//! the peer could hear: the peer, counting the lease from the last probe it
+//! heard, knows when our kernel stops serving the VIPs if we hang. The
+//! threads renew (and send) only while the decision loop is alive: a
+//! deadlocked agent falls silent, its peer takes over, its lease lapses.
 
 use std::net::{Ipv4Addr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use agent_ebpf::SEQ_SHIFT;
 
 use crate::drivers::arp::ArpSocket;
-use crate::protocol::{set_seq, PROBE_LEN};
+use crate::drivers::ebpf::{monotonic_now_ns, LeaseWriter};
+use crate::protocol::{lateness_units, Signer, Template, PROBE_LEN};
 
-/// What the sender needs for one link.
+/// Sender threads at most (one per CPU).
+pub const MAX_SENDERS: usize = 4;
+/// The decision loop is considered hung when it has not marked itself alive
+/// for this long: the senders then stop sending and renewing the lease.
+pub const LOOP_STALE: Duration = Duration::from_millis(100);
+/// Upper bounds (us) of the lateness histogram's buckets; one more bucket
+/// holds everything later.
+pub const LATENESS_BUCKETS_US: [u64; 20] = [
+    25, 50, 100, 150, 200, 300, 500, 750, 1_000, 1_500, 2_000, 3_000, 4_000, 6_000, 8_000, 12_000,
+    16_000, 24_000, 32_000, 64_000,
+];
+
+/// What the senders need for one link.
 pub struct SenderLink {
-    pub name: String,
-    /// Connected to the peer's probe address.
-    pub socket: UdpSocket,
-    pub interval: Duration,
+    /// One per sender thread (see [`thread_count`]), each connected to the
+    /// peer's probe address from its own port, non-blocking: each thread's
+    /// probes are a flow of their own, which NICs with several queues
+    /// spread over CPUs on the receiving side too.
+    pub sockets: Vec<UdpSocket>,
     pub witness: Option<Witness>,
 }
 
@@ -33,55 +66,284 @@ pub struct Witness {
     pub interval: Duration,
 }
 
-/// State shared with the async side. The real-time thread never blocks on
-/// the lock (it would inherit the scheduling of a preempted normal thread:
-/// priority inversion): it only `try_lock`s, keeps its own copy, and is woken
-/// by `unpark` after `generation` changes.
-struct Shared {
-    /// One signed probe per link (index = link), replaced on every control change.
-    probes: Mutex<Vec<[u8; PROBE_LEN]>>,
-    generation: AtomicU64,
-    stop: AtomicBool,
+#[derive(Clone, Copy, Debug)]
+pub struct SenderConfig {
+    pub interval: Duration,
+    /// SCHED_FIFO priority (1..=99), 0 = normal scheduling.
+    pub rt_priority: u8,
+    /// Threads wanted; 0 = one per CPU the process may run on.
+    pub threads: usize,
+    /// How long our kernel serves the VIPs after the last renewal.
+    pub lease: Duration,
 }
 
-pub struct Sender {
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+/// One probe template per link behind a seqlock of atomics: one writer (the
+/// decision loop), readers that never wait (a torn read is retried, and
+/// after a few tries the previous copy is sent: it is still signed, only
+/// older by a moment).
+struct TemplateCell {
+    version: AtomicU64,
+    words: [AtomicU64; WORDS],
 }
 
-impl Sender {
-    /// Starts the thread. `probes` are the first probes (one per link).
-    pub fn spawn(
-        links: Vec<SenderLink>,
-        probes: Vec<[u8; PROBE_LEN]>,
-        rt_priority: u8,
-    ) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared {
-            probes: Mutex::new(probes),
-            generation: AtomicU64::new(1),
-            stop: AtomicBool::new(false),
-        });
-        let for_thread = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("ha-probe-sender".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                set_realtime(rt_priority);
-                run(links, &for_thread);
-            })?;
-        Ok(Sender {
-            shared,
-            thread: Some(thread),
-        })
+const WORDS: usize = PROBE_LEN.div_ceil(8);
+
+impl TemplateCell {
+    fn new(t: &Template) -> Self {
+        let cell = TemplateCell {
+            version: AtomicU64::new(0),
+            words: std::array::from_fn(|_| AtomicU64::new(0)),
+        };
+        cell.store(t);
+        cell
     }
 
-    /// New control state: the thread sends it on every link at once.
-    pub fn publish(&self, probes: Vec<[u8; PROBE_LEN]>) {
-        *self.shared.probes.lock().unwrap_or_else(|e| e.into_inner()) = probes;
+    fn store(&self, t: &Template) {
+        let v = self.version.load(Ordering::Relaxed);
+        self.version.store(v.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        for (i, w) in self.words.iter().enumerate() {
+            let mut b = [0u8; 8];
+            let from = i * 8;
+            let to = (from + 8).min(PROBE_LEN);
+            b[..to - from].copy_from_slice(&t.0[from..to]);
+            w.store(u64::from_ne_bytes(b), Ordering::Relaxed);
+        }
+        self.version.store(v.wrapping_add(2), Ordering::Release);
+    }
+
+    /// A consistent copy, or None after a few torn reads.
+    fn load(&self) -> Option<Template> {
+        for _ in 0..4 {
+            let v1 = self.version.load(Ordering::Acquire);
+            if v1 % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let mut t = [0u8; PROBE_LEN];
+            for (i, w) in self.words.iter().enumerate() {
+                let b = w.load(Ordering::Relaxed).to_ne_bytes();
+                let from = i * 8;
+                let to = (from + 8).min(PROBE_LEN);
+                t[from..to].copy_from_slice(&b[..to - from]);
+            }
+            fence(Ordering::Acquire);
+            if self.version.load(Ordering::Relaxed) == v1 {
+                return Some(Template(t));
+            }
+        }
+        None
+    }
+}
+
+/// Counters of the senders (read by the async side for status and metrics).
+#[derive(Default)]
+pub struct SenderStats {
+    /// Slots whose first probe left (link 0's grid).
+    pub slots: AtomicU64,
+    /// Slots no thread sent (every sender was later than the next slot).
+    pub missed: AtomicU64,
+    /// Per-slot lateness of the best sender, by [`LATENESS_BUCKETS_US`].
+    pub histogram: [AtomicU64; LATENESS_BUCKETS_US.len() + 1],
+    pub max_late_us: AtomicU64,
+    /// Worst lateness of the current and the previous second (us): what
+    /// our probes report to the peer.
+    window_late_us: AtomicU64,
+    previous_window_late_us: AtomicU64,
+    /// Probes that failed to leave, per link, and the last errno.
+    pub send_errors: [AtomicU64; agent_ebpf::MAX_LINKS as usize],
+    pub last_errno: [AtomicI32; agent_ebpf::MAX_LINKS as usize],
+    pub witness_errors: AtomicU64,
+    pub lease_errors: AtomicU64,
+    /// Wakes at which the decision loop was stale: nothing sent, no lease.
+    pub loop_stale: AtomicU64,
+    /// Threads that run under SCHED_FIFO / pinned to their CPU.
+    pub realtime_threads: AtomicU64,
+    pub pinned_threads: AtomicU64,
+    pub threads: AtomicU64,
+}
+
+impl SenderStats {
+    fn record_late(&self, late: Duration) {
+        let us = u64::try_from(late.as_micros()).unwrap_or(u64::MAX);
+        let i = LATENESS_BUCKETS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(LATENESS_BUCKETS_US.len());
+        self.histogram[i].fetch_add(1, Ordering::Relaxed);
+        self.max_late_us.fetch_max(us, Ordering::Relaxed);
+        self.window_late_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// Worst lateness of about the last second.
+    pub fn recent_late(&self) -> Duration {
+        Duration::from_micros(
+            self.window_late_us
+                .load(Ordering::Relaxed)
+                .max(self.previous_window_late_us.load(Ordering::Relaxed)),
+        )
+    }
+
+    fn roll_window(&self) {
+        let w = self.window_late_us.swap(0, Ordering::Relaxed);
+        self.previous_window_late_us.store(w, Ordering::Relaxed);
+    }
+
+    /// The lateness below which `q` (0..=1) of the slots were sent: the
+    /// upper bound of the histogram bucket it falls in (None: no slot yet,
+    /// or beyond the last bound).
+    pub fn quantile_us(&self, q: f64) -> Option<u64> {
+        let counts: Vec<u64> = self
+            .histogram
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return LATENESS_BUCKETS_US.get(i).copied();
+            }
+        }
+        None
+    }
+}
+
+/// State shared by the threads and the async side.
+struct Shared {
+    signer: Signer,
+    templates: Vec<TemplateCell>,
+    /// Bumped by every publish.
+    generation: AtomicU64,
+    stop: AtomicBool,
+    /// CLOCK_MONOTONIC ns at which the decision loop last said it is alive.
+    loop_alive_ns: AtomicU64,
+    /// Per link: highest seq sent, and the generation it carried.
+    sent_seq: Vec<AtomicU64>,
+    sent_gen: Vec<AtomicU64>,
+    /// Per link: witness slot + 1 last sent (0 = none).
+    witness_sent: Vec<AtomicU64>,
+    lease: Option<LeaseWriter>,
+    lease_ns: u64,
+    stats: Arc<SenderStats>,
+    /// The common start of every grid.
+    start: Instant,
+    interval: Duration,
+}
+
+pub struct Senders {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// The CPUs this process may run on (at most [`MAX_SENDERS`]).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer and size for the calling thread (pid 0).
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return vec![0];
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `set` was filled by the kernel; index within CPU_SETSIZE.
+        .filter(|c| unsafe { libc::CPU_ISSET(*c, &set) })
+        .take(MAX_SENDERS)
+        .collect()
+}
+
+/// How many sender threads `threads` (0 = one per CPU) gives here.
+pub fn thread_count(threads: usize) -> usize {
+    match threads {
+        0 => allowed_cpus().len(),
+        k => k.min(MAX_SENDERS),
+    }
+    .max(1)
+}
+
+impl Senders {
+    /// Starts the threads. `templates` are the first probes (one per link).
+    pub fn spawn(
+        cfg: SenderConfig,
+        signer: Signer,
+        links: Vec<SenderLink>,
+        templates: &[Template],
+        lease: Option<LeaseWriter>,
+        stats: Arc<SenderStats>,
+    ) -> std::io::Result<Self> {
+        let n = links.len();
+        let shared = Arc::new(Shared {
+            signer,
+            templates: templates.iter().map(TemplateCell::new).collect(),
+            generation: AtomicU64::new(1),
+            stop: AtomicBool::new(false),
+            loop_alive_ns: AtomicU64::new(monotonic_now_ns()),
+            sent_seq: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            sent_gen: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            witness_sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            lease,
+            lease_ns: u64::try_from(cfg.lease.as_nanos()).unwrap_or(u64::MAX),
+            stats,
+            start: Instant::now(),
+            interval: cfg.interval.max(Duration::from_micros(100)),
+        });
+        let cpus = allowed_cpus();
+        let count = thread_count(cfg.threads);
+        // A sibling's copy follows the first thread's by this much: enough
+        // to see the first one's send, small against the interval.
+        let stagger = (shared.interval / 8).min(Duration::from_micros(200));
+        let links = Arc::new(links);
+        let mut threads = Vec::with_capacity(count);
+        for j in 0..count {
+            let cpu = cpus.get(j % cpus.len().max(1)).copied();
+            let for_thread = shared.clone();
+            let links = links.clone();
+            let offset = stagger * j as u32;
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("ha-probe-{j}"))
+                    .stack_size(256 * 1024)
+                    .spawn(move || {
+                        prepare_thread(cpu, cfg.rt_priority, &for_thread.stats);
+                        run(&links, &for_thread, j, offset);
+                    })?,
+            );
+        }
+        shared.stats.threads.store(count as u64, Ordering::Relaxed);
+        Ok(Senders { shared, threads })
+    }
+
+    /// New probe templates (one per link): sent at once, then every slot.
+    pub fn publish(&self, templates: &[Template]) {
+        for (cell, t) in self.shared.templates.iter().zip(templates) {
+            cell.store(t);
+        }
         self.shared.generation.fetch_add(1, Ordering::Release);
-        if let Some(t) = &self.thread {
+        for t in &self.threads {
             t.thread().unpark();
         }
+    }
+
+    /// The decision loop is alive and has taken in what it was given.
+    pub fn loop_alive(&self) {
+        self.shared
+            .loop_alive_ns
+            .store(monotonic_now_ns(), Ordering::Release);
+    }
+
+    /// A handle the decision loop can mark itself alive with.
+    pub fn heartbeat(&self) -> Heartbeat {
+        Heartbeat(self.shared.clone())
+    }
+
+    pub fn stats(&self) -> &Arc<SenderStats> {
+        &self.shared.stats
     }
 
     pub fn stop(mut self) {
@@ -90,158 +352,219 @@ impl Sender {
 
     fn shutdown(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             t.thread().unpark();
             let _ = t.join();
         }
     }
 }
 
-impl Drop for Sender {
+impl Drop for Senders {
     fn drop(&mut self) {
         self.shutdown();
     }
 }
 
-fn set_realtime(priority: u8) {
-    if priority == 0 {
-        return;
+/// Marks the decision loop alive (see [`LOOP_STALE`]).
+#[derive(Clone)]
+pub struct Heartbeat(Arc<Shared>);
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        self.0
+            .loop_alive_ns
+            .store(monotonic_now_ns(), Ordering::Release);
     }
+}
+
+/// Pins the calling thread to `cpu` and makes it SCHED_FIFO; failures are
+/// counted (the daemon reports them), never fatal.
+fn prepare_thread(cpu: Option<usize>, priority: u8, stats: &SenderStats) {
+    if let Some(cpu) = cpu {
+        // SAFETY: cpu_set_t is plain data; CPU_SET within CPU_SETSIZE.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `cpu` < CPU_SETSIZE (it came from sched_getaffinity).
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        // SAFETY: valid set for the calling thread (pid 0).
+        if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } == 0
+        {
+            stats.pinned_threads.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    if priority > 0 && set_realtime(priority).is_ok() {
+        stats.realtime_threads.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs the calling thread under SCHED_FIFO at `priority` (1..=99).
+pub fn set_realtime(priority: u8) -> std::io::Result<()> {
     let param = libc::sched_param {
         sched_priority: i32::from(priority),
     };
     // SAFETY: plain syscall on the calling thread (pid 0) with a valid param.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
-    if rc == 0 {
-        info!(priority, "probe sender runs under SCHED_FIFO");
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
+        Ok(())
     } else {
-        warn!(
-            error = %std::io::Error::last_os_error(),
-            "cannot run the probe sender under SCHED_FIFO (needs CAP_SYS_NICE): \
-             CPU starvation could delay probes and cause a false failover"
-        );
+        Err(std::io::Error::last_os_error())
     }
 }
 
-fn run(links: Vec<SenderLink>, shared: &Shared) {
-    let start = Instant::now();
-    let mut next_probe: Vec<Instant> = links.iter().map(|_| start).collect();
-    let mut next_witness: Vec<Option<Instant>> = links
-        .iter()
-        .map(|l| l.witness.as_ref().map(|_| start))
-        .collect();
-    let mut seq: Vec<u32> = vec![0; links.len()];
-    let mut send_errors: Vec<u64> = vec![0; links.len()];
-    let mut probes: Vec<[u8; PROBE_LEN]> = Vec::new();
-    let mut seen_generation = 0;
-    let shortest = links
-        .iter()
-        .map(|l| l.interval)
-        .min()
-        .unwrap_or(Duration::from_millis(5));
+/// The start of slot `k`.
+fn slot_time(shared: &Shared, k: u64) -> Instant {
+    shared.start
+        + shared
+            .interval
+            .saturating_mul(u32::try_from(k).unwrap_or(u32::MAX))
+}
+
+fn current_slot(shared: &Shared, now: Instant) -> u64 {
+    let since = now.saturating_duration_since(shared.start).as_nanos();
+    u64::try_from(since / shared.interval.as_nanos().max(1)).unwrap_or(u64::MAX)
+}
+
+fn run(links: &[SenderLink], shared: &Shared, thread: usize, offset: Duration) {
+    let n = links.len();
+    // This thread's copy of the probes: sent when a torn read gives up.
+    let mut local: [Option<Template>; agent_ebpf::MAX_LINKS as usize] = [None; 4];
+    let mut seen_gen = 0u64;
+    let slots_per_second =
+        (Duration::from_secs(1).as_nanos() / shared.interval.as_nanos().max(1)).max(1) as u64;
     while !shared.stop.load(Ordering::Acquire) {
         let now = Instant::now();
-        // Lateness of the earliest due probe: the thread did not get the CPU,
-        // or a send blocked. The peer sees this as silence.
-        if let Some(first) = next_probe.iter().min() {
-            let late = now.saturating_duration_since(*first);
-            if late > shortest {
-                warn!(late_us = late.as_micros() as u64, "probe sender ran late");
-            }
-        }
-        let generation = shared.generation.load(Ordering::Acquire);
-        let mut changed = false;
-        if generation != seen_generation {
-            // Never wait for the lock: if the async side holds it right now,
-            // send what we have and pick the new probes up on the next pass.
-            if let Ok(p) = shared.probes.try_lock() {
-                probes.clone_from(&p);
-                seen_generation = generation;
-                changed = true;
-            }
-        }
-        let send_start = Instant::now();
-        for (i, at) in next_probe.iter_mut().enumerate() {
-            let Some(next) = probe_schedule(*at, links[i].interval, now, changed) else {
-                continue;
-            };
-            *at = next;
-            let Some(mut probe) = probes.get(i).copied() else {
-                continue;
-            };
-            seq[i] = seq[i].wrapping_add(1);
-            set_seq(&mut probe, seq[i]);
-            if let Err(e) = send(&links[i].socket, &probe) {
-                send_errors[i] += 1;
-                // Rate-limit: a dead route would otherwise log 250 lines/s.
-                if send_errors[i].is_power_of_two() {
-                    warn!(link = %links[i].name, error = %e, count = send_errors[i], "probe send failed");
-                }
-            }
-        }
-        let send_took = send_start.elapsed();
-        if send_took > Duration::from_millis(2) {
-            warn!(
-                took_us = send_took.as_micros() as u64,
-                "sending probes blocked"
-            );
-        }
-        for (i, next) in next_witness.iter_mut().enumerate() {
-            if let (Some(at), Some(w)) = (next.as_mut(), links[i].witness.as_ref()) {
-                if now >= *at {
-                    if let Err(e) = w.arp.send_request(w.local_ip, w.target) {
-                        warn!(link = %links[i].name, witness = %w.target, error = %e, "witness ARP request failed");
+        let anchor_ns = monotonic_now_ns();
+        let slot = current_slot(shared, now);
+        let alive = anchor_ns.saturating_sub(shared.loop_alive_ns.load(Ordering::Acquire))
+            < LOOP_STALE.as_nanos() as u64;
+        if !alive {
+            // The decision loop hangs: fall silent so the peer takes over,
+            // and let the lease lapse so our kernel stops serving the VIPs.
+            shared.stats.loop_stale.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let generation = shared.generation.load(Ordering::Acquire);
+            if generation != seen_gen {
+                for (i, cell) in shared.templates.iter().enumerate().take(n) {
+                    if let Some(t) = cell.load() {
+                        local[i] = Some(t);
                     }
-                    *at = next_slot(*at, w.interval, now);
+                }
+                seen_gen = generation;
+            }
+            let late = now.saturating_duration_since(slot_time(shared, slot));
+            let report = lateness_units(shared.stats.recent_late().max(late));
+            let mut sent_any = false;
+            for (i, link) in links.iter().enumerate() {
+                let Some(t) = local[i].as_ref() else {
+                    continue;
+                };
+                let regular = slot << SEQ_SHIFT;
+                let last = shared.sent_seq[i].load(Ordering::Acquire);
+                let changed = shared.sent_gen[i].load(Ordering::Acquire) < seen_gen;
+                let seq = if last < regular {
+                    regular
+                } else if changed && (last + 1) >> SEQ_SHIFT == slot {
+                    // The control state changed within the slot: send it now.
+                    last + 1
+                } else {
+                    continue;
+                };
+                if i == 0 && seq == regular {
+                    record_slot(shared, slot, last, now);
+                    if slot.is_multiple_of(slots_per_second) {
+                        shared.stats.roll_window();
+                    }
+                }
+                let probe = shared.signer.finish(t, seq, report);
+                let Some(socket) = link.sockets.get(thread % link.sockets.len().max(1)) else {
+                    continue;
+                };
+                match send(socket, &probe) {
+                    Ok(()) => {
+                        sent_any = true;
+                        shared.sent_seq[i].fetch_max(seq, Ordering::AcqRel);
+                        shared.sent_gen[i].fetch_max(seen_gen, Ordering::AcqRel);
+                    }
+                    Err(e) => {
+                        if let Some(c) = shared.stats.send_errors.get(i) {
+                            c.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if let Some(c) = shared.stats.last_errno.get(i) {
+                            c.store(e.raw_os_error().unwrap_or(0), Ordering::Relaxed);
+                        }
+                    }
                 }
             }
+            if sent_any {
+                if let Some(lease) = &shared.lease {
+                    if lease
+                        .renew(anchor_ns.saturating_add(shared.lease_ns))
+                        .is_err()
+                    {
+                        shared.stats.lease_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            send_witness_requests(links, shared, now);
         }
-        let mut wake = next_probe
-            .iter()
-            .chain(next_witness.iter().flatten())
-            .min()
-            .copied()
-            .unwrap_or(now + Duration::from_secs(1));
-        if shared.generation.load(Ordering::Acquire) != seen_generation {
-            // New probes we could not take yet: look again very soon.
-            wake = wake.min(Instant::now() + Duration::from_micros(200));
+        // Sleep until this thread's next turn: the next slot plus its offset.
+        let mut wake = slot_time(shared, slot.saturating_add(1)) + offset;
+        if let Some(w) = next_witness(links, shared, now) {
+            wake = wake.min(w + offset);
         }
         let now = Instant::now();
         if wake > now {
-            // unpark() from publish/shutdown ends this early.
+            // publish() and shutdown() end this early.
             std::thread::park_timeout(wake - now);
         }
     }
 }
 
-/// The first slot of the grid `at + k * interval` after `now`. Every grid
-/// starts at the same instant, so after a stall the probes and the witness
-/// ARP stay on common slots: one wake serves them all.
-fn next_slot(at: Instant, interval: Duration, now: Instant) -> Instant {
-    let next = at + interval;
-    if next > now || interval.is_zero() {
-        return next;
+/// Records the lateness of slot `slot` (and of the slots before it that no
+/// thread sent: they are as late as this send, seen from the peer).
+fn record_slot(shared: &Shared, slot: u64, last_seq: u64, now: Instant) {
+    let stats = &shared.stats;
+    let sent_before = last_seq >> SEQ_SHIFT;
+    if last_seq != 0 && slot > sent_before + 1 {
+        let missed = slot - sent_before - 1;
+        stats.missed.fetch_add(missed, Ordering::Relaxed);
+        // Bounded: after a very long stall the oldest are all "very late".
+        for k in (sent_before + 1..slot).rev().take(64) {
+            stats.record_late(now.saturating_duration_since(slot_time(shared, k)));
+        }
     }
-    let behind = now.duration_since(at).as_nanos();
-    let step = interval.as_nanos();
-    let slots = u32::try_from(behind / step + 1).unwrap_or(u32::MAX);
-    at + interval.saturating_mul(slots)
+    stats.slots.fetch_add(1, Ordering::Relaxed);
+    stats.record_late(now.saturating_duration_since(slot_time(shared, slot)));
 }
 
-/// Whether a link's probe goes out now and when its next one is due:
-/// `None` if it is not due and nothing changed. A probe sent early because
-/// the control state changed does not move the cadence: pushing the next
-/// slot back on each change would leave the peer a silence of one interval
-/// per change after a burst of them (a false death at start-up, where a
-/// few changes come within milliseconds).
-fn probe_schedule(at: Instant, interval: Duration, now: Instant, changed: bool) -> Option<Instant> {
-    if now >= at {
-        Some(next_slot(at, interval, now))
-    } else if changed {
-        Some(at)
-    } else {
-        None
+fn send_witness_requests(links: &[SenderLink], shared: &Shared, now: Instant) {
+    for (i, link) in links.iter().enumerate() {
+        let Some(w) = link.witness.as_ref() else {
+            continue;
+        };
+        let since = now.saturating_duration_since(shared.start).as_nanos();
+        let k = u64::try_from(since / w.interval.as_nanos().max(1)).unwrap_or(u64::MAX);
+        if shared.witness_sent[i].load(Ordering::Acquire) > k {
+            continue;
+        }
+        if w.arp.send_request(w.local_ip, w.target).is_err() {
+            shared.stats.witness_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        shared.witness_sent[i].fetch_max(k + 1, Ordering::AcqRel);
     }
+}
+
+/// The next witness slot of any link after `now`.
+fn next_witness(links: &[SenderLink], shared: &Shared, now: Instant) -> Option<Instant> {
+    links
+        .iter()
+        .filter_map(|l| l.witness.as_ref())
+        .map(|w| {
+            let since = now.saturating_duration_since(shared.start).as_nanos();
+            let k = u64::try_from(since / w.interval.as_nanos().max(1)).unwrap_or(u64::MAX);
+            shared.start
+                + w.interval
+                    .saturating_mul(u32::try_from(k + 1).unwrap_or(u32::MAX))
+        })
+        .min()
 }
 
 /// Sends on a connected socket. An ICMP port-unreachable from the peer (its
@@ -259,37 +582,92 @@ fn send(socket: &UdpSocket, probe: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decisions::election::{Control, Role};
+    use crate::protocol::{decode, Key, Origin};
 
-    #[test]
-    fn a_burst_of_changes_does_not_delay_the_next_regular_probe() {
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let mut at = t0 + ms(4);
-        // Four control changes within the interval: each sent at once...
-        for k in 0..4 {
-            let now = t0 + Duration::from_micros(500 * k + 100);
-            at = probe_schedule(at, ms(4), now, true).expect("a change is sent at once");
-        }
-        // ...and the regular probe is still due on its slot.
-        assert_eq!(at, t0 + ms(4));
-        assert_eq!(probe_schedule(at, ms(4), t0 + ms(3), false), None);
-        assert_eq!(
-            probe_schedule(at, ms(4), t0 + ms(4), false),
-            Some(t0 + ms(8))
-        );
+    fn template(ctl_gen: u32) -> Template {
+        let c = Control {
+            role: Role::Backup,
+            priority: 100,
+            epoch: 3,
+            eligible: true,
+            want_takeover: false,
+            witness_reach: 0,
+            witness_count: 0,
+            links_up: 0,
+            witness_links: 0,
+            router_id: 1,
+            replica_ok: false,
+            fresh_takeover: false,
+        };
+        let o = Origin {
+            sender: Ipv4Addr::new(198, 51, 100, 11),
+            token: 7,
+            boot: 1,
+            node: "n".into(),
+            lease_ms: 24,
+        };
+        Template::new(&o, 0, ctl_gen, 0, &c)
     }
 
     #[test]
-    fn next_slot_keeps_the_grid_after_a_stall() {
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        // On time: the next slot.
-        assert_eq!(next_slot(t0, ms(4), t0 + ms(1)), t0 + ms(4));
-        // 9 ms late: slots 4 and 8 are gone, 12 is next (not now + 4).
-        assert_eq!(next_slot(t0, ms(4), t0 + ms(9)), t0 + ms(12));
-        // Exactly on a slot boundary: that slot is due now, so the next one.
-        assert_eq!(next_slot(t0, ms(4), t0 + ms(8)), t0 + ms(12));
-        // A witness grid of 20 ms from the same start meets the probe grid.
-        assert_eq!(next_slot(t0, ms(20), t0 + ms(33)), t0 + ms(40));
+    fn the_seqlock_hands_over_whole_templates() {
+        let cell = Arc::new(TemplateCell::new(&template(1)));
+        let writer = {
+            let cell = cell.clone();
+            std::thread::spawn(move || {
+                for g in 2..20_000u32 {
+                    cell.store(&template(g));
+                }
+            })
+        };
+        let signer = Signer::new(&Key::from_bytes(b"0123456789abcdef"));
+        let mut reads = 0;
+        while !writer.is_finished() || reads == 0 {
+            if let Some(t) = cell.load() {
+                // A torn template would not be one of the written ones.
+                let p = signer.finish(&t, 1, 0);
+                let d = decode(&signer, &p).expect("a whole template");
+                assert_eq!(
+                    Template::new(
+                        &Origin {
+                            sender: Ipv4Addr::new(198, 51, 100, 11),
+                            token: 7,
+                            boot: 1,
+                            node: "n".into(),
+                            lease_ms: 24
+                        },
+                        0,
+                        d.ctl_gen,
+                        0,
+                        &d.control
+                    ),
+                    t
+                );
+                reads += 1;
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(cell.load(), Some(template(19_999)));
+    }
+
+    #[test]
+    fn quantiles_come_from_the_histogram() {
+        let s = SenderStats::default();
+        assert_eq!(s.quantile_us(0.5), None);
+        for _ in 0..98 {
+            s.record_late(Duration::from_micros(40));
+        }
+        s.record_late(Duration::from_micros(900));
+        s.record_late(Duration::from_millis(20));
+        assert_eq!(s.quantile_us(0.5), Some(50));
+        assert_eq!(s.quantile_us(0.99), Some(1_000));
+        assert_eq!(s.quantile_us(1.0), Some(24_000));
+        assert_eq!(s.max_late_us.load(Ordering::Relaxed), 20_000);
+        assert_eq!(s.recent_late(), Duration::from_millis(20));
+        s.roll_window();
+        assert_eq!(s.recent_late(), Duration::from_millis(20));
+        s.roll_window();
+        assert_eq!(s.recent_late(), Duration::ZERO);
     }
 }

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage, State};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::AddressFamily;
 
 use crate::operator::config::Vip;
@@ -54,6 +54,9 @@ pub struct InterfaceInfo {
 
 pub struct VipDriver {
     handle: rtnetlink::Handle,
+    /// Interface indices known from start-up: a takeover sends only the
+    /// address requests, no lookups.
+    indices: std::collections::HashMap<String, u32>,
 }
 
 impl VipDriver {
@@ -63,7 +66,55 @@ impl VipDriver {
     pub async fn new() -> Result<Self, VipError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(VipError::Connect)?;
         tokio::spawn(conn);
-        Ok(Self { handle })
+        Ok(Self {
+            handle,
+            indices: Default::default(),
+        })
+    }
+
+    /// Remembers interface indices (name, index), looked up at start.
+    pub fn remember(&mut self, interfaces: &[(String, u32)]) {
+        self.indices.extend(interfaces.iter().cloned());
+    }
+
+    async fn index_of(&self, name: &str) -> Result<u32, VipError> {
+        match self.indices.get(name) {
+            Some(i) => Ok(*i),
+            None => Ok(self.interface(name).await?.index),
+        }
+    }
+
+    /// Adds every VIP, all requests in flight at once (one netlink round
+    /// trip for the group, not one per VIP). Returns how many were added
+    /// and the failures.
+    pub async fn add_all(&self, vips: &[Vip]) -> (usize, Vec<(Vip, VipError)>) {
+        let results = futures::future::join_all(vips.iter().map(|v| self.add(v))).await;
+        let mut added = 0;
+        let mut errors = Vec::new();
+        for (v, r) in vips.iter().zip(results) {
+            match r {
+                Ok(true) => added += 1,
+                Ok(false) => {}
+                Err(e) => errors.push((v.clone(), e)),
+            }
+        }
+        (added, errors)
+    }
+
+    /// Removes every VIP, all requests in flight at once. Returns how many
+    /// were removed and the failures.
+    pub async fn remove_all(&self, vips: &[Vip]) -> (usize, Vec<(Vip, VipError)>) {
+        let results = futures::future::join_all(vips.iter().map(|v| self.remove(v))).await;
+        let mut removed = 0;
+        let mut errors = Vec::new();
+        for (v, r) in vips.iter().zip(results) {
+            match r {
+                Ok(true) => removed += 1,
+                Ok(false) => {}
+                Err(e) => errors.push((v.clone(), e)),
+            }
+        }
+        (removed, errors)
     }
 
     /// Index, MAC and state of interface `name`.
@@ -86,7 +137,7 @@ impl VipDriver {
     /// Adds the VIP (its prefix length, broadcast address, on its interface).
     /// Returns true if it was added, false if it was already there.
     pub async fn add(&self, vip: &Vip) -> Result<bool, VipError> {
-        let index = self.interface(&vip.interface).await?.index;
+        let index = self.index_of(&vip.interface).await?;
         // The builder sets IFA_LOCAL = IFA_ADDRESS = the VIP and, below /31,
         // IFA_BROADCAST = the subnet's broadcast address (what `ip addr add
         // ... brd +` and keepalived do).
@@ -109,7 +160,7 @@ impl VipDriver {
     /// Removes the VIP from its interface, and nothing else.
     /// Returns true if it was removed, false if it was not there.
     pub async fn remove(&self, vip: &Vip) -> Result<bool, VipError> {
-        let index = self.interface(&vip.interface).await?.index;
+        let index = self.index_of(&vip.interface).await?;
         let mut removed = false;
         for found in self.find(index, vip).await? {
             let request = self.handle.address().del(delete_message(&found));
@@ -132,7 +183,7 @@ impl VipDriver {
     /// Whether the VIP's address is on its interface (with any prefix length:
     /// the address is what attracts the traffic).
     pub async fn held(&self, vip: &Vip) -> Result<bool, VipError> {
-        let index = self.interface(&vip.interface).await?.index;
+        let index = self.index_of(&vip.interface).await?;
         Ok(!self.find(index, vip).await?.is_empty())
     }
 
@@ -195,15 +246,10 @@ fn delete_message(found: &AddressMessage) -> AddressMessage {
 }
 
 fn link_info(name: &str, msg: &LinkMessage) -> Result<InterfaceInfo, VipError> {
-    let mut mac = None;
-    let mut state = State::Unknown;
-    for attr in &msg.attributes {
-        match attr {
-            LinkAttribute::Address(bytes) => mac = Some(bytes.clone()),
-            LinkAttribute::OperState(s) => state = *s,
-            _ => {}
-        }
-    }
+    let mac = msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(bytes) => Some(bytes.clone()),
+        _ => None,
+    });
     let bytes = mac.unwrap_or_default();
     let mac: [u8; 6] = bytes.as_slice().try_into().map_err(|_| VipError::NoMac {
         interface: name.to_string(),
@@ -212,22 +258,8 @@ fn link_info(name: &str, msg: &LinkMessage) -> Result<InterfaceInfo, VipError> {
     Ok(InterfaceInfo {
         index: msg.header.index,
         mac,
-        oper_up: oper_up(state, msg.header.flags),
+        oper_up: crate::drivers::carrier::carries(msg),
     })
-}
-
-/// Whether the interface can carry traffic.
-///
-/// Drivers without carrier reporting (dummy, some virtual NICs) leave the
-/// operational state "unknown" even when working, so for them the flags
-/// decide: administratively up with the lower layer up (what `ip link`
-/// shows as UP,LOWER_UP).
-fn oper_up(state: State, flags: LinkFlags) -> bool {
-    match state {
-        State::Up => true,
-        State::Unknown => flags.contains(LinkFlags::Up | LinkFlags::LowerUp),
-        _ => false,
-    }
 }
 
 fn no_interface(name: &str) -> VipError {
@@ -318,16 +350,6 @@ mod tests {
                 AddressAttribute::Local(VIP.into()),
             ]
         );
-    }
-
-    #[test]
-    fn oper_up_handles_drivers_without_carrier_reporting() {
-        let up_lower = LinkFlags::Up | LinkFlags::LowerUp;
-        assert!(oper_up(State::Up, up_lower));
-        assert!(oper_up(State::Unknown, up_lower));
-        assert!(!oper_up(State::Unknown, LinkFlags::Up));
-        assert!(!oper_up(State::Down, up_lower));
-        assert!(!oper_up(State::LowerLayerDown, LinkFlags::Up));
     }
 
     #[test]

@@ -106,9 +106,24 @@ pub struct NodeConfig {
     /// Name given to hooks as GROUP (keepalived's vrrp_sync_group name).
     #[serde(default = "default_group")]
     pub group: String,
-    /// Run the probe sender with this SCHED_FIFO priority (1..=99), 0 = normal scheduling.
+    /// Run the probe senders with this SCHED_FIFO priority (1..=99), 0 = normal scheduling.
     #[serde(default = "default_rt_priority")]
     pub rt_priority: u8,
+    /// Probe sender threads, one per CPU (0 = one per CPU the agent may use, at most 4).
+    #[serde(default)]
+    pub senders: usize,
+    /// How long this node's kernel keeps serving the VIPs after its agent
+    /// stops renewing the lease (a hung agent). Default: 4 x the slowest
+    /// link's detection time, at least 10 ms.
+    #[serde(default)]
+    pub lease_ms: Option<u64>,
+    /// Where the agent keeps its boot counter (mode 0700, owned by root).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Members of this group may read `ha-agent status` (only root may
+    /// change anything). Absent: root only.
+    #[serde(default)]
+    pub status_group: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -488,6 +503,9 @@ fn default_true() -> bool {
 fn default_status_socket() -> PathBuf {
     PathBuf::from("/run/ha-agent/ha-agent.sock")
 }
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/ha-agent")
+}
 fn default_port() -> u16 {
     DEFAULT_PORT
 }
@@ -624,6 +642,35 @@ impl Config {
         if n.group.trim().is_empty() {
             bad("node.group".into(), "must not be empty");
         }
+        if n.senders > crate::drivers::sender::MAX_SENDERS {
+            bad(
+                "node.senders".into(),
+                &format!(
+                    "must be 0 (one per CPU) or at most {}",
+                    crate::drivers::sender::MAX_SENDERS
+                ),
+            );
+        }
+        if let Some(ms) = n.lease_ms {
+            let interval = self.links.iter().map(|l| l.interval_ms).min().unwrap_or(1);
+            if ms < (3 * interval).max(5) || ms > 10_000 {
+                bad(
+                    "node.lease_ms".into(),
+                    "must be between 3 probe intervals (at least 5) and 10000: a shorter lease lapses between renewals",
+                );
+            }
+        }
+        if !n.state_dir.is_absolute() {
+            bad("node.state_dir".into(), "must be an absolute path");
+        }
+        if let Some(g) = &n.status_group {
+            if crate::operator::status::server::group_id(g).is_err() {
+                bad(
+                    "node.status_group".into(),
+                    "is not a group on this host (check /etc/group)",
+                );
+            }
+        }
         if self.links.is_empty() {
             bad(
                 "link".into(),
@@ -687,6 +734,12 @@ impl Config {
         }
         if self.vips.is_empty() {
             bad("vip".into(), "at least one [[vip]] is needed");
+        }
+        if self.vips.len() > agent_ebpf::MAX_VIPS as usize {
+            bad(
+                "vip".into(),
+                &format!("at most {} VIPs are supported", agent_ebpf::MAX_VIPS),
+            );
         }
         let mut addrs = BTreeSet::new();
         for (i, v) in self.vips.iter().enumerate() {
@@ -797,6 +850,32 @@ impl Config {
                     .unwrap_or_default();
                 (slowest * 3).max(Duration::from_millis(100))
             }
+        }
+    }
+
+    /// The slowest link's detection time.
+    pub fn detect_time(&self) -> Duration {
+        self.links
+            .iter()
+            .map(|l| l.detect_time())
+            .max()
+            .unwrap_or(Duration::from_millis(15))
+    }
+
+    /// The probe senders' grid: the shortest link interval.
+    pub fn probe_interval(&self) -> Duration {
+        self.links
+            .iter()
+            .map(|l| l.interval())
+            .min()
+            .unwrap_or(Duration::from_millis(4))
+    }
+
+    /// How long our kernel serves the VIPs without the agent (the lease).
+    pub fn lease(&self) -> Duration {
+        match self.node.lease_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => (self.detect_time() * 4).max(Duration::from_millis(10)),
         }
     }
 

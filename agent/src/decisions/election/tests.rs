@@ -17,6 +17,7 @@ const WITNESS_MS: u64 = 20;
 const WITNESS_DETECT_MS: u64 = 60;
 const REFRESH_MS: u64 = 100;
 const RECLAIM_MS: u64 = 4 * DETECT_MS;
+const LEASE_MS: u64 = 4 * DETECT_MS;
 
 fn config(priority: u8, router_id: [u8; 4]) -> ElectionConfig {
     ElectionConfig {
@@ -60,6 +61,9 @@ struct Node {
     inbox: VecDeque<Input>,
     transitions: Vec<Transition>,
     announces: usize,
+    confirmed: usize,
+    false_alarms: Vec<FalseAlarm>,
+    refused: usize,
 }
 
 impl Node {
@@ -80,6 +84,9 @@ impl Node {
             inbox: VecDeque::new(),
             transitions: Vec::new(),
             announces: 0,
+            confirmed: 0,
+            false_alarms: Vec::new(),
+            refused: 0,
         }
     }
 
@@ -94,6 +101,9 @@ impl Node {
                     self.dirty = true;
                 }
                 Output::Transition(t) => self.transitions.push(t),
+                Output::TakeoverConfirmed { .. } => self.confirmed += 1,
+                Output::FalseAlarm(f) => self.false_alarms.push(f),
+                Output::Refused(_) => self.refused += 1,
                 Output::Stopped => self.stopped = true,
             }
         }
@@ -116,6 +126,8 @@ struct World {
     next_session: u64,
     /// Ticks during which both nodes held the VIPs while both were running.
     double_holder_ms: u64,
+    /// The lease each node advertises.
+    lease_ms: u64,
 }
 
 impl World {
@@ -136,6 +148,7 @@ impl World {
             rng: 0x9E37_79B9_7F4A_7C15,
             next_session: 100,
             double_holder_ms: 0,
+            lease_ms: LEASE_MS,
         }
     }
 
@@ -163,6 +176,8 @@ impl World {
         self.ms += 1;
         let now = self.now();
         let ms = self.ms;
+        let t0 = self.t0;
+        let lease_ms = self.lease_ms;
         // Userspace: timers, then queued kernel/socket input.
         for n in 0..2 {
             let node = &mut self.nodes[n];
@@ -172,10 +187,17 @@ impl World {
             if node.e.poll_timeout().is_some_and(|t| t <= now) {
                 node.e.handle_timeout(now);
             }
+            // The daemon's loop takes the kernel's events before the
+            // probes that arrived with them (a biased select).
+            let (kernel, rest): (Vec<Input>, Vec<Input>) = node
+                .inbox
+                .drain(..)
+                .partition(|i| !matches!(i, Input::PeerControl(_)));
+            node.inbox.extend(kernel.into_iter().chain(rest));
             while let Some(input) = node.inbox.pop_front() {
-                if let Input::PeerControl { session, .. } = input {
+                if let Input::PeerControl(m) = &input {
                     // The daemon installs a verified peer token in the kernel.
-                    node.kernel.token = session;
+                    node.kernel.token = m.session;
                 }
                 node.e.handle_input(input, now);
             }
@@ -202,13 +224,22 @@ impl World {
                     // for the periodic refresh.
                     let came_back = !nb.kernel.up[i];
                     if !known || dirty || came_back || ms.is_multiple_of(REFRESH_MS) {
-                        nb.inbox.push_back(Input::PeerControl { session, control });
+                        nb.inbox.push_back(Input::PeerControl(PeerMessage {
+                            session,
+                            control,
+                            lease: Duration::from_millis(lease_ms),
+                            lateness: Duration::ZERO,
+                        }));
                     }
                     if known {
                         nb.kernel.last_heard[i] = Some(ms);
                         if !nb.kernel.up[i] {
                             nb.kernel.up[i] = true;
-                            nb.inbox.push_back(Input::PeerLink { link: i, up: true });
+                            nb.inbox.push_back(Input::PeerLink {
+                                link: i,
+                                up: true,
+                                last_heard: now,
+                            });
                         }
                     }
                 }
@@ -228,7 +259,12 @@ impl World {
                     && node.kernel.last_heard[i].is_some_and(|t| ms - t >= DETECT_MS)
                 {
                     node.kernel.up[i] = false;
-                    node.inbox.push_back(Input::PeerLink { link: i, up: false });
+                    let last = node.kernel.last_heard[i].unwrap_or(ms);
+                    node.inbox.push_back(Input::PeerLink {
+                        link: i,
+                        up: false,
+                        last_heard: t0 + Duration::from_millis(last),
+                    });
                 }
                 // The RT sender thread probes the witness; a hung agent's does not.
                 if !node.hung && ms.is_multiple_of(WITNESS_MS) && reach {
@@ -307,6 +343,27 @@ impl World {
         node.holds = false; // the machine is gone, and its addresses with it
         node.kernel = Kernel::default();
         node.inbox.clear();
+    }
+
+    /// Pulls node n's cable on `link`: nothing crosses, and its kernel
+    /// reports the carrier loss.
+    fn unplug(&mut self, n: usize, link: usize) {
+        self.port[n][link] = false;
+        self.carrier(n, link, false);
+    }
+
+    fn plug(&mut self, n: usize, link: usize) {
+        self.port[n][link] = true;
+        self.carrier(n, link, true);
+    }
+
+    fn carrier(&mut self, n: usize, link: usize, up: bool) {
+        let now = self.now();
+        let node = &mut self.nodes[n];
+        if node.alive && !node.hung {
+            node.e.handle_input(Input::Carrier { link, up }, now);
+            node.drain();
+        }
     }
 
     fn boot(&mut self, n: usize) {
@@ -692,17 +749,27 @@ fn equal_epoch_tie_goes_to_priority() {
         witness_reach: 1,
         witness_count: 1,
         links_up: 3,
+        witness_links: 1,
         router_id: u32::from(Ipv4Addr::new(10, 0, 0, 1)),
         replica_ok: false,
         fresh_takeover: false,
     };
     let later = now + Duration::from_millis(101);
-    e.handle_input(Input::PeerLink { link: 0, up: true }, later);
     e.handle_input(
-        Input::PeerControl {
+        Input::PeerLink {
+            link: 0,
+            up: true,
+            last_heard: later,
+        },
+        later,
+    );
+    e.handle_input(
+        Input::PeerControl(PeerMessage {
             session: 7,
             control: peer,
-        },
+            lease: Duration::from_millis(LEASE_MS),
+            lateness: Duration::ZERO,
+        }),
         later,
     );
     assert_eq!(e.role(), Role::Backup);
@@ -859,4 +926,177 @@ fn replica_ok_reaches_the_holder_and_moves_nothing() {
     });
     assert_eq!(w.holders(), vec![0]);
     assert_eq!(w.moves(), 1);
+}
+
+#[test]
+fn unplugged_uplink_of_the_holder_hands_over_at_once() {
+    let mut w = World::started();
+    w.unplug(0, OUTSIDE);
+    assert!(!w.nodes[0].holds, "the holder lets go at the carrier loss");
+    let took = w.run_until(50, "server2 takes over", |w| w.holders() == vec![1]);
+    assert!(took <= 2, "took {took} ms (no witness timeout)");
+    assert_eq!(w.double_holder_ms, 0);
+    // A handover, not a death: the new holder is confirmed at once.
+    let t = w.nodes[1].transitions.last().unwrap();
+    assert!(t.hooks, "{t:?}");
+    w.plug(0, OUTSIDE);
+    w.run(3000);
+    assert_eq!(w.holders(), vec![1]);
+}
+
+#[test]
+fn unplugged_inside_cable_moves_nothing() {
+    for n in 0..2 {
+        let mut w = World::started();
+        w.unplug(n, INSIDE);
+        w.run(3000);
+        assert_eq!(w.holders(), vec![0]);
+        assert_eq!(w.moves(), 1);
+        assert!(w.nodes[n].e.degraded());
+    }
+}
+
+#[test]
+fn holder_without_carrier_anywhere_drops_the_vips_at_once() {
+    let mut w = World::started();
+    w.unplug(0, OUTSIDE);
+    w.unplug(0, INSIDE);
+    assert!(!w.nodes[0].holds);
+    assert_eq!(w.role(0), Role::Fault);
+}
+
+#[test]
+fn a_stall_handed_back_is_a_false_alarm_that_runs_no_hook() {
+    let mut w = World::started();
+    let before = w.nodes[1].transitions.len();
+    w.nodes[0].hung = true;
+    w.run_until(100, "server2 takes over", |w| w.nodes[1].holds);
+    w.run(3);
+    w.nodes[0].hung = false;
+    w.run_until(50, "server2 hands back", |w| !w.nodes[1].holds);
+    w.run(1000);
+    let n1 = &w.nodes[1];
+    let new: Vec<_> = n1.transitions[before..].iter().collect();
+    assert_eq!(new.len(), 2, "{new:?}");
+    assert!(
+        new.iter().all(|t| !t.hooks),
+        "no hook for a false alarm: {new:?}"
+    );
+    assert_eq!(n1.confirmed, 0);
+    assert_eq!(n1.false_alarms.len(), 1);
+    assert_eq!(n1.e.false_alarms(), 1);
+    let f = &n1.false_alarms[0];
+    assert!(
+        f.silence >= Duration::from_millis(DETECT_MS - PROBE_MS),
+        "{f:?}"
+    );
+    assert!(f.held <= Duration::from_millis(RECLAIM_MS), "{f:?}");
+    assert!(!n1.e.provisional());
+}
+
+#[test]
+fn a_death_is_confirmed_once_the_reclaim_window_and_the_lease_are_over() {
+    let mut w = World::started();
+    w.kill(0);
+    w.run_until(100, "server2 takes over", |w| w.nodes[1].holds);
+    let t = w.nodes[1].transitions.last().unwrap().clone();
+    assert!(!t.hooks, "a provisional takeover waits for its hooks");
+    assert!(w.nodes[1].e.provisional());
+    let took = w.run_until(200, "confirmed", |w| w.nodes[1].confirmed == 1);
+    assert!(
+        (RECLAIM_MS - 1..=RECLAIM_MS + 1).contains(&took),
+        "confirmed after {took} ms"
+    );
+    assert!(!w.nodes[1].e.provisional());
+    assert!(w.nodes[1].false_alarms.is_empty());
+}
+
+#[test]
+fn confirmation_waits_for_a_lease_longer_than_the_reclaim_window() {
+    let mut w = World::started();
+    w.lease_ms = 300;
+    w.run(200); // the peers learn the new lease
+    w.kill(0);
+    let heard = w.ms;
+    w.run_until(100, "server2 takes over", |w| w.nodes[1].holds);
+    w.run_until(500, "confirmed", |w| w.nodes[1].confirmed == 1);
+    // Counted from the last probe heard: lease + margin (1 ms + lease/1000).
+    let at = w.ms - heard;
+    assert!(
+        (300..=300 + PROBE_MS + 2).contains(&at),
+        "confirmed {at} ms after the last probe"
+    );
+}
+
+#[test]
+fn an_absurd_epoch_is_refused_and_never_overflows() {
+    let mut w = World::started();
+    let now = w.now();
+    let mut c = w.nodes[0].advertised;
+    c.epoch = u64::MAX;
+    w.nodes[1].e.handle_input(
+        Input::PeerControl(PeerMessage {
+            session: w.nodes[0].session,
+            control: c,
+            lease: Duration::from_millis(LEASE_MS),
+            lateness: Duration::ZERO,
+        }),
+        now,
+    );
+    w.nodes[1].drain();
+    assert_eq!(w.nodes[1].refused, 1);
+    assert_eq!(w.nodes[1].e.epoch(), 1);
+    // The holder dies: the takeover's epoch is the next one, not a wrap.
+    w.kill(0);
+    w.run_until(100, "server2 takes over", |w| w.nodes[1].holds);
+    assert_eq!(w.nodes[1].e.epoch(), 2);
+    // A plausible jump is taken: epochs can only grow by takeovers, but a
+    // peer may have made many while we did not hear it.
+    let mut e = Election::new(config(100, [10, 0, 0, 2]), now);
+    let mut c2 = c;
+    c2.epoch = MAX_EPOCH_JUMP;
+    e.handle_input(
+        Input::PeerControl(PeerMessage {
+            session: 1,
+            control: c2,
+            lease: Duration::ZERO,
+            lateness: Duration::ZERO,
+        }),
+        now,
+    );
+    assert_eq!(e.epoch(), MAX_EPOCH_JUMP);
+    assert!(std::iter::from_fn(|| e.poll_output()).all(|o| !matches!(o, Output::Refused(_))));
+}
+
+#[test]
+fn the_timer_table_is_the_only_source_of_deadlines() {
+    let mut w = World::started();
+    w.kill(0);
+    w.run_until(100, "server2 takes over", |w| w.nodes[1].holds);
+    let e = &w.nodes[1].e;
+    let due = e.poll_timeout().expect("the reclaim window is a deadline");
+    assert!(due > w.now());
+}
+
+#[test]
+fn after_a_silence_the_peers_old_state_decides_nothing() {
+    // server1 was isolated (FAULT, epoch 1) while server2 took over (epoch
+    // 2). At the heal the kernel reports the peer heard and the witness
+    // back before the peer's first probe reaches userspace: server1 must
+    // wait for that probe, not act on the state it had before the silence
+    // (server2 BACKUP) and take the VIPs back.
+    let mut w = World::started();
+    w.port[0] = [false; LINKS];
+    w.run_until(1000, "server1 fences", |w| w.role(0) == Role::Fault);
+    w.run(1000);
+    // Heal on the tick the witness answers too.
+    while !(w.ms + 1).is_multiple_of(WITNESS_MS) {
+        w.run(1);
+    }
+    let moves = w.moves();
+    w.port[0] = [true; LINKS];
+    w.run(2000);
+    assert_eq!(w.holders(), vec![1]);
+    assert_eq!(w.moves(), moves, "{:?}", w.nodes[0].transitions);
+    assert_eq!(w.role(0), Role::Backup);
 }

@@ -4,6 +4,7 @@
 
 pub mod atlas;
 pub mod database;
+pub mod server;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -25,6 +26,10 @@ pub struct Status {
     pub priority: u8,
     pub nopreempt: bool,
     pub degraded: bool,
+    /// MASTER after a takeover from a silent holder that may still be
+    /// handed back: hooks, database and proxy wait for its confirmation.
+    #[serde(default)]
+    pub provisional: bool,
     /// When the isolated holder will fence itself, if it is counting down.
     pub fencing_in_ms: Option<u64>,
     pub peer: Option<PeerStatus>,
@@ -33,6 +38,19 @@ pub struct Status {
     pub vips_held: Vec<String>,
     pub warnings: Vec<String>,
     pub transitions: Vec<TransitionStatus>,
+    /// Takeovers handed back inside the reclaim window since start (the
+    /// holder was only stalled): no hook ran, nothing else was touched.
+    #[serde(default)]
+    pub false_alarms: u64,
+    #[serde(default)]
+    pub recent_false_alarms: Vec<FalseAlarmStatus>,
+    /// The real-time probe senders.
+    #[serde(default)]
+    pub sender: Option<SenderStatus>,
+    /// Probes that verified but were refused (replays, old sessions, wrong
+    /// link or source) or did not verify, since start.
+    #[serde(default)]
+    pub probes_refused: u64,
     pub hooks: Vec<HookStatus>,
     /// The local MySQL/MariaDB (absent without `[mysql]`).
     #[serde(default)]
@@ -51,20 +69,111 @@ pub struct PeerStatus {
     pub eligible: bool,
     pub witness_reach: u8,
     pub alive: bool,
+    /// The peer's own report of its worst sender lateness in the last second.
+    #[serde(default)]
+    pub lateness_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LinkStatus {
     pub name: String,
     pub interface: String,
+    #[serde(default = "yes")]
+    pub carrier: bool,
     pub peer_up: bool,
     pub last_seen_ms_ago: Option<u64>,
     pub probes_received: u64,
     pub probes_lost: u64,
     pub probes_rejected: u64,
+    /// Redundant copies and replays of slots already counted (dropped).
+    #[serde(default)]
+    pub probes_duplicate: u64,
+    /// Frames to our VIPs the kernel dropped while our lease had lapsed.
+    #[serde(default)]
+    pub lease_drops: u64,
+    /// Our probes that failed to leave on this link.
+    #[serde(default)]
+    pub send_errors: u64,
     pub witness: Option<String>,
     pub witness_up: Option<bool>,
     pub witness_last_seen_ms_ago: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FalseAlarmStatus {
+    /// UTC, RFC 3339 with milliseconds.
+    pub time: String,
+    pub epoch: u64,
+    /// The holder's silence that made us take over.
+    pub silence_ms: f64,
+    /// How long we held the VIPs before handing them back.
+    pub held_ms: f64,
+    /// The holder's report of its sender lateness when it spoke again.
+    pub peer_lateness_ms: f64,
+    /// Our senders' worst lateness in the last second, then.
+    pub own_lateness_ms: f64,
+}
+
+/// The probe senders' counters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SenderStatus {
+    pub threads: u64,
+    pub realtime_threads: u64,
+    pub pinned_threads: u64,
+    /// Slots sent, and slots no thread sent in time.
+    pub slots: u64,
+    pub missed_slots: u64,
+    /// Per-slot lateness of the best sender: bucket upper bounds (us) and
+    /// counts; the last bucket (`le_us` = None) holds everything later.
+    pub lateness_buckets: Vec<LatenessBucket>,
+    pub lateness_p50_us: Option<u64>,
+    pub lateness_p99_us: Option<u64>,
+    pub lateness_max_us: u64,
+    pub send_errors: u64,
+    pub witness_errors: u64,
+    pub lease_errors: u64,
+    /// Wakes at which the decision loop looked hung (nothing sent).
+    pub loop_stale: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LatenessBucket {
+    pub le_us: Option<u64>,
+    pub count: u64,
+}
+
+impl SenderStatus {
+    pub fn from_stats(s: &crate::drivers::sender::SenderStats) -> SenderStatus {
+        use crate::drivers::sender::LATENESS_BUCKETS_US;
+        use std::sync::atomic::Ordering::Relaxed;
+        SenderStatus {
+            threads: s.threads.load(Relaxed),
+            realtime_threads: s.realtime_threads.load(Relaxed),
+            pinned_threads: s.pinned_threads.load(Relaxed),
+            slots: s.slots.load(Relaxed),
+            missed_slots: s.missed.load(Relaxed),
+            lateness_buckets: s
+                .histogram
+                .iter()
+                .enumerate()
+                .map(|(i, c)| LatenessBucket {
+                    le_us: LATENESS_BUCKETS_US.get(i).copied(),
+                    count: c.load(Relaxed),
+                })
+                .collect(),
+            lateness_p50_us: s.quantile_us(0.5),
+            lateness_p99_us: s.quantile_us(0.99),
+            lateness_max_us: s.max_late_us.load(Relaxed),
+            send_errors: s.send_errors.iter().map(|c| c.load(Relaxed)).sum(),
+            witness_errors: s.witness_errors.load(Relaxed),
+            lease_errors: s.lease_errors.load(Relaxed),
+            loop_stale: s.loop_stale.load(Relaxed),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -329,16 +438,21 @@ mod tests {
             priority: 101,
             nopreempt: true,
             degraded: true,
+            provisional: false,
             fencing_in_ms: None,
             peer: None,
             links: vec![LinkStatus {
                 name: "inside".into(),
                 interface: "eth1".into(),
+                carrier: true,
                 peer_up: false,
                 last_seen_ms_ago: Some(1200),
                 probes_received: 10,
                 probes_lost: 2,
                 probes_rejected: 0,
+                probes_duplicate: 0,
+                lease_drops: 0,
+                send_errors: 0,
                 witness: None,
                 witness_up: None,
                 witness_last_seen_ms_ago: None,
@@ -347,6 +461,10 @@ mod tests {
             vips_held: vec!["198.51.100.100/24".into()],
             warnings: vec!["no witness".into()],
             transitions: vec![],
+            false_alarms: 0,
+            recent_false_alarms: vec![],
+            sender: None,
+            probes_refused: 0,
             hooks: vec![],
             database: None,
             atlas: None,
@@ -373,6 +491,7 @@ mod tests {
             priority: 101,
             nopreempt: true,
             degraded: false,
+            provisional: false,
             fencing_in_ms: None,
             peer: None,
             links: vec![],
@@ -380,6 +499,10 @@ mod tests {
             vips_held: vec![],
             warnings: vec![],
             transitions: vec![],
+            false_alarms: 0,
+            recent_false_alarms: vec![],
+            sender: None,
+            probes_refused: 0,
             hooks: vec![],
             database: Some(DatabaseStatus {
                 server: "203.0.113.11:3306".into(),

@@ -1,0 +1,1153 @@
+//! The election's own thread and runtime: kernel events, verified probes,
+//! carrier changes, timers, signals and operator commands in; VIPs, ARP,
+//! probe templates, the services' view and hook requests out.
+//!
+//! Nothing slow runs here: the database, Atlas, hooks and status rendering
+//! live on the services runtime and talk to this thread through channels,
+//! so no query, hook or status request can delay a decision. The loop marks
+//! itself alive for the probe senders after each pass ([`Heartbeat`]): if
+//! it hangs, the senders fall silent and the lease lapses.
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use agent_ebpf::{
+    Event, Global, EVENT_PEER_DOWN, EVENT_PEER_UP, EVENT_VIP_CONFLICT, EVENT_WITNESS_DOWN,
+    EVENT_WITNESS_UP,
+};
+use anyhow::{Context, Result};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use crate::decisions::database::LocalDb;
+use crate::decisions::election::{
+    Control, Election, ElectionConfig, FalseAlarm, Input, Output, PeerMessage, Role, Transition,
+};
+use crate::decisions::session::{Rejection, SessionConfig, Sessions, Verdict};
+use crate::drivers::arp::ArpSocket;
+use crate::drivers::carrier::CarrierWatch;
+use crate::drivers::ebpf::{ip_to_kernel, kernel_link_config, monotonic_now_ns, Liveness, XdpMode};
+use crate::drivers::hooks::HookState;
+use crate::drivers::sender::{Heartbeat, SenderConfig, SenderLink, SenderStats, Senders, Witness};
+use crate::drivers::vip::VipDriver;
+use crate::operator::config::{Config, Vip};
+use crate::operator::status::{
+    self, FalseAlarmStatus, LinkStatus, PeerStatus, SenderStatus, Status, TransitionStatus,
+    VipStatus,
+};
+use crate::protocol::{self, Key, Origin, Signer, Template};
+
+/// Accepted probes passed to userspace unchanged once in this many slots: a
+/// periodic full check (HMAC) of what the kernel accepts by its tag alone.
+/// Changes pass at once, so this only costs wakes.
+const PASS_EVERY: u32 = 50;
+/// The loop wakes at least this often: heartbeat, counters, GARP refresh.
+const TICK: Duration = Duration::from_millis(20);
+/// False alarms kept for the status.
+const FALSE_ALARMS_KEPT: usize = 16;
+
+/// What the services need to know of the election, published on change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ElectionView {
+    pub role: Role,
+    pub epoch: u64,
+    /// The peer's control while it is heard.
+    pub peer: Option<Control>,
+    /// We hold the VIPs after a takeover that may still be handed back:
+    /// the database and the proxy do not move yet.
+    pub provisional: bool,
+}
+
+impl Default for ElectionView {
+    fn default() -> Self {
+        ElectionView {
+            role: Role::Init,
+            epoch: 0,
+            peer: None,
+            provisional: false,
+        }
+    }
+}
+
+impl ElectionView {
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn peer_alive(&self) -> bool {
+        self.peer.is_some()
+    }
+    pub fn peer_control(&self) -> Option<Control> {
+        self.peer
+    }
+    pub fn provisional(&self) -> bool {
+        self.provisional
+    }
+}
+
+/// Requests from the services side.
+pub enum Command {
+    /// The election's part of the status.
+    Status(oneshot::Sender<Box<Status>>),
+    /// Operator switchover: Ok(message) or Err(message).
+    Switchover(oneshot::Sender<Result<String, String>>),
+    LocalDb(LocalDb),
+}
+
+/// What the election thread tells the services side.
+#[derive(Debug)]
+pub enum Notice {
+    Hook(HookState),
+}
+
+/// The running election thread.
+pub struct ElectionThread {
+    join: std::thread::JoinHandle<Result<()>>,
+}
+
+impl ElectionThread {
+    /// Starts the thread and waits until it is set up (eBPF loaded and
+    /// attached, sockets open, senders running), so start-up errors are
+    /// the caller's.
+    pub fn spawn(
+        cfg: Arc<Config>,
+        key: Key,
+        boot: u64,
+        commands: mpsc::Receiver<Command>,
+        view: watch::Sender<ElectionView>,
+        notices: mpsc::UnboundedSender<Notice>,
+    ) -> Result<ElectionThread> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let span = tracing::Span::current();
+        let join = std::thread::Builder::new()
+            .name("ha-election".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start the election's runtime")?;
+                rt.block_on(
+                    async move {
+                        let setup = ElectionLoop::start(cfg, key, boot, view, notices).await;
+                        let ok = setup.is_ok();
+                        let _ = ready_tx.send(
+                            setup
+                                .as_ref()
+                                .map(|_| ())
+                                .map_err(|e| anyhow::anyhow!("{e:#}")),
+                        );
+                        if !ok {
+                            return Ok(());
+                        }
+                        let (l, sockets) = setup?;
+                        l.run(commands, sockets).await
+                    }
+                    .instrument(span),
+                )
+            })
+            .context("cannot start the election thread")?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(ElectionThread { join }),
+            Ok(Err(e)) => {
+                let _ = join.join();
+                Err(e)
+            }
+            Err(_) => match join.join() {
+                Ok(Err(e)) => Err(e),
+                _ => anyhow::bail!("the election thread died during start-up"),
+            },
+        }
+    }
+
+    /// Waits for the thread's end (after a shutdown).
+    pub fn join(self) -> Result<()> {
+        self.join
+            .join()
+            .map_err(|_| anyhow::anyhow!("the election thread panicked"))?
+    }
+}
+
+struct ElectionLoop {
+    cfg: Arc<Config>,
+    vips: Vec<Vip>,
+    signer: Signer,
+    origin: Origin,
+    ctl_gen: u32,
+    election: Election,
+    sessions: Sessions,
+    liveness: Liveness,
+    vip_driver: VipDriver,
+    /// ARP socket per link (index = link).
+    arp: Vec<Arc<ArpSocket>>,
+    senders: Senders,
+    heartbeat: Heartbeat,
+    stats: Arc<SenderStats>,
+    carrier: CarrierWatch,
+    view: watch::Sender<ElectionView>,
+    notices: mpsc::UnboundedSender<Notice>,
+    peer_node: String,
+    holds: bool,
+    /// Wall-clock times of the election's transitions (the election keeps Instants).
+    transition_times: VecDeque<(Instant, SystemTime)>,
+    false_alarms: VecDeque<(SystemTime, FalseAlarm, Duration)>,
+    started: Instant,
+    bad_probes: u64,
+    rejected: std::collections::BTreeMap<&'static str, u64>,
+    refused: u64,
+    /// Sender counters at the last report (for rate-limited logs).
+    reported_missed: u64,
+    reported_send_errors: u64,
+    last_garp_refresh: Instant,
+}
+
+/// The probe receive sockets, one per link.
+struct ProbeSockets(Vec<UdpSocket>);
+
+impl ElectionLoop {
+    async fn start(
+        cfg: Arc<Config>,
+        key: Key,
+        boot: u64,
+        view: watch::Sender<ElectionView>,
+        notices: mpsc::UnboundedSender<Notice>,
+    ) -> Result<(ElectionLoop, ProbeSockets)> {
+        let started = Instant::now();
+        let token = random_token()?;
+        let signer = Signer::new(&key);
+        let vips = cfg.vips();
+        let mut vip_driver = VipDriver::new().await?;
+        let mut interfaces = Vec::new();
+        for l in &cfg.links {
+            let info = vip_driver.interface(&l.interface).await.with_context(|| {
+                format!(
+                    "link {:?}: interface {} (check the [[link]] interface name)",
+                    l.name, l.interface
+                )
+            })?;
+            if !info.oper_up {
+                warn!(link = %l.name, interface = %l.interface, "interface is down (no carrier or admin down): the peer cannot be heard on it");
+            }
+            interfaces.push(info);
+        }
+        vip_driver.remember(&interfaces_of(&cfg, &interfaces));
+
+        let mode = match cfg.ebpf.xdp_mode.as_deref() {
+            Some(m) => m.parse::<XdpMode>().map_err(anyhow::Error::msg)?,
+            None => XdpMode::Native,
+        };
+        let mut liveness = Liveness::load(cfg.ebpf.object.as_deref())?;
+        let (sip_k0, sip_k1) = signer.kernel_key();
+        let router_id = cfg
+            .links
+            .first()
+            .map_or(Ipv4Addr::UNSPECIFIED, |l| l.local_ip);
+        let peer_id = cfg
+            .links
+            .first()
+            .map_or(Ipv4Addr::UNSPECIFIED, |l| l.peer_ip);
+        liveness.set_global(&Global {
+            sip_k0,
+            sip_k1,
+            peer_id: ip_to_kernel(peer_id),
+            lease_enforced: 1,
+        })?;
+        for (i, l) in cfg.links.iter().enumerate() {
+            let kcfg = kernel_link_config(l, cfg.node.port, PASS_EVERY);
+            liveness.attach_link(i as u32, &l.interface, &kcfg, mode)?;
+        }
+        // Loading parsed the kernel's BTF (megabytes, now freed): give the
+        // pages back so the agent at rest stays small.
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe { libc::malloc_trim(0) };
+
+        let mut sockets = Vec::new();
+        let mut arp = Vec::new();
+        let mut sender_links = Vec::new();
+        let threads = crate::drivers::sender::thread_count(cfg.node.senders);
+        for (i, l) in cfg.links.iter().enumerate() {
+            sockets.push(
+                probe_socket(&l.interface, l.local_ip, cfg.node.port).with_context(|| {
+                    format!(
+                        "link {:?}: cannot open the probe socket on {}:{} ({})",
+                        l.name, l.local_ip, cfg.node.port, l.interface
+                    )
+                })?,
+            );
+            let sock = Arc::new(ArpSocket::open(
+                &l.interface,
+                interfaces[i].index,
+                interfaces[i].mac,
+            )?);
+            let peer = SocketAddrV4::new(l.peer_ip, cfg.node.port);
+            let sockets = (0..threads)
+                .map(|_| send_socket(&l.interface, l.local_ip, peer))
+                .collect::<std::io::Result<Vec<_>>>()
+                .with_context(|| {
+                    format!(
+                        "link {:?}: cannot open the probe send sockets on {} ({}) to {peer}",
+                        l.name, l.local_ip, l.interface
+                    )
+                })?;
+            sender_links.push(SenderLink {
+                sockets,
+                witness: l.witness.map(|target| Witness {
+                    arp: sock.clone(),
+                    local_ip: l.local_ip,
+                    target,
+                    interval: l.witness_interval(),
+                }),
+            });
+            arp.push(sock);
+        }
+
+        let now = Instant::now();
+        let election = Election::new(election_config(&cfg), now);
+        let sessions = Sessions::new(SessionConfig {
+            our_token: token,
+            peer_id,
+            peer_ips: cfg.links.iter().map(|l| l.peer_ip).collect(),
+        });
+        let origin = Origin {
+            sender: router_id,
+            token,
+            boot,
+            node: cfg.node.name.clone(),
+            lease_ms: u16::try_from(cfg.lease().as_millis()).unwrap_or(u16::MAX),
+        };
+        let first = templates(&cfg, &origin, 1, 0, &election.control(now));
+        let stats = Arc::new(SenderStats::default());
+        let senders = Senders::spawn(
+            SenderConfig {
+                interval: cfg.probe_interval(),
+                rt_priority: cfg.node.rt_priority,
+                threads: cfg.node.senders,
+                lease: cfg.lease(),
+            },
+            signer.clone(),
+            sender_links,
+            &first,
+            Some(liveness.lease_writer()?),
+            stats.clone(),
+        )?;
+        let heartbeat = senders.heartbeat();
+        let carrier = CarrierWatch::open(
+            interfaces.iter().map(|i| i.index).collect(),
+            interfaces.iter().map(|i| i.oper_up).collect(),
+        )?;
+
+        if !cfg.witnesses_configured() {
+            warn!("no witness configured on any link: if the two servers lose each other while both stay up (a partition), BOTH will hold the VIPs until it heals; configure `witness` (the gateway) on the outside link");
+        }
+        info!(
+            token = format_args!("{token:016x}"),
+            boot,
+            links = cfg.links.len(),
+            vips = vips.len(),
+            lease_ms = cfg.lease().as_millis() as u64,
+            "ha-agent started: listening for the peer"
+        );
+        let mut l = ElectionLoop {
+            vips,
+            signer,
+            origin,
+            ctl_gen: 1,
+            election,
+            sessions,
+            liveness,
+            vip_driver,
+            arp,
+            senders,
+            heartbeat,
+            stats,
+            carrier,
+            view,
+            notices,
+            peer_node: String::new(),
+            holds: false,
+            transition_times: VecDeque::new(),
+            false_alarms: VecDeque::new(),
+            started,
+            bad_probes: 0,
+            rejected: Default::default(),
+            refused: 0,
+            reported_missed: 0,
+            reported_send_errors: 0,
+            last_garp_refresh: now,
+            cfg,
+        };
+        for (i, info) in interfaces.iter().enumerate() {
+            if !info.oper_up {
+                l.election
+                    .handle_input(Input::Carrier { link: i, up: false }, now);
+            }
+        }
+        Ok((l, ProbeSockets(sockets)))
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        sockets: ProbeSockets,
+    ) -> Result<()> {
+        // Decisions must not wait behind CPU hogs either (keepalived's
+        // vrrp_rt_priority): just below the senders.
+        let rt = self.cfg.node.rt_priority;
+        if rt > 0 {
+            if let Err(e) = crate::drivers::sender::set_realtime(rt.saturating_sub(1).max(1)) {
+                warn!(error = %e, "cannot run the election under SCHED_FIFO (CAP_SYS_NICE): a busy CPU can delay decisions");
+            }
+        }
+        let mut probes = spawn_probe_readers(sockets)?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.drain_outputs().await {
+                break;
+            }
+            self.publish_view();
+            self.heartbeat.beat();
+            let deadline = self
+                .election
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
+            // Biased: after a stall, what the kernel and the peer said comes
+            // before anything else.
+            tokio::select! {
+                biased;
+                events = self.liveness.next_events() => {
+                    for e in events? {
+                        self.on_kernel_event(e);
+                    }
+                }
+                Some((link, src, buf, n)) = probes.recv() => self.on_probe(link, src, &buf[..n]),
+                (link, up) = self.carrier.next() => self.on_carrier(link, up),
+                _ = sleep_until_opt(deadline) => self.election.handle_timeout(Instant::now()),
+                _ = sigterm.recv() => self.begin_shutdown("SIGTERM"),
+                _ = sigint.recv() => self.begin_shutdown("SIGINT"),
+                Some(cmd) = commands.recv() => self.on_command(cmd),
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        let stopped = std::mem::replace(&mut self.holds, false);
+        if stopped {
+            warn!("stopped while holding the VIPs");
+        }
+        info!("election stopped");
+        Ok(())
+    }
+
+    fn publish_view(&self) {
+        let peer = self.election.peer_now();
+        let v = ElectionView {
+            role: self.election.role(),
+            epoch: self.election.epoch(),
+            peer,
+            provisional: self.election.provisional(),
+        };
+        self.view.send_if_modified(|old| {
+            if *old == v {
+                false
+            } else {
+                *old = v;
+                true
+            }
+        });
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let refresh = self.cfg.garp.refresh_ms;
+        if refresh > 0
+            && self.holds
+            && now >= self.last_garp_refresh + Duration::from_millis(refresh)
+        {
+            self.last_garp_refresh = now;
+            self.announce(1, Duration::ZERO);
+        }
+        self.report_senders();
+    }
+
+    /// Rate-limited (by the tick) reports of what the real-time senders counted.
+    fn report_senders(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let missed = self.stats.missed.load(Relaxed);
+        if missed > self.reported_missed {
+            warn!(
+                slots = missed - self.reported_missed,
+                worst_ms = self.stats.recent_late().as_secs_f64() * 1000.0,
+                "probe slots no sender could send in time (every sender thread was late): the peer saw silence"
+            );
+            self.reported_missed = missed;
+        }
+        let errors: u64 = self.stats.send_errors.iter().map(|c| c.load(Relaxed)).sum();
+        if errors > self.reported_send_errors && (errors - self.reported_send_errors) >= 1 {
+            let per_link: Vec<String> = self
+                .cfg
+                .links
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    format!(
+                        "{}: {} (errno {})",
+                        l.name,
+                        self.stats.send_errors[i].load(Relaxed),
+                        self.stats.last_errno[i].load(Relaxed)
+                    )
+                })
+                .collect();
+            if self.reported_send_errors == 0 || (errors - self.reported_send_errors) > 100 {
+                warn!(total = errors, links = %per_link.join(", "), "probe sends failed (no route or carrier to the peer on that link?)");
+                self.reported_send_errors = errors;
+            }
+        }
+    }
+
+    fn on_kernel_event(&mut self, e: Event) {
+        let now = Instant::now();
+        let link = e.link as usize;
+        let name = self.link_name(link).to_string();
+        let age_us = monotonic_now_ns().saturating_sub(e.ts_ns) / 1000;
+        let epoch = self.election.epoch();
+        let input = match e.kind {
+            EVENT_PEER_UP => {
+                info!(link = %name, epoch, "peer heard on link");
+                Input::PeerLink {
+                    link,
+                    up: true,
+                    last_heard: now,
+                }
+            }
+            EVENT_PEER_DOWN => {
+                // How long the kernel had heard nothing when it decided.
+                let silence_us = e.ts_ns.saturating_sub(e.value) / 1000;
+                let others =
+                    (0..self.cfg.links.len()).any(|i| i != link && self.election.link_up(i));
+                if others {
+                    warn!(link = %name, epoch, silence_us, wake_us = age_us, "peer SILENT on this link but heard on another: link degraded, no failover; check cabling/switch");
+                } else {
+                    warn!(link = %name, epoch, silence_us, wake_us = age_us, "peer silent on its last link");
+                }
+                Input::PeerLink {
+                    link,
+                    up: false,
+                    last_heard: instant_of(e.value),
+                }
+            }
+            EVENT_WITNESS_UP => {
+                info!(link = %name, "witness answers");
+                Input::Witness { link, up: true }
+            }
+            EVENT_WITNESS_DOWN => {
+                warn!(link = %name, "witness does not answer");
+                Input::Witness { link, up: false }
+            }
+            EVENT_VIP_CONFLICT => {
+                let vip = Ipv4Addr::from((e.value as u32).to_ne_bytes());
+                warn!(link = %name, %vip, "another host claims a VIP we hold: re-announcing");
+                Input::VipConflict { vip }
+            }
+            other => {
+                debug!(kind = other, "unknown kernel event");
+                return;
+            }
+        };
+        self.election.handle_input(input, now);
+    }
+
+    fn on_carrier(&mut self, link: usize, up: bool) {
+        let now = Instant::now();
+        let name = self.link_name(link).to_string();
+        if up {
+            info!(link = %name, "carrier back");
+        } else {
+            warn!(link = %name, "carrier LOST: the peer and the witness are unreachable on this link");
+        }
+        self.election.handle_input(Input::Carrier { link, up }, now);
+        if up {
+            // A blip shorter than the detection times: the kernel never saw
+            // the peer or the witness go, so it will not say they are back.
+            if let Ok(k) = self.liveness.link_state(link as u32) {
+                let fresh = |last: u64, detect: Duration| {
+                    last != 0 && monotonic_now_ns().saturating_sub(last) < detect.as_nanos() as u64
+                };
+                let l = &self.cfg.links[link];
+                if k.peer_up == 1 && fresh(k.peer_last_ns, l.detect_time()) {
+                    self.election.handle_input(
+                        Input::PeerLink {
+                            link,
+                            up: true,
+                            last_heard: instant_of(k.peer_last_ns),
+                        },
+                        now,
+                    );
+                }
+                if k.witness_up == 1 && fresh(k.witness_last_ns, l.witness_detect_time()) {
+                    self.election
+                        .handle_input(Input::Witness { link, up: true }, now);
+                }
+            }
+        }
+    }
+
+    fn on_probe(&mut self, link: usize, source: Ipv4Addr, bytes: &[u8]) {
+        let p = match protocol::decode(&self.signer, bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                self.bad_probes += 1;
+                if self.bad_probes.is_power_of_two() {
+                    warn!(link = %self.link_name(link), %source, error = %e, count = self.bad_probes, "rejected a probe");
+                }
+                return;
+            }
+        };
+        match self.sessions.on_probe(link, source, &p) {
+            Verdict::Accept { new_session } => {
+                if new_session {
+                    info!(link = %self.link_name(link), peer = %p.node, boot = p.boot, token = format_args!("{:016x}", p.token), "peer session accepted (it answered ours)");
+                    self.install_session();
+                }
+                self.peer_node = p.node;
+                self.election.handle_input(
+                    Input::PeerControl(PeerMessage {
+                        session: p.token,
+                        control: p.control,
+                        lease: Duration::from_millis(u64::from(p.lease_ms)),
+                        lateness: p.lateness,
+                    }),
+                    Instant::now(),
+                );
+            }
+            Verdict::Pending { echo_changed } => {
+                if echo_changed {
+                    info!(link = %self.link_name(link), peer = %p.node, boot = p.boot, token = format_args!("{:016x}", p.token), "a new peer session: answering it");
+                    self.install_session();
+                    self.publish_templates(&self.election.control(Instant::now()));
+                }
+            }
+            // The links' probes reach us in parallel: an older state on
+            // one after a newer one on the other is ordinary, not an attack.
+            Verdict::Reject(r @ Rejection::StaleControl { .. }) => {
+                debug!(link = %self.link_name(link), "{r}");
+            }
+            Verdict::Reject(r) => {
+                let count = self.rejected.entry(r.kind()).or_default();
+                *count += 1;
+                let count = *count;
+                if count.is_power_of_two() {
+                    warn!(link = %self.link_name(link), %source, count, "refused a probe that verifies: {r}");
+                }
+            }
+        }
+    }
+
+    /// Tells the kernel which peer session counts and which boots are old.
+    fn install_session(&mut self) {
+        let token = self.sessions.accepted_token().unwrap_or(0);
+        if let Err(e) = self
+            .liveness
+            .set_peer_session(token, self.sessions.min_boot())
+        {
+            error!(error = %e, "cannot install the peer's session in the kernel");
+        }
+    }
+
+    fn publish_templates(&mut self, c: &Control) {
+        self.ctl_gen = self.ctl_gen.wrapping_add(1).max(1);
+        let t = templates(
+            &self.cfg,
+            &self.origin,
+            self.ctl_gen,
+            self.sessions.echo(),
+            c,
+        );
+        self.senders.publish(&t);
+    }
+
+    fn link_name(&self, link: usize) -> &str {
+        self.cfg.links.get(link).map_or("?", |l| l.name.as_str())
+    }
+
+    fn begin_shutdown(&mut self, why: &str) {
+        info!(
+            signal = why,
+            "stopping: handing the VIPs to the peer if we hold them"
+        );
+        self.election.handle_input(Input::Shutdown, Instant::now());
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Status(reply) => {
+                let _ = reply.send(Box::new(self.status()));
+            }
+            Command::Switchover(reply) => {
+                let answer = match self.election.switchover(Instant::now()) {
+                    Ok(()) => {
+                        info!("switchover requested by the operator");
+                        Ok(format!(
+                            "switchover started: this node is now {}",
+                            self.election.role()
+                        ))
+                    }
+                    Err(e) => Err(format!("switchover refused: {e}")),
+                };
+                let _ = reply.send(answer);
+            }
+            Command::LocalDb(db) => self.election.handle_input(
+                Input::LocalDb {
+                    fit: db.fit,
+                    replica_ok: db.replica_ok,
+                },
+                Instant::now(),
+            ),
+        }
+    }
+
+    /// Carries out the election's outputs. Returns true when the agent must stop.
+    async fn drain_outputs(&mut self) -> bool {
+        while let Some(out) = self.election.poll_output() {
+            match out {
+                Output::AddVips => self.add_vips().await,
+                Output::RemoveVips => self.remove_vips().await,
+                Output::AnnounceVips => self.announce(
+                    self.cfg.garp.count,
+                    Duration::from_millis(self.cfg.garp.spacing_ms),
+                ),
+                Output::Advertise(c) => self.publish_templates(&c),
+                Output::Transition(t) => self.on_transition(t),
+                Output::TakeoverConfirmed { epoch } => {
+                    info!(epoch, "takeover confirmed: the old holder did not come back within the reclaim window and its lease has lapsed");
+                    self.hook(HookState::Master);
+                }
+                Output::FalseAlarm(f) => self.on_false_alarm(f),
+                Output::Refused(r) => {
+                    self.refused += 1;
+                    if self.refused.is_power_of_two() {
+                        warn!(count = self.refused, "refused a peer message: {r}");
+                    }
+                }
+                Output::Stopped => {
+                    self.hook(HookState::Stop);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    fn hook(&self, h: HookState) {
+        let _ = self.notices.send(Notice::Hook(h));
+    }
+
+    async fn add_vips(&mut self) {
+        let t = Instant::now();
+        let (added, errors) = self.vip_driver.add_all(&self.vips).await;
+        for (vip, e) in &errors {
+            error!(vip = %vip.address, interface = %vip.interface, error = %e, "cannot add VIP");
+        }
+        self.holds = true;
+        self.sync_kernel_vips();
+        info!(
+            epoch = self.election.epoch(),
+            added,
+            took_us = t.elapsed().as_micros() as u64,
+            "VIPs added"
+        );
+    }
+
+    async fn remove_vips(&mut self) {
+        let t = Instant::now();
+        let (removed, errors) = self.vip_driver.remove_all(&self.vips).await;
+        for (vip, e) in &errors {
+            error!(vip = %vip.address, interface = %vip.interface, error = %e, "cannot remove VIP");
+        }
+        let was = std::mem::replace(&mut self.holds, false);
+        self.sync_kernel_vips();
+        if was || removed > 0 {
+            info!(
+                removed,
+                took_us = t.elapsed().as_micros() as u64,
+                "VIPs removed"
+            );
+        }
+    }
+
+    /// Each VIP with the index of the link (interface) it lives on.
+    fn vip_links(&self) -> impl Iterator<Item = (usize, Ipv4Addr)> + '_ {
+        self.vips.iter().filter_map(|v| {
+            let link = self
+                .cfg
+                .links
+                .iter()
+                .position(|l| l.interface == v.interface)?;
+            Some((link, v.address))
+        })
+    }
+
+    fn sync_kernel_vips(&mut self) {
+        let held: Vec<(Ipv4Addr, u32)> = if self.holds {
+            self.vip_links()
+                .map(|(link, ip)| (ip, link as u32))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if let Err(e) = self.liveness.set_vips(&held) {
+            warn!(error = %e, "cannot update the kernel's VIP list (ARP conflicts, lease)");
+        }
+    }
+
+    /// Gratuitous ARP for every VIP: the first round now, the rest spaced.
+    fn announce(&self, count: u32, spacing: Duration) {
+        let targets: Vec<(Arc<ArpSocket>, Ipv4Addr)> = self
+            .vip_links()
+            .map(|(link, ip)| (self.arp[link].clone(), ip))
+            .collect();
+        let send = |targets: &[(Arc<ArpSocket>, Ipv4Addr)]| {
+            for (sock, ip) in targets {
+                if let Err(e) = sock.send_gratuitous(*ip) {
+                    warn!(vip = %ip, error = %e, "gratuitous ARP failed");
+                }
+            }
+        };
+        send(&targets);
+        if count > 1 {
+            tokio::spawn(async move {
+                for _ in 1..count {
+                    tokio::time::sleep(spacing).await;
+                    send(&targets);
+                }
+            });
+        }
+    }
+
+    fn on_transition(&mut self, t: Transition) {
+        let wall = SystemTime::now() - t.at.elapsed();
+        if self.transition_times.len() == 64 {
+            self.transition_times.pop_front();
+        }
+        self.transition_times.push_back((t.at, wall));
+        let since_start_ms = t.at.duration_since(self.started).as_millis() as u64;
+        let span = info_span!("transition", epoch = t.epoch);
+        let _g = span.enter();
+        match t.to {
+            Role::Master | Role::Backup => {
+                info!(from = %t.from, to = %t.to, epoch = t.epoch, since_start_ms, provisional = !t.hooks && t.to == Role::Master, reason = %t.reason, "state change")
+            }
+            Role::Fault | Role::Init => {
+                warn!(from = %t.from, to = %t.to, epoch = t.epoch, since_start_ms, reason = %t.reason, "state change")
+            }
+        }
+        if !t.hooks {
+            return;
+        }
+        match t.to {
+            Role::Master => self.hook(HookState::Master),
+            Role::Backup => self.hook(HookState::Backup),
+            Role::Fault => self.hook(HookState::Fault),
+            Role::Init => {}
+        }
+    }
+
+    fn on_false_alarm(&mut self, f: FalseAlarm) {
+        let own = self.stats.recent_late();
+        warn!(
+            epoch = f.epoch,
+            silence_ms = f.silence.as_secs_f64() * 1000.0,
+            held_ms = f.held.as_secs_f64() * 1000.0,
+            peer_lateness_ms = f.peer_lateness.as_secs_f64() * 1000.0,
+            own_lateness_ms = own.as_secs_f64() * 1000.0,
+            "FALSE ALARM: took over from a holder that was only silent, handed the VIPs back; no hook ran, the database and the proxy were not touched"
+        );
+        if self.false_alarms.len() == FALSE_ALARMS_KEPT {
+            self.false_alarms.pop_front();
+        }
+        self.false_alarms.push_back((SystemTime::now(), f, own));
+    }
+
+    /// The election's part of the status (the services fill in theirs).
+    fn status(&self) -> Status {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now_ns = monotonic_now_ns();
+        let age = |ns: u64| (ns != 0).then(|| now_ns.saturating_sub(ns) / 1_000_000);
+        let links = self
+            .cfg
+            .links
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let k = self.liveness.link_state(i as u32).unwrap_or_default();
+                LinkStatus {
+                    name: l.name.clone(),
+                    interface: l.interface.clone(),
+                    carrier: self.election.carrier(i),
+                    peer_up: self.election.link_up(i),
+                    last_seen_ms_ago: age(k.peer_last_ns),
+                    probes_received: k.rx,
+                    probes_lost: k.lost,
+                    probes_rejected: k.rejected,
+                    probes_duplicate: k.duplicates,
+                    lease_drops: k.lease_drops,
+                    send_errors: self.stats.send_errors[i].load(Relaxed),
+                    witness: l.witness.map(|w| w.to_string()),
+                    witness_up: l.witness.map(|_| self.election.witness_up(i)),
+                    witness_last_seen_ms_ago: l.witness.and_then(|_| age(k.witness_last_ns)),
+                }
+            })
+            .collect();
+        let vip_name = |v: &Vip| format!("{}/{}", v.address, v.prefix_len);
+        let mut warnings = Vec::new();
+        if !self.cfg.witnesses_configured() {
+            warnings.push("no witness configured: a partition between the servers can produce two VIP holders".to_string());
+        }
+        if self.election.degraded() {
+            let down: Vec<&str> = self
+                .cfg
+                .links
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !self.election.link_up(*i))
+                .map(|(_, l)| l.name.as_str())
+                .collect();
+            warnings.push(format!(
+                "peer silent on link(s) {}: degraded, no failover",
+                down.join(", ")
+            ));
+        }
+        let threads = self.stats.threads.load(Relaxed);
+        let rt = self.stats.realtime_threads.load(Relaxed);
+        if self.cfg.node.rt_priority > 0 && rt < threads {
+            warnings.push(format!("{} of {threads} probe sender threads could not get SCHED_FIFO (CAP_SYS_NICE): a busy CPU can delay probes", threads - rt));
+        }
+        let transitions = self
+            .election
+            .history()
+            .map(|t| {
+                let wall = self
+                    .transition_times
+                    .iter()
+                    .find(|(at, _)| *at == t.at)
+                    .map_or_else(|| SystemTime::now() - t.at.elapsed(), |(_, w)| *w);
+                TransitionStatus {
+                    time: status::rfc3339(wall),
+                    from: t.from.to_string(),
+                    to: t.to.to_string(),
+                    epoch: t.epoch,
+                    reason: t.reason.clone(),
+                }
+            })
+            .collect();
+        Status {
+            node: self.cfg.node.name.clone(),
+            state: self.election.role().to_string(),
+            epoch: self.election.epoch(),
+            priority: self.cfg.node.priority,
+            nopreempt: self.cfg.node.nopreempt,
+            degraded: self.election.degraded(),
+            provisional: self.election.provisional(),
+            fencing_in_ms: self
+                .election
+                .fencing_at()
+                .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
+            peer: self.election.peer_control().map(|c| PeerStatus {
+                node: self.peer_node.clone(),
+                state: c.role.to_string(),
+                epoch: c.epoch,
+                priority: c.priority,
+                eligible: c.eligible,
+                witness_reach: c.witness_reach,
+                alive: self.election.peer_alive(),
+                lateness_ms: self
+                    .election
+                    .peer_lateness()
+                    .map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+            }),
+            links,
+            vips: self
+                .vips
+                .iter()
+                .map(|v| VipStatus {
+                    address: vip_name(v),
+                    interface: v.interface.clone(),
+                    held: self.holds,
+                })
+                .collect(),
+            vips_held: if self.holds {
+                self.vips.iter().map(vip_name).collect()
+            } else {
+                Vec::new()
+            },
+            warnings,
+            transitions,
+            false_alarms: self.election.false_alarms(),
+            recent_false_alarms: self
+                .false_alarms
+                .iter()
+                .map(|(wall, f, own)| FalseAlarmStatus {
+                    time: status::rfc3339(*wall),
+                    epoch: f.epoch,
+                    silence_ms: f.silence.as_secs_f64() * 1000.0,
+                    held_ms: f.held.as_secs_f64() * 1000.0,
+                    peer_lateness_ms: f.peer_lateness.as_secs_f64() * 1000.0,
+                    own_lateness_ms: own.as_secs_f64() * 1000.0,
+                })
+                .collect(),
+            sender: Some(SenderStatus::from_stats(&self.stats)),
+            probes_refused: self.rejected.values().sum::<u64>() + self.bad_probes,
+            hooks: Vec::new(),
+            database: None,
+            atlas: None,
+        }
+    }
+}
+
+/// Each link's interface index, for the VIP driver.
+fn interfaces_of(cfg: &Config, infos: &[crate::drivers::vip::InterfaceInfo]) -> Vec<(String, u32)> {
+    cfg.links
+        .iter()
+        .zip(infos)
+        .map(|(l, i)| (l.interface.clone(), i.index))
+        .collect()
+}
+
+/// The probe templates of every link.
+fn templates(cfg: &Config, origin: &Origin, ctl_gen: u32, echo: u64, c: &Control) -> Vec<Template> {
+    (0..cfg.links.len())
+        .map(|i| Template::new(origin, i as u8, ctl_gen, echo, c))
+        .collect()
+}
+
+/// The `Instant` of a CLOCK_MONOTONIC reading (the kernel's timestamps).
+fn instant_of(ns: u64) -> Instant {
+    let now = Instant::now();
+    now.checked_sub(Duration::from_nanos(monotonic_now_ns().saturating_sub(ns)))
+        .unwrap_or(now)
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn election_config(cfg: &Config) -> ElectionConfig {
+    let detect = cfg.detect_time();
+    let witness_links = cfg
+        .links
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.witness.is_some())
+        .fold(0u8, |m, (i, _)| m | (1 << i));
+    ElectionConfig {
+        priority: cfg.node.priority,
+        nopreempt: cfg.node.nopreempt,
+        preempt_delay: Duration::from_millis(cfg.node.preempt_delay_ms),
+        init_timeout: cfg.init_timeout(),
+        fence_timeout: Duration::from_millis(cfg.node.fence_timeout_ms),
+        detect_time: detect,
+        contest_delay: detect,
+        reclaim_window: (detect * 4).max(Duration::from_millis(50)),
+        handover_hold: (detect * 20).max(Duration::from_millis(500)),
+        shutdown_wait: (detect * 10).max(Duration::from_millis(300)),
+        links: cfg.links.len(),
+        witness_links,
+        router_id: cfg
+            .links
+            .first()
+            .map_or(Ipv4Addr::UNSPECIFIED, |l| l.local_ip),
+    }
+}
+
+fn random_token() -> Result<u64> {
+    let mut b = [0u8; 8];
+    loop {
+        getrandom::fill(&mut b)
+            .map_err(|e| anyhow::anyhow!("no randomness for the session token: {e}"))?;
+        let t = u64::from_ne_bytes(b);
+        if t != 0 {
+            return Ok(t);
+        }
+    }
+}
+
+type ProbeRx = mpsc::Receiver<(usize, Ipv4Addr, [u8; 256], usize)>;
+
+/// One reader task per probe socket feeds the loop, with the source address.
+fn spawn_probe_readers(sockets: ProbeSockets) -> Result<ProbeRx> {
+    let (tx, rx) = mpsc::channel(256);
+    for (i, s) in sockets.0.into_iter().enumerate() {
+        s.set_nonblocking(true)?;
+        // Read interest only: the loop is never woken for write space.
+        // SAFETY: the AsyncFd owns the socket, whose fd stays open and the
+        // same until the AsyncFd is dropped.
+        let sock = unsafe { AsyncFd::register_with_interest(s, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 256];
+            loop {
+                let got = match sock.readable().await {
+                    Ok(mut guard) => match guard.try_io(|s| s.get_ref().recv_from(&mut buf)) {
+                        Ok(r) => r,
+                        Err(_would_block) => continue,
+                    },
+                    Err(e) => Err(e),
+                };
+                match got {
+                    Ok((n, std::net::SocketAddr::V4(src))) => {
+                        if tx.send((i, *src.ip(), buf, n)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(link = i, error = %e, "probe socket receive failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        });
+    }
+    Ok(rx)
+}
+
+/// UDP socket bound to the link's address and interface; marked as network
+/// control traffic so queues let it through first.
+fn probe_socket(ifname: &str, ip: Ipv4Addr, port: u16) -> std::io::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.bind_device(Some(ifname.as_bytes()))?;
+    s.set_tos_v4(0xC0)?;
+    s.set_priority(6)?;
+    s.bind(&SocketAddrV4::new(ip, port).into())?;
+    Ok(s.into())
+}
+
+/// The senders' socket per link: connected, so the kernel keeps the route
+/// instead of looking it up for every probe, and never read, so no one is
+/// woken when its send buffer drains. Its source port is ephemeral: the
+/// peer accepts probes by destination port. One per sender thread.
+fn send_socket(ifname: &str, ip: Ipv4Addr, peer: SocketAddrV4) -> std::io::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.bind_device(Some(ifname.as_bytes()))?;
+    s.set_tos_v4(0xC0)?;
+    s.set_priority(6)?;
+    s.bind(&SocketAddrV4::new(ip, 0).into())?;
+    s.connect(&peer.into())?;
+    // Nothing is ever read here: the smallest receive buffer.
+    s.set_recv_buffer_size(0)?;
+    // Never block a real-time thread: with the peer's address unresolved
+    // (it died), the kernel parks our datagrams in the neighbour queue, and
+    // a blocking send waits until ARP gives up (seconds) once they fill
+    // the send buffer. A full buffer is a failed send (counted), never a wait.
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
