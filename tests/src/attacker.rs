@@ -92,24 +92,20 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
 pub struct Injector {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
-    thread: Option<JoinHandle<Result<()>>>,
-    started: Instant,
+    /// The sending thread's result: how long it sent.
+    thread: Option<JoinHandle<Result<Duration>>>,
 }
 
 impl Injector {
     /// Stops; returns (frames sent, achieved rate per second).
     pub fn stop(mut self) -> Result<(u64, f64)> {
         self.stop.store(true, Ordering::Release);
-        let r = self
-            .thread
-            .take()
-            .map(|t| t.join().map_err(|_| anyhow!("injector panicked")))
-            .transpose()?;
-        if let Some(r) = r {
-            r?;
-        }
+        let sending = match self.thread.take() {
+            Some(t) => t.join().map_err(|_| anyhow!("injector panicked"))??,
+            None => Duration::ZERO,
+        };
         let sent = self.sent.load(Ordering::Acquire);
-        Ok((sent, sent as f64 / self.started.elapsed().as_secs_f64()))
+        Ok((sent, sent as f64 / sending.as_secs_f64().max(1e-9)))
     }
 }
 
@@ -174,7 +170,7 @@ impl Lab {
         let sent = Arc::new(AtomicU64::new(0));
         let (s2, n2) = (stop.clone(), sent.clone());
         let period = Duration::from_secs_f64(1.0 / f64::from(rate_hz.max(1)));
-        let thread = std::thread::spawn(move || -> Result<()> {
+        let thread = std::thread::spawn(move || -> Result<Duration> {
             let sock = open_capture(&ns, &ifname, ETH_P_ALL)?;
             let start = Instant::now();
             let mut k: u64 = 0;
@@ -193,13 +189,12 @@ impl Lab {
                     std::thread::sleep(due - now);
                 }
             }
-            Ok(())
+            Ok(start.elapsed())
         });
         Ok(Injector {
             stop,
             sent,
             thread: Some(thread),
-            started: Instant::now(),
         })
     }
 }

@@ -214,3 +214,42 @@ impl Lab {
         self.exec_ok(self.switch_ns(), &["nft", "list", "table", "bridge", TABLE])
     }
 }
+
+/// Runs a busy loop under SCHED_FIFO `priority`, pinned to `cpu`, for `d`
+/// (then returns): a CPU that nothing of lower priority gets for that long,
+/// as a stalled vCPU. Real-time throttling (95% of each second by default)
+/// still lets the kernel's own work through.
+pub fn cpu_hog(cpu: usize, priority: i32, d: std::time::Duration) -> Result<()> {
+    std::thread::spawn(move || -> Result<()> {
+        // SAFETY: cpu_set_t is plain data; CPU_SET within CPU_SETSIZE.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: cpu < CPU_SETSIZE (1024).
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        // SAFETY: valid set for the calling thread.
+        if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0
+        {
+            bail!(
+                "sched_setaffinity(cpu {cpu}): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let param = libc::sched_param {
+            sched_priority: priority,
+        };
+        // SAFETY: plain syscall on the calling thread.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+            bail!(
+                "sched_setscheduler(FIFO {priority}): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let end = std::time::Instant::now() + d;
+        let mut x = 0u64;
+        while std::time::Instant::now() < end {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("cpu hog panicked"))?
+}

@@ -351,3 +351,194 @@ fn missing_capabilities_are_named() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn unplugged_uplink_of_the_holder_hands_over_at_once() -> Result<()> {
+    let mut r = started()?;
+    let pinger = r
+        .lab
+        .start_pinger(Link::Outside.vip(), Duration::from_millis(2))?;
+    wait_until(SETTLE, "first reply", || pinger.log().answered() > 0)?;
+    let fault = Instant::now();
+    r.lab.link_down(S1, Link::Outside)?; // the cable: carrier lost
+    let took = r.wait_sole_holder(S2, FAILOVER)?;
+    let mac2 = server2_mac_outside(&r);
+    wait_until(FAILOVER, "client reply from server2", || {
+        pinger.log().first_reply_from_after(&mac2, fault).is_some()
+    })?;
+    let log = pinger.finish()?;
+    let gap = log.longest_gap(fault, Instant::now());
+    let first = log
+        .first_reply_from_after(&mac2, fault)
+        .context("no reply")?;
+    println!(
+        "outside carrier lost on the holder: VIPs on server2 after {took:?}; first client reply via server2 {:?} after the fault; longest client gap {:?}",
+        first.received - fault,
+        gap.len()
+    );
+    // Handed over on the carrier, not after the witness timed out.
+    let l1 = r.agent(S1).log();
+    let carrier = l1.find("carrier LOST").context("no carrier loss logged")?;
+    let handover = l1[carrier..]
+        .find("we reach 0")
+        .map(|at| carrier + at)
+        .with_context(|| format!("no handover after the carrier loss:\n{}", r.logs()))?;
+    ensure!(
+        !l1[carrier..handover].contains("witness does not answer"),
+        "the handover waited for the witness timeout:\n{}",
+        r.logs()
+    );
+    r.lab.heal()?;
+    r.stays_sole_holder(S2, "server2 keeps the VIPs")?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn stalled_cpus_move_nothing() -> Result<()> {
+    let r = started()?;
+    let history = |s: Server| -> Result<(usize, u64)> {
+        let st = r.lab.agent_status(s)?;
+        Ok((
+            st["transitions"].as_array().map_or(0, Vec::len),
+            st["false_alarms"].as_u64().unwrap_or(0),
+        ))
+    };
+    let before = [history(S1)?, history(S2)?];
+    // A priority-99 busy loop on one CPU for 50 ms, 20 times, each CPU in
+    // turn: what a stalled vCPU does to whatever was to run there.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for k in 0..20 {
+        ha_lab::faults::cpu_hog(k % cpus, 99, Duration::from_millis(50))?;
+        ha_lab::sleep(Duration::from_millis(150))?;
+    }
+    ha_lab::sleep(Duration::from_millis(500))?;
+    let after = [history(S1)?, history(S2)?];
+    ensure!(
+        before == after,
+        "the stalls moved the VIPs (transitions, false alarms) {before:?} -> {after:?}:\n{}",
+        r.logs()
+    );
+    ensure!(r.lab.sole_holder_is(S1), "{}", r.lab.describe_vips());
+    for s in Server::ALL {
+        let st = r.lab.agent_status(s)?;
+        println!(
+            "{s}: senders {} (real-time {}), slots {}, missed {}, best-sender lateness p50 {} us p99 {} us max {} us",
+            st["sender"]["threads"],
+            st["sender"]["realtime_threads"],
+            st["sender"]["slots"],
+            st["sender"]["missed_slots"],
+            st["sender"]["lateness_p50_us"],
+            st["sender"]["lateness_p99_us"],
+            st["sender"]["lateness_max_us"]
+        );
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn hung_holder_stops_serving_its_vips_within_its_lease() -> Result<()> {
+    let mut r = started()?;
+    let vip = Link::Outside.vip();
+    let mac1 = r.lab.mac(S1, Link::Outside).to_string();
+    // A client whose ARP entry gratuitous ARP cannot move (a stale cache).
+    r.lab.exec_ok(
+        r.lab.client_ns(),
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            &vip.to_string(),
+            "lladdr",
+            &mac1,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    )?;
+    let pinger = r.lab.start_pinger(vip, Duration::from_millis(2))?;
+    wait_until(SETTLE, "replies from server1", || {
+        pinger
+            .log()
+            .first_reply_from_after(&mac1, Instant::now() - Duration::from_secs(1))
+            .is_some()
+    })?;
+    let lease = Duration::from_millis(r.lab.agent_status(S1)?["lease_ms"].as_u64().unwrap_or(0));
+    let stopped = Instant::now();
+    r.agent(S1).stop()?; // SIGSTOP: agent hung, kernel and VIP addresses alive
+    r.wait_holds_both(S2)?;
+    ha_lab::sleep(Duration::from_millis(600))?;
+    let resumed = Instant::now();
+    r.agent(S1).cont()?;
+    r.wait_sole_holder(S2, FAILOVER)?;
+    let log = pinger.finish()?;
+    let last = log
+        .replies_after(stopped)
+        .filter(|p| p.from_mac == mac1 && p.received < resumed)
+        .map(|p| p.received)
+        .max();
+    let served = last.map_or(Duration::ZERO, |t| t - stopped);
+    println!(
+        "hang: server1's kernel answered for the VIP {served:?} after SIGSTOP (lease {lease:?})"
+    );
+    // The lease is a kernel mechanism: nothing may come from the hung side
+    // once it lapsed (the bound only absorbs the pinger's own timing).
+    ensure!(
+        served <= lease + Duration::from_millis(100),
+        "server1 kept serving the VIP {served:?} after SIGSTOP (lease {lease:?}):\n{}",
+        r.logs()
+    );
+    let s1 = r.lab.agent_status(S1)?;
+    ensure!(
+        s1["links"][0]["lease_drops"].as_u64().unwrap_or(0) > 0,
+        "no frame counted as dropped by the lease: {s1}"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn status_is_root_only_unless_the_status_group_reads() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let r = ha_lab::pair::started_with([
+        Overrides::new().set("node.status_group", "nogroup"),
+        Overrides::new(),
+    ])?;
+    let bin = r.lab.agent_binary()?;
+    let run_as = |server: Server, gid: u32, command: &str| -> Result<std::process::Output> {
+        let sock = r.lab.status_socket(server);
+        Ok(std::process::Command::new(&bin)
+            .args([command, "--socket", sock.to_str().context("path")?])
+            .uid(65534)
+            .gid(gid)
+            .output()?)
+    };
+    let nogroup = 65534;
+    let ok = run_as(S1, nogroup, "status")?;
+    ensure!(
+        ok.status.success(),
+        "a status_group member reads the status: {ok:?}"
+    );
+    let refused = run_as(S1, nogroup, "switchover")?;
+    ensure!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("only root may change"),
+        "a status_group member cannot switch over: {refused:?}"
+    );
+    let stranger = run_as(S1, 4242, "status")?;
+    ensure!(
+        !stranger.status.success(),
+        "a non-member cannot read: {stranger:?}"
+    );
+    let no_group = run_as(S2, nogroup, "status")?;
+    ensure!(
+        !no_group.status.success(),
+        "without status_group only root reads: {no_group:?}"
+    );
+    ensure!(r.lab.sole_holder_is(S1), "nothing moved");
+    ensure!(r.lab.agent_status(S2)?["state"] == "BACKUP");
+    Ok(())
+}

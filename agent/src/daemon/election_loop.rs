@@ -952,6 +952,7 @@ impl ElectionLoop {
             nopreempt: self.cfg.node.nopreempt,
             degraded: self.election.degraded(),
             provisional: self.election.provisional(),
+            lease_ms: self.cfg.lease().as_millis() as u64,
             fencing_in_ms: self
                 .election
                 .fencing_at()

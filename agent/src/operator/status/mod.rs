@@ -30,6 +30,9 @@ pub struct Status {
     /// handed back: hooks, database and proxy wait for its confirmation.
     #[serde(default)]
     pub provisional: bool,
+    /// How long this node's kernel serves the VIPs if the agent hangs.
+    #[serde(default)]
+    pub lease_ms: u64,
     /// When the isolated holder will fence itself, if it is counting down.
     pub fencing_in_ms: Option<u64>,
     pub peer: Option<PeerStatus>,
@@ -439,6 +442,7 @@ mod tests {
             nopreempt: true,
             degraded: true,
             provisional: false,
+            lease_ms: 48,
             fencing_in_ms: None,
             peer: None,
             links: vec![LinkStatus {
@@ -492,6 +496,7 @@ mod tests {
             nopreempt: true,
             degraded: false,
             provisional: false,
+            lease_ms: 48,
             fencing_in_ms: None,
             peer: None,
             links: vec![],
