@@ -83,6 +83,12 @@ pub struct Global {
 pub struct Lease {
     /// CLOCK_MONOTONIC deadline (ns).
     pub until_ns: u64,
+    /// When the senders last renewed (the anchor of `until_ns`).
+    pub renewed_ns: u64,
+    /// When a sender last found itself later than a probe interval: this
+    /// machine stalled. The peer's silence right after that may be ours
+    /// (its probes not processed yet), not its: the timers give it grace.
+    pub stalled_ns: u64,
 }
 
 /// Per-link settings written by the agent (map `LINK_CONFIG`, index = link).

@@ -440,15 +440,31 @@ unsafe fn start_pinned(timer: *mut bpf_timer, ns: u64) {
     }
 }
 
+/// Whether this machine just stalled, so that a silence may be ours: the
+/// timer ran late, or our own senders ran late within the detection time,
+/// or have not renewed the lease for longer than a stall (they were not
+/// scheduled: the peer's probes may be queued behind the same stall).
+#[inline(always)]
+fn stalled_here(now: u64, due: u64, detect: u64, stall: u64) -> bool {
+    if now.saturating_sub(due) > stall {
+        return true;
+    }
+    let Some(l) = LEASE.get(0) else {
+        return false;
+    };
+    (l.stalled_ns != 0 && now.saturating_sub(l.stalled_ns) < detect)
+        || (l.renewed_ns != 0 && now.saturating_sub(l.renewed_ns) > stall)
+}
+
 /// Timer callback (peer or witness of one link): declares the link's peer or
 /// witness down when it stayed silent for the detection time, else re-arms
 /// for the remainder (a probe may have arrived just as the timer fired).
 ///
-/// A callback that runs later than `stall_ns` after it was due ran on a
-/// CPU (or a machine) that was stalled: the probes that arrived meanwhile
-/// may not have been processed yet (on another CPU, or queued behind the
-/// stall). It never declares a death then; it looks again `grace_ns` later.
-/// A stall of the receiving side can thus delay a detection, never fake one.
+/// A callback that runs while this machine is stalling or just stalled (see
+/// `stalled_here`) may be looking at probes not processed yet (on another
+/// CPU, or queued behind the stall). It never declares a death then; it
+/// looks again `grace_ns` later. A stall of the receiving side can thus
+/// delay a detection, never fake one.
 #[inline(never)]
 unsafe extern "C" fn timer_cb(_map: *mut c_void, key: *mut u32, value: *mut LinkTimer) -> i32 {
     // SAFETY: the kernel passes the element's key and value.
@@ -482,7 +498,7 @@ unsafe extern "C" fn timer_cb(_map: *mut c_void, key: *mut u32, value: *mut Link
     let elapsed = now.saturating_sub(last);
     let (rearm, down) = if elapsed < detect {
         (detect - elapsed, false)
-    } else if cfg.stall_ns != 0 && now.saturating_sub(due) > cfg.stall_ns {
+    } else if cfg.stall_ns != 0 && stalled_here(now, due, detect, cfg.stall_ns) {
         (cfg.grace_ns, false)
     } else {
         (0, true)

@@ -18,12 +18,14 @@
 //! counters are atomics the async side reads and reports.
 //!
 //! The lease: before sending a slot's probes a thread reads the clock
-//! (`anchor`); after at least one probe left it sets the kernel's lease to
-//! `anchor + lease`. Every lease deadline is thus anchored before a probe
-//! the peer could hear: the peer, counting the lease from the last probe it
-//! heard, knows when our kernel stops serving the VIPs if we hang. The
-//! threads renew (and send) only while the decision loop is alive: a
-//! deadlocked agent falls silent, its peer takes over, its lease lapses.
+//! (`anchor`); after sending them it sets the kernel's lease to `anchor +
+//! lease`. Every lease deadline is thus anchored before a probe the peer
+//! could hear: the peer, counting the lease from the last probe it heard,
+//! knows when our kernel stops serving the VIPs if we hang. The threads
+//! renew (and send) only while the decision loop is alive: a deadlocked
+//! agent falls silent, its peer takes over, its lease lapses. With each
+//! renewal they tell the kernel when they last ran late (this machine
+//! stalled), so its timers do not take our own stall for the peer's death.
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU64, Ordering};
@@ -230,6 +232,8 @@ struct Shared {
     witness_sent: Vec<AtomicU64>,
     lease: Option<LeaseWriter>,
     lease_ns: u64,
+    /// When a thread last found itself later than an interval (0 = never).
+    stalled_ns: AtomicU64,
     stats: Arc<SenderStats>,
     /// The common start of every grid.
     start: Instant,
@@ -289,6 +293,7 @@ impl Senders {
             witness_sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
             lease,
             lease_ns: u64::try_from(cfg.lease.as_nanos()).unwrap_or(u64::MAX),
+            stalled_ns: AtomicU64::new(0),
             stats,
             start: Instant::now(),
             interval: cfg.interval.max(Duration::from_micros(100)),
@@ -450,8 +455,13 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize, offset: Duration) {
                 seen_gen = generation;
             }
             let late = now.saturating_duration_since(slot_time(shared, slot));
+            if late > shared.interval + offset {
+                // This thread was not scheduled for more than a slot: the
+                // machine (or this CPU) stalled.
+                shared.stalled_ns.fetch_max(anchor_ns, Ordering::AcqRel);
+            }
             let report = lateness_units(shared.stats.recent_late().max(late));
-            let mut sent_any = false;
+            let mut attempted = false;
             for (i, link) in links.iter().enumerate() {
                 let Some(t) = local[i].as_ref() else {
                     continue;
@@ -477,9 +487,9 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize, offset: Duration) {
                 let Some(socket) = link.sockets.get(thread % link.sockets.len().max(1)) else {
                     continue;
                 };
+                attempted = true;
                 match send(socket, &probe) {
                     Ok(()) => {
-                        sent_any = true;
                         shared.sent_seq[i].fetch_max(seq, Ordering::AcqRel);
                         shared.sent_gen[i].fetch_max(seen_gen, Ordering::AcqRel);
                     }
@@ -493,12 +503,17 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize, offset: Duration) {
                     }
                 }
             }
-            if sent_any {
+            // Renewed when this thread did the slot's sends (whether the
+            // network took them or not: a dead peer's unresolved address
+            // fails sends, and the holder must keep serving then).
+            if attempted {
                 if let Some(lease) = &shared.lease {
-                    if lease
-                        .renew(anchor_ns.saturating_add(shared.lease_ns))
-                        .is_err()
-                    {
+                    let renewed = lease.renew(
+                        anchor_ns.saturating_add(shared.lease_ns),
+                        anchor_ns,
+                        shared.stalled_ns.load(Ordering::Acquire),
+                    );
+                    if renewed.is_err() {
                         shared.stats.lease_errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }

@@ -519,11 +519,12 @@ fn default_rt_priority() -> u8 {
     50
 }
 fn default_interval_ms() -> u64 {
-    4
+    2
 }
-/// 4 ms x 3: 12 ms of silence. A false death needs every link silent for
-/// three probe slots; the sender is SCHED_FIFO on a fixed cadence, and the
-/// soak (both cores saturated, 2% loss on both links) decides whether the
+/// 2 ms x 3: 6 ms of silence. A false death needs every link silent for
+/// three probe slots from every sender thread (one per CPU, real-time); a
+/// receiving CPU that stalls delays the verdict instead of faking it. The
+/// soaks (idle, and both cores saturated with 2% loss) decide whether the
 /// margin holds (bench/RESULTS.md). Raise it on hosts with worse jitter.
 fn default_peer_multiplier() -> u32 {
     3
@@ -971,7 +972,8 @@ instance = "inside_network"
         let c = parse(GOOD).unwrap();
         assert_eq!(c.node.priority, 101);
         assert!(c.node.nopreempt);
-        assert_eq!(c.links[0].detect_time(), Duration::from_millis(12));
+        assert_eq!(c.links[0].detect_time(), Duration::from_millis(6));
+        assert_eq!(c.lease(), Duration::from_millis(24));
         assert_eq!(c.init_timeout(), Duration::from_millis(100));
         let vips = c.vips();
         assert_eq!(vips[0].instance, "outside_network");
