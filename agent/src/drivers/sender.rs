@@ -686,3 +686,95 @@ mod tests {
         assert_eq!(s.recent_late(), Duration::ZERO);
     }
 }
+
+#[cfg(test)]
+mod loop_tests {
+    use super::*;
+    use crate::decisions::election::{Control, Role};
+    use crate::protocol::{Key, Origin};
+
+    fn template() -> Template {
+        let c = Control {
+            role: Role::Master,
+            priority: 100,
+            epoch: 1,
+            eligible: true,
+            want_takeover: false,
+            witness_reach: 0,
+            witness_count: 0,
+            links_up: 0,
+            witness_links: 0,
+            router_id: 1,
+            replica_ok: false,
+            fresh_takeover: false,
+        };
+        let o = Origin {
+            sender: Ipv4Addr::new(127, 0, 0, 1),
+            token: 9,
+            boot: 1,
+            node: "t".into(),
+            lease_ms: 24,
+        };
+        Template::new(&o, 0, 1, 0, &c)
+    }
+
+    fn received(rx: &UdpSocket, within: Duration) -> usize {
+        let end = Instant::now() + within;
+        let mut n = 0;
+        let mut buf = [0u8; 256];
+        while Instant::now() < end {
+            if rx.recv(&mut buf).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn a_hung_decision_loop_silences_the_senders() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.connect(rx.local_addr().unwrap()).unwrap();
+        tx.set_nonblocking(true).unwrap();
+        let senders = Senders::spawn(
+            SenderConfig {
+                interval: Duration::from_millis(2),
+                rt_priority: 0,
+                threads: 2,
+                lease: Duration::from_millis(24),
+            },
+            Signer::new(&Key::from_bytes(b"0123456789abcdef")),
+            vec![SenderLink {
+                sockets: vec![tx.try_clone().unwrap(), tx],
+                witness: None,
+            }],
+            &[template()],
+            None,
+            Arc::new(SenderStats::default()),
+        )
+        .unwrap();
+        let beat = senders.heartbeat();
+        // Alive: probes every slot.
+        let end = Instant::now() + Duration::from_millis(200);
+        let mut alive = 0;
+        while Instant::now() < end {
+            beat.beat();
+            alive += received(&rx, Duration::from_millis(10));
+        }
+        assert!(alive > 20, "only {alive} probes while the loop lived");
+        // The loop hangs: once LOOP_STALE has passed, nothing more leaves.
+        std::thread::sleep(LOOP_STALE + Duration::from_millis(50));
+        while rx.recv(&mut [0u8; 256]).is_ok() {}
+        assert_eq!(received(&rx, Duration::from_millis(100)), 0);
+        assert!(senders.stats().loop_stale.load(Ordering::Relaxed) > 0);
+        // It lives again: probes again.
+        let end = Instant::now() + Duration::from_millis(100);
+        let mut again = 0;
+        while Instant::now() < end {
+            beat.beat();
+            again += received(&rx, Duration::from_millis(10));
+        }
+        assert!(again > 0);
+    }
+}
