@@ -38,8 +38,7 @@ use crate::drivers::sender::{Heartbeat, SenderConfig, SenderLink, SenderStats, S
 use crate::drivers::vip::VipDriver;
 use crate::operator::config::{Config, Vip};
 use crate::operator::status::{
-    self, FalseAlarmStatus, LinkStatus, PeerStatus, SenderStatus, Status, TransitionStatus,
-    VipStatus,
+    self, FalseAlarmStatus, LinkStatus, PeerStatus, Status, TransitionStatus, VipStatus,
 };
 use crate::protocol::{self, Key, Origin, Signer, Template};
 
@@ -1000,7 +999,7 @@ impl ElectionLoop {
                     own_lateness_ms: own.as_secs_f64() * 1000.0,
                 })
                 .collect(),
-            sender: Some(SenderStatus::from_stats(&self.stats)),
+            sender: Some(self.stats.snapshot()),
             probes_refused: self.rejected.values().sum::<u64>() + self.bad_probes,
             hooks: Vec::new(),
             database: None,

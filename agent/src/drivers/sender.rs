@@ -37,10 +37,10 @@ use agent_ebpf::SEQ_SHIFT;
 
 use crate::drivers::arp::ArpSocket;
 use crate::drivers::ebpf::{monotonic_now_ns, LeaseWriter};
+use crate::operator::status::{LatenessBucket, SenderStatus};
 use crate::protocol::{lateness_units, Signer, Template, PROBE_LEN};
 
-/// Sender threads at most (one per CPU).
-pub const MAX_SENDERS: usize = 4;
+pub use crate::operator::config::MAX_SENDERS;
 /// The decision loop is considered hung when it has not marked itself alive
 /// for this long: the senders then stop sending and renewing the lease.
 pub const LOOP_STALE: Duration = Duration::from_millis(100);
@@ -213,6 +213,37 @@ impl SenderStats {
             }
         }
         None
+    }
+}
+
+impl SenderStats {
+    /// The counters for `ha-agent status`.
+    pub fn snapshot(&self) -> SenderStatus {
+        let s = self;
+        use std::sync::atomic::Ordering::Relaxed;
+        SenderStatus {
+            threads: s.threads.load(Relaxed),
+            realtime_threads: s.realtime_threads.load(Relaxed),
+            pinned_threads: s.pinned_threads.load(Relaxed),
+            slots: s.slots.load(Relaxed),
+            missed_slots: s.missed.load(Relaxed),
+            lateness_buckets: s
+                .histogram
+                .iter()
+                .enumerate()
+                .map(|(i, c)| LatenessBucket {
+                    le_us: LATENESS_BUCKETS_US.get(i).copied(),
+                    count: c.load(Relaxed),
+                })
+                .collect(),
+            lateness_p50_us: s.quantile_us(0.5),
+            lateness_p99_us: s.quantile_us(0.99),
+            lateness_max_us: s.max_late_us.load(Relaxed),
+            send_errors: s.send_errors.iter().map(|c| c.load(Relaxed)).sum(),
+            witness_errors: s.witness_errors.load(Relaxed),
+            lease_errors: s.lease_errors.load(Relaxed),
+            loop_stale: s.loop_stale.load(Relaxed),
+        }
     }
 }
 

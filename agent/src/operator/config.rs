@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Probe sender threads at most (one per CPU).
+pub const MAX_SENDERS: usize = 4;
+
 /// Default UDP port of the probes between the two agents.
 pub const DEFAULT_PORT: u16 = 7405;
 
@@ -643,13 +646,10 @@ impl Config {
         if n.group.trim().is_empty() {
             bad("node.group".into(), "must not be empty");
         }
-        if n.senders > crate::drivers::sender::MAX_SENDERS {
+        if n.senders > MAX_SENDERS {
             bad(
                 "node.senders".into(),
-                &format!(
-                    "must be 0 (one per CPU) or at most {}",
-                    crate::drivers::sender::MAX_SENDERS
-                ),
+                &format!("must be 0 (one per CPU) or at most {}", MAX_SENDERS),
             );
         }
         if let Some(ms) = n.lease_ms {

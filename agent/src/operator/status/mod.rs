@@ -149,36 +149,6 @@ pub struct LatenessBucket {
     pub count: u64,
 }
 
-impl SenderStatus {
-    pub fn from_stats(s: &crate::drivers::sender::SenderStats) -> SenderStatus {
-        use crate::drivers::sender::LATENESS_BUCKETS_US;
-        use std::sync::atomic::Ordering::Relaxed;
-        SenderStatus {
-            threads: s.threads.load(Relaxed),
-            realtime_threads: s.realtime_threads.load(Relaxed),
-            pinned_threads: s.pinned_threads.load(Relaxed),
-            slots: s.slots.load(Relaxed),
-            missed_slots: s.missed.load(Relaxed),
-            lateness_buckets: s
-                .histogram
-                .iter()
-                .enumerate()
-                .map(|(i, c)| LatenessBucket {
-                    le_us: LATENESS_BUCKETS_US.get(i).copied(),
-                    count: c.load(Relaxed),
-                })
-                .collect(),
-            lateness_p50_us: s.quantile_us(0.5),
-            lateness_p99_us: s.quantile_us(0.99),
-            lateness_max_us: s.max_late_us.load(Relaxed),
-            send_errors: s.send_errors.iter().map(|c| c.load(Relaxed)).sum(),
-            witness_errors: s.witness_errors.load(Relaxed),
-            lease_errors: s.lease_errors.load(Relaxed),
-            loop_stale: s.loop_stale.load(Relaxed),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct VipStatus {
     pub address: String,
