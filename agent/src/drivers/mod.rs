@@ -9,6 +9,7 @@ pub mod ebpf;
 pub mod hooks;
 pub mod mysql;
 pub mod privileges;
+pub mod probe_socket;
 pub mod sender;
 #[cfg(test)]
 pub(crate) mod testns;

@@ -8,44 +8,39 @@
 //! itself alive for the probe senders after each pass ([`Heartbeat`]): if
 //! it hangs, the senders fall silent and the lease lapses.
 
+mod report;
+mod setup;
+
+use setup::templates;
+
 use std::collections::VecDeque;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use agent_ebpf::{
-    Event, Global, EVENT_PEER_DOWN, EVENT_PEER_UP, EVENT_VIP_CONFLICT, EVENT_WITNESS_DOWN,
-    EVENT_WITNESS_UP,
+    Event, EVENT_PEER_DOWN, EVENT_PEER_UP, EVENT_VIP_CONFLICT, EVENT_WITNESS_DOWN, EVENT_WITNESS_UP,
 };
 use anyhow::{Context, Result};
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::decisions::database::LocalDb;
 use crate::decisions::election::{
-    Control, Election, ElectionConfig, FalseAlarm, Input, Output, PeerMessage, Role, Transition,
+    Control, Election, FalseAlarm, Input, Output, PeerMessage, Role, Transition,
 };
-use crate::decisions::session::{Rejection, SessionConfig, Sessions, Verdict};
+use crate::decisions::session::{Rejection, Sessions, Verdict};
 use crate::drivers::arp::ArpSocket;
 use crate::drivers::carrier::CarrierWatch;
-use crate::drivers::ebpf::{ip_to_kernel, kernel_link_config, monotonic_now_ns, Liveness, XdpMode};
+use crate::drivers::ebpf::{monotonic_now_ns, Liveness};
 use crate::drivers::hooks::HookState;
-use crate::drivers::sender::{Heartbeat, SenderConfig, SenderLink, SenderStats, Senders, Witness};
+use crate::drivers::sender::{Heartbeat, SenderStats, Senders};
 use crate::drivers::vip::VipDriver;
 use crate::operator::config::{Config, Vip};
-use crate::operator::status::{
-    self, FalseAlarmStatus, LinkStatus, PeerStatus, Status, TransitionStatus, VipStatus,
-};
-use crate::protocol::{self, Key, Origin, Signer, Template};
+use crate::operator::status::Status;
+use crate::protocol::{self, Key, Origin, Signer};
 
-/// Accepted probes passed to userspace unchanged once in this many slots: a
-/// periodic full check (HMAC) of what the kernel accepts by its tag alone.
-/// Changes pass at once, so this only costs wakes.
-const PASS_EVERY: u32 = 50;
 /// The loop wakes at least this often: heartbeat, counters, GARP refresh.
 const TICK: Duration = Duration::from_millis(20);
 /// False alarms kept for the status.
@@ -204,194 +199,11 @@ struct ElectionLoop {
     last_garp_refresh: Instant,
 }
 
-/// The probe receive sockets, one per link.
-struct ProbeSockets(Vec<UdpSocket>);
-
 impl ElectionLoop {
-    async fn start(
-        cfg: Arc<Config>,
-        key: Key,
-        boot: u64,
-        view: watch::Sender<ElectionView>,
-        notices: mpsc::UnboundedSender<Notice>,
-    ) -> Result<(ElectionLoop, ProbeSockets)> {
-        let started = Instant::now();
-        let token = random_token()?;
-        let signer = Signer::new(&key);
-        let vips = cfg.vips();
-        let mut vip_driver = VipDriver::new().await?;
-        let mut interfaces = Vec::new();
-        for l in &cfg.links {
-            let info = vip_driver.interface(&l.interface).await.with_context(|| {
-                format!(
-                    "link {:?}: interface {} (check the [[link]] interface name)",
-                    l.name, l.interface
-                )
-            })?;
-            if !info.oper_up {
-                warn!(link = %l.name, interface = %l.interface, "interface is down (no carrier or admin down): the peer cannot be heard on it");
-            }
-            interfaces.push(info);
-        }
-        vip_driver.remember(&interfaces_of(&cfg, &interfaces));
-
-        let mode = match cfg.ebpf.xdp_mode.as_deref() {
-            Some(m) => m.parse::<XdpMode>().map_err(anyhow::Error::msg)?,
-            None => XdpMode::Native,
-        };
-        let mut liveness = Liveness::load(cfg.ebpf.object.as_deref())?;
-        let (sip_k0, sip_k1) = signer.kernel_key();
-        let router_id = cfg
-            .links
-            .first()
-            .map_or(Ipv4Addr::UNSPECIFIED, |l| l.local_ip);
-        let peer_id = cfg
-            .links
-            .first()
-            .map_or(Ipv4Addr::UNSPECIFIED, |l| l.peer_ip);
-        liveness.set_global(&Global {
-            sip_k0,
-            sip_k1,
-            peer_id: ip_to_kernel(peer_id),
-            lease_enforced: 1,
-        })?;
-        for (i, l) in cfg.links.iter().enumerate() {
-            let kcfg = kernel_link_config(l, cfg.node.port, PASS_EVERY);
-            liveness.attach_link(i as u32, &l.interface, &kcfg, mode)?;
-        }
-        // Loading parsed the kernel's BTF (megabytes, now freed): give the
-        // pages back so the agent at rest stays small.
-        // SAFETY: malloc_trim only releases free heap memory.
-        unsafe { libc::malloc_trim(0) };
-
-        let mut sockets = Vec::new();
-        let mut arp = Vec::new();
-        let mut sender_links = Vec::new();
-        let threads = crate::drivers::sender::thread_count(cfg.node.senders);
-        for (i, l) in cfg.links.iter().enumerate() {
-            sockets.push(
-                probe_socket(&l.interface, l.local_ip, cfg.node.port).with_context(|| {
-                    format!(
-                        "link {:?}: cannot open the probe socket on {}:{} ({})",
-                        l.name, l.local_ip, cfg.node.port, l.interface
-                    )
-                })?,
-            );
-            let sock = Arc::new(ArpSocket::open(
-                &l.interface,
-                interfaces[i].index,
-                interfaces[i].mac,
-            )?);
-            let peer = SocketAddrV4::new(l.peer_ip, cfg.node.port);
-            let sockets = (0..threads)
-                .map(|_| send_socket(&l.interface, l.local_ip, peer))
-                .collect::<std::io::Result<Vec<_>>>()
-                .with_context(|| {
-                    format!(
-                        "link {:?}: cannot open the probe send sockets on {} ({}) to {peer}",
-                        l.name, l.local_ip, l.interface
-                    )
-                })?;
-            sender_links.push(SenderLink {
-                sockets,
-                witness: l.witness.map(|target| Witness {
-                    arp: sock.clone(),
-                    local_ip: l.local_ip,
-                    target,
-                    interval: l.witness_interval(),
-                }),
-            });
-            arp.push(sock);
-        }
-
-        let now = Instant::now();
-        let election = Election::new(election_config(&cfg), now);
-        let sessions = Sessions::new(SessionConfig {
-            our_token: token,
-            peer_id,
-            peer_ips: cfg.links.iter().map(|l| l.peer_ip).collect(),
-        });
-        let origin = Origin {
-            sender: router_id,
-            token,
-            boot,
-            node: cfg.node.name.clone(),
-            lease_ms: u16::try_from(cfg.lease().as_millis()).unwrap_or(u16::MAX),
-        };
-        let first = templates(&cfg, &origin, 1, 0, &election.control(now));
-        let stats = Arc::new(SenderStats::default());
-        let senders = Senders::spawn(
-            SenderConfig {
-                interval: cfg.probe_interval(),
-                rt_priority: cfg.node.rt_priority,
-                threads: cfg.node.senders,
-                lease: cfg.lease(),
-            },
-            signer.clone(),
-            sender_links,
-            &first,
-            Some(liveness.lease_writer()?),
-            stats.clone(),
-        )?;
-        let heartbeat = senders.heartbeat();
-        let carrier = CarrierWatch::open(
-            interfaces.iter().map(|i| i.index).collect(),
-            interfaces.iter().map(|i| i.oper_up).collect(),
-        )?;
-
-        if !cfg.witnesses_configured() {
-            warn!("no witness configured on any link: if the two servers lose each other while both stay up (a partition), BOTH will hold the VIPs until it heals; configure `witness` (the gateway) on the outside link");
-        }
-        info!(
-            token = format_args!("{token:016x}"),
-            boot,
-            links = cfg.links.len(),
-            vips = vips.len(),
-            lease_ms = cfg.lease().as_millis() as u64,
-            "ha-agent started: listening for the peer"
-        );
-        let mut l = ElectionLoop {
-            vips,
-            signer,
-            origin,
-            ctl_gen: 1,
-            election,
-            sessions,
-            liveness,
-            vip_driver,
-            arp,
-            senders,
-            heartbeat,
-            stats,
-            carrier,
-            view,
-            notices,
-            peer_node: String::new(),
-            holds: false,
-            transition_times: VecDeque::new(),
-            false_alarms: VecDeque::new(),
-            started,
-            bad_probes: 0,
-            rejected: Default::default(),
-            refused: 0,
-            reported_missed: 0,
-            reported_send_errors: 0,
-            last_garp_refresh: now,
-            cfg,
-        };
-        for (i, info) in interfaces.iter().enumerate() {
-            if !info.oper_up {
-                l.election
-                    .handle_input(Input::Carrier { link: i, up: false }, now);
-            }
-        }
-        Ok((l, ProbeSockets(sockets)))
-    }
-
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
-        sockets: ProbeSockets,
+        sockets: Vec<UdpSocket>,
     ) -> Result<()> {
         // Decisions must not wait behind CPU hogs either (keepalived's
         // vrrp_rt_priority): just below the senders.
@@ -401,7 +213,7 @@ impl ElectionLoop {
                 warn!(error = %e, "cannot run the election under SCHED_FIFO (CAP_SYS_NICE): a busy CPU can delay decisions");
             }
         }
-        let mut probes = spawn_probe_readers(sockets)?;
+        let mut probes = crate::drivers::probe_socket::spawn_readers(sockets)?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut tick = tokio::time::interval(TICK);
@@ -425,7 +237,7 @@ impl ElectionLoop {
                         self.on_kernel_event(e);
                     }
                 }
-                Some((link, src, buf, n)) = probes.recv() => self.on_probe(link, src, &buf[..n]),
+                Some(got) = probes.recv() => self.on_probe(got.link, got.source, got.payload()),
                 (link, up) = self.carrier.next() => self.on_carrier(link, up),
                 _ = sleep_until_opt(deadline) => self.election.handle_timeout(Instant::now()),
                 _ = sigterm.recv() => self.begin_shutdown("SIGTERM"),
@@ -870,158 +682,6 @@ impl ElectionLoop {
         }
         self.false_alarms.push_back((SystemTime::now(), f, own));
     }
-
-    /// The election's part of the status (the services fill in theirs).
-    fn status(&self) -> Status {
-        use std::sync::atomic::Ordering::Relaxed;
-        let now_ns = monotonic_now_ns();
-        let age = |ns: u64| (ns != 0).then(|| now_ns.saturating_sub(ns) / 1_000_000);
-        let links = self
-            .cfg
-            .links
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let k = self.liveness.link_state(i as u32).unwrap_or_default();
-                LinkStatus {
-                    name: l.name.clone(),
-                    interface: l.interface.clone(),
-                    carrier: self.election.carrier(i),
-                    peer_up: self.election.link_up(i),
-                    last_seen_ms_ago: age(k.peer_last_ns),
-                    probes_received: k.rx,
-                    probes_lost: k.lost,
-                    probes_rejected: k.rejected,
-                    probes_duplicate: k.duplicates,
-                    lease_drops: k.lease_drops,
-                    send_errors: self.stats.send_errors[i].load(Relaxed),
-                    witness: l.witness.map(|w| w.to_string()),
-                    witness_up: l.witness.map(|_| self.election.witness_up(i)),
-                    witness_last_seen_ms_ago: l.witness.and_then(|_| age(k.witness_last_ns)),
-                }
-            })
-            .collect();
-        let vip_name = |v: &Vip| format!("{}/{}", v.address, v.prefix_len);
-        let mut warnings = Vec::new();
-        if !self.cfg.witnesses_configured() {
-            warnings.push("no witness configured: a partition between the servers can produce two VIP holders".to_string());
-        }
-        if self.election.degraded() {
-            let down: Vec<&str> = self
-                .cfg
-                .links
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !self.election.link_up(*i))
-                .map(|(_, l)| l.name.as_str())
-                .collect();
-            warnings.push(format!(
-                "peer silent on link(s) {}: degraded, no failover",
-                down.join(", ")
-            ));
-        }
-        let threads = self.stats.threads.load(Relaxed);
-        let rt = self.stats.realtime_threads.load(Relaxed);
-        if self.cfg.node.rt_priority > 0 && rt < threads {
-            warnings.push(format!("{} of {threads} probe sender threads could not get SCHED_FIFO (CAP_SYS_NICE): a busy CPU can delay probes", threads - rt));
-        }
-        let transitions = self
-            .election
-            .history()
-            .map(|t| {
-                let wall = self
-                    .transition_times
-                    .iter()
-                    .find(|(at, _)| *at == t.at)
-                    .map_or_else(|| SystemTime::now() - t.at.elapsed(), |(_, w)| *w);
-                TransitionStatus {
-                    time: status::rfc3339(wall),
-                    from: t.from.to_string(),
-                    to: t.to.to_string(),
-                    epoch: t.epoch,
-                    reason: t.reason.clone(),
-                }
-            })
-            .collect();
-        Status {
-            node: self.cfg.node.name.clone(),
-            state: self.election.role().to_string(),
-            epoch: self.election.epoch(),
-            priority: self.cfg.node.priority,
-            nopreempt: self.cfg.node.nopreempt,
-            degraded: self.election.degraded(),
-            provisional: self.election.provisional(),
-            lease_ms: self.cfg.lease().as_millis() as u64,
-            fencing_in_ms: self
-                .election
-                .fencing_at()
-                .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
-            peer: self.election.peer_control().map(|c| PeerStatus {
-                node: self.peer_node.clone(),
-                state: c.role.to_string(),
-                epoch: c.epoch,
-                priority: c.priority,
-                eligible: c.eligible,
-                witness_reach: c.witness_reach,
-                alive: self.election.peer_alive(),
-                lateness_ms: self
-                    .election
-                    .peer_lateness()
-                    .map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-            }),
-            links,
-            vips: self
-                .vips
-                .iter()
-                .map(|v| VipStatus {
-                    address: vip_name(v),
-                    interface: v.interface.clone(),
-                    held: self.holds,
-                })
-                .collect(),
-            vips_held: if self.holds {
-                self.vips.iter().map(vip_name).collect()
-            } else {
-                Vec::new()
-            },
-            warnings,
-            transitions,
-            false_alarms: self.election.false_alarms(),
-            recent_false_alarms: self
-                .false_alarms
-                .iter()
-                .map(|(wall, f, own)| FalseAlarmStatus {
-                    time: status::rfc3339(*wall),
-                    epoch: f.epoch,
-                    silence_ms: f.silence.as_secs_f64() * 1000.0,
-                    held_ms: f.held.as_secs_f64() * 1000.0,
-                    peer_lateness_ms: f.peer_lateness.as_secs_f64() * 1000.0,
-                    own_lateness_ms: own.as_secs_f64() * 1000.0,
-                })
-                .collect(),
-            sender: Some(self.stats.snapshot()),
-            probes_refused: self.rejected.values().sum::<u64>() + self.bad_probes,
-            hooks: Vec::new(),
-            database: None,
-            atlas: None,
-        }
-    }
-}
-
-/// Each link's interface index, for the VIP driver.
-fn interfaces_of(cfg: &Config, infos: &[crate::drivers::vip::InterfaceInfo]) -> Vec<(String, u32)> {
-    cfg.links
-        .iter()
-        .zip(infos)
-        .map(|(l, i)| (l.interface.clone(), i.index))
-        .collect()
-}
-
-/// The probe templates of every link.
-fn templates(cfg: &Config, origin: &Origin, ctl_gen: u32, echo: u64, c: &Control) -> Vec<Template> {
-    (0..cfg.links.len())
-        .map(|i| Template::new(origin, i as u8, ctl_gen, echo, c))
-        .collect()
 }
 
 /// The `Instant` of a CLOCK_MONOTONIC reading (the kernel's timestamps).
@@ -1036,118 +696,4 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-fn election_config(cfg: &Config) -> ElectionConfig {
-    let detect = cfg.detect_time();
-    let witness_links = cfg
-        .links
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.witness.is_some())
-        .fold(0u8, |m, (i, _)| m | (1 << i));
-    ElectionConfig {
-        priority: cfg.node.priority,
-        nopreempt: cfg.node.nopreempt,
-        preempt_delay: Duration::from_millis(cfg.node.preempt_delay_ms),
-        init_timeout: cfg.init_timeout(),
-        fence_timeout: Duration::from_millis(cfg.node.fence_timeout_ms),
-        detect_time: detect,
-        contest_delay: detect,
-        reclaim_window: (detect * 4).max(Duration::from_millis(50)),
-        handover_hold: (detect * 20).max(Duration::from_millis(500)),
-        shutdown_wait: (detect * 10).max(Duration::from_millis(300)),
-        links: cfg.links.len(),
-        witness_links,
-        router_id: cfg
-            .links
-            .first()
-            .map_or(Ipv4Addr::UNSPECIFIED, |l| l.local_ip),
-    }
-}
-
-fn random_token() -> Result<u64> {
-    let mut b = [0u8; 8];
-    loop {
-        getrandom::fill(&mut b)
-            .map_err(|e| anyhow::anyhow!("no randomness for the session token: {e}"))?;
-        let t = u64::from_ne_bytes(b);
-        if t != 0 {
-            return Ok(t);
-        }
-    }
-}
-
-type ProbeRx = mpsc::Receiver<(usize, Ipv4Addr, [u8; 256], usize)>;
-
-/// One reader task per probe socket feeds the loop, with the source address.
-fn spawn_probe_readers(sockets: ProbeSockets) -> Result<ProbeRx> {
-    let (tx, rx) = mpsc::channel(256);
-    for (i, s) in sockets.0.into_iter().enumerate() {
-        s.set_nonblocking(true)?;
-        // Read interest only: the loop is never woken for write space.
-        // SAFETY: the AsyncFd owns the socket, whose fd stays open and the
-        // same until the AsyncFd is dropped.
-        let sock = unsafe { AsyncFd::register_with_interest(s, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 256];
-            loop {
-                let got = match sock.readable().await {
-                    Ok(mut guard) => match guard.try_io(|s| s.get_ref().recv_from(&mut buf)) {
-                        Ok(r) => r,
-                        Err(_would_block) => continue,
-                    },
-                    Err(e) => Err(e),
-                };
-                match got {
-                    Ok((n, std::net::SocketAddr::V4(src))) => {
-                        if tx.send((i, *src.ip(), buf, n)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        warn!(link = i, error = %e, "probe socket receive failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            }
-        });
-    }
-    Ok(rx)
-}
-
-/// UDP socket bound to the link's address and interface; marked as network
-/// control traffic so queues let it through first.
-fn probe_socket(ifname: &str, ip: Ipv4Addr, port: u16) -> std::io::Result<UdpSocket> {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_address(true)?;
-    s.bind_device(Some(ifname.as_bytes()))?;
-    s.set_tos_v4(0xC0)?;
-    s.set_priority(6)?;
-    s.bind(&SocketAddrV4::new(ip, port).into())?;
-    Ok(s.into())
-}
-
-/// The senders' socket per link: connected, so the kernel keeps the route
-/// instead of looking it up for every probe, and never read, so no one is
-/// woken when its send buffer drains. Its source port is ephemeral: the
-/// peer accepts probes by destination port. One per sender thread.
-fn send_socket(ifname: &str, ip: Ipv4Addr, peer: SocketAddrV4) -> std::io::Result<UdpSocket> {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    s.bind_device(Some(ifname.as_bytes()))?;
-    s.set_tos_v4(0xC0)?;
-    s.set_priority(6)?;
-    s.bind(&SocketAddrV4::new(ip, 0).into())?;
-    s.connect(&peer.into())?;
-    // Nothing is ever read here: the smallest receive buffer.
-    s.set_recv_buffer_size(0)?;
-    // Never block a real-time thread: with the peer's address unresolved
-    // (it died), the kernel parks our datagrams in the neighbour queue, and
-    // a blocking send waits until ARP gives up (seconds) once they fill
-    // the send buffer. A full buffer is a failed send (counted), never a wait.
-    s.set_nonblocking(true)?;
-    Ok(s.into())
 }
