@@ -1214,18 +1214,20 @@ async fn repairs_are_persisted_within_one_period() {
         cnf_value(&cnf, "proxy-backend-addresses").as_deref(),
         Some("")
     );
-    while cnf_value(&cnf, "proxy-backend-addresses") != Some(net.vip().to_string()) {
+    // Done when the line is back and the mode too (Atlas's own rewrite
+    // has the line at 0644 a moment before the agent restores the mode; and
+    // if the agent repaired the table before the operator's SAVE CONFIG,
+    // its next round finds the file exposed and puts the mode back).
+    while cnf_value(&cnf, "proxy-backend-addresses") != Some(net.vip().to_string())
+        || mode(&cnf) != 0o600
+        || !h.status().in_sync
+    {
         assert!(t0.elapsed() < WAIT, "{:?}", h.status());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     println!(
-        "rw entry removed and saved by hand: back in the .cnf {:?} later (period 200 ms)",
+        "rw entry removed and saved by hand: back in the .cnf, mode 0600, {:?} later (period 200 ms)",
         t0.elapsed()
-    );
-    assert_eq!(
-        mode(&cnf),
-        0o600,
-        "the operator's SAVE CONFIG made it 0644; the agent's put it back"
     );
 
     // (b) Atlas restarted from a .cnf that lacks the ro entry.
@@ -1348,4 +1350,108 @@ async fn a_new_wish_mid_round_stops_the_old_plan() {
         f.table().iter().map(|b| b.address).collect::<Vec<_>>(),
         vec![net.vip()]
     );
+}
+
+// ---- the real agents, MariaDB and the fixture Atlas in the lab --------------
+
+/// The seed's stack with real agents: the replica serves reads through each
+/// server's Atlas proxy port once Atlas's checker marks it up, through a
+/// failover and the old primary's return; every `.cnf` the agents persisted
+/// (SAVE CONFIG) keeps its mode; the agents never report Atlas in sync while
+/// it has no `up` rw backend.
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn lab_reads_follow_the_replica_through_failover_and_return() -> anyhow::Result<()> {
+    use anyhow::{ensure, Context};
+    use ha_lab::stack::{inside, kill_server1, started, StackOptions, STEP};
+    use ha_lab::{wait_until, wait_until_ok, Server};
+    const S1: Server = Server::S1;
+    const S2: Server = Server::S2;
+
+    let mut st = started(StackOptions::default())?;
+    let checker = st.atlas_checker();
+    let bound = STEP + checker;
+    let cnfs: Vec<PathBuf> = Server::ALL
+        .iter()
+        .map(|&s| st.atlas(s).get().cnf_path().unwrap().to_path_buf())
+        .collect();
+    let cnf = |s: Server| cnfs[usize::from(s.index() - 1)].clone();
+    for s in Server::ALL {
+        // The agents added backends and saved: Atlas made the file 0644, the
+        // agent put the fixture's 0600 back.
+        ensure!(mode(&cnf(s)) == 0o600, "{s}'s .cnf is {:o}", mode(&cnf(s)));
+    }
+    // Reads through server1's Atlas (server1 MASTER, server2 its replica).
+    let served = wait_until_ok(bound, "server1's Atlas: reads served by server2", || {
+        Ok(st.atlas(S1).read_server_id()? == Some(2))
+    })
+    .with_context(|| format!("{}\n{}", st.atlas(S1).describe(), st.logs()))?;
+    println!(
+        "server1's Atlas: reads served by the replica (server2) {served:?} after the stack was up"
+    );
+
+    // Failover: server2's Atlas drops its own ro entry; reads go to the rw
+    // backend (the VIP, now server2) at once.
+    let fault = kill_server1(&mut st)?;
+    wait_until(STEP, "server2's Atlas rw only", || {
+        st.atlas(S2).lists() == (vec![ha_lab::stack::vip()], vec![])
+    })
+    .with_context(|| st.logs())?;
+    wait_until_ok(
+        bound,
+        "reads through server2's Atlas answered by server2",
+        || Ok(st.atlas(S2).read_server_id()? == Some(2)),
+    )
+    .with_context(|| format!("{}\n{}", st.atlas(S2).describe(), st.logs()))?;
+    println!(
+        "failover: reads through server2's Atlas answered again {:?} after the fault",
+        fault.elapsed()
+    );
+
+    // The old primary returns and catches up; then it serves reads again.
+    st.lab.links_up(S1)?;
+    st.start_agent(S1)?;
+    st.wait_state(S1, "BACKUP")?;
+    st.dbs[0].spawn()?;
+    let listed = st.wait_atlas(S2, &[inside(S1)], ha_lab::stack::SETTLE)?;
+    let mut samples = 0;
+    let mut in_sync_without_up_rw = 0;
+    let served = wait_until_ok(
+        bound,
+        "reads through server2's Atlas served by server1",
+        || {
+            samples += 1;
+            if st.lab.agent_status(S2)?["atlas"]["in_sync"] == true && !st.atlas(S2).rw_up() {
+                in_sync_without_up_rw += 1;
+            }
+            Ok(st.atlas(S2).read_server_id()? == Some(1))
+        },
+    )
+    .with_context(|| format!("{}\n{}", st.atlas(S2).describe(), st.logs()))?;
+    let status = st.lab.agent_status(S2)?;
+    let entry = status["atlas"]["serving"]
+        .as_array()
+        .and_then(|v| {
+            v.iter()
+                .find(|e| e["address"] == inside(S1).to_string())
+                .cloned()
+        })
+        .context("server1 in server2's serving list")?;
+    println!(
+        "return: server1 listed ro {:?} after its mysqld started, reads served by it {:?} after that (fixture checker {checker:?}); server2's agent measured listed -> up {} ms; {samples} samples, {in_sync_without_up_rw} in sync without an up rw",
+        listed,
+        served,
+        entry["time_to_serving_ms"]
+    );
+    ensure!(
+        in_sync_without_up_rw == 0,
+        "the agent said in sync while Atlas had no up rw backend"
+    );
+    ensure!(entry["serving"] == true, "{entry}");
+    for s in Server::ALL {
+        ensure!(mode(&cnf(s)) == 0o600, "{s}'s .cnf is {:o}", mode(&cnf(s)));
+        let persists = st.lab.agent_status(s)?["atlas"]["persists"].clone();
+        println!("{s}: {persists} persists, .cnf mode 0600");
+    }
+    Ok(())
 }
