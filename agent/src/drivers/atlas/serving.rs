@@ -13,7 +13,7 @@
 //! - an alarm when the rw backend has not been `up` for longer than a bound
 //!   (missing, `unknown`, `down` or `offline` alike);
 //! - the next time the table should be read: soon while a wanted backend is
-//!   listed but not yet serving (so the time to serving is measured, and the
+//!   listed and `unknown` (so the time to serving is measured, and the
 //!   agent reports in sync as soon as the rw backend serves), and when the
 //!   alarm would fire.
 
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use super::reconcile::Desired;
 use super::table::{Backend, Kind, State};
 
-/// How often the table is read while a wanted backend is listed but not up.
+/// How often the table is read while a wanted backend is listed `unknown`.
 pub const SERVING_POLL: Duration = Duration::from_millis(100);
 
 /// What changed, for the log.
@@ -181,10 +181,12 @@ impl Serving {
 
     /// When the table should be read again, if sooner than the period.
     pub fn next_read(&self, now: Instant) -> Option<Instant> {
+        // Only `unknown` is waiting for the checker; `down` and `offline`
+        // can last, and the period is soon enough for them.
         let waiting = self
             .entries
             .values()
-            .any(|e| e.state.is_some() && !e.serving());
+            .any(|e| e.state == Some(State::Unknown));
         let poll = waiting.then_some(now + SERVING_POLL);
         let alarm = match (self.alarmed, self.rw_not_up_since) {
             (false, Some(since)) => Some((since + self.bound + Duration::from_millis(1)).max(now)),
