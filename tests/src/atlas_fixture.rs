@@ -353,6 +353,11 @@ impl Shared {
         }
     }
 
+    /// A connection to a backend failed: Atlas marks it down (unless offline).
+    pub(crate) fn mark_down(&self, address: SocketAddrV4, kind: Kind, why: &str) {
+        self.set_state_if(address, kind, |s| s != State::Offline, State::Down, why);
+    }
+
     /// Where the proxy sends a query: reads to the `up` ro backends by
     /// weight, else (and writes) to the first `up` rw backend.
     pub(crate) fn route(&self, read: bool) -> Option<(SocketAddrV4, Kind)> {
@@ -412,6 +417,49 @@ impl Shared {
 
 /// Each client connection: a handle to shut its socket down, and its thread.
 pub(crate) type Connections = Arc<Mutex<Vec<(TcpStream, JoinHandle<()>)>>>;
+
+/// Accepts on `listener` until `stop` is set (a connection wakes it); each
+/// connection is served by `serve` on its own thread, kept in `conns` so
+/// that [`close_all`] can close it.
+pub(crate) fn accept_loop(
+    listener: TcpListener,
+    stop: Arc<AtomicBool>,
+    conns: Connections,
+    serve: impl Fn(&TcpStream) + Send + Clone + 'static,
+) {
+    for stream in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        let Ok(handle) = stream.try_clone() else {
+            continue;
+        };
+        let serve = serve.clone();
+        let t = std::thread::spawn(move || {
+            serve(&stream);
+            // The clone kept for close_all() holds the socket open: close
+            // it explicitly, as the server would.
+            let _ = stream.shutdown(Shutdown::Both);
+        });
+        let mut c = conns.lock().unwrap_or_else(|p| p.into_inner());
+        c.retain(|(_, t)| !t.is_finished());
+        c.push((handle, t));
+    }
+}
+
+/// Closes every connection of `conns` and waits for its thread.
+pub(crate) fn close_all(conns: &Connections) {
+    let all: Vec<_> = conns
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain(..)
+        .collect();
+    for (stream, t) in all {
+        let _ = stream.shutdown(Shutdown::Both);
+        let _ = t.join();
+    }
+}
 
 struct Running {
     stop: Arc<AtomicBool>,
@@ -517,25 +565,9 @@ impl AtlasFixture {
                 std::thread::Builder::new()
                     .name("atlas-fixture".into())
                     .spawn(move || {
-                        for stream in listener.incoming() {
-                            if stop.load(Ordering::SeqCst) {
-                                return;
-                            }
-                            let Ok(stream) = stream else { continue };
-                            let Ok(handle) = stream.try_clone() else {
-                                continue;
-                            };
-                            let shared = shared.clone();
-                            let t = std::thread::spawn(move || {
-                                let _ = serve(&shared, &stream);
-                                // The clone kept for stop() holds the socket
-                                // open: close it explicitly, as Atlas does.
-                                let _ = stream.shutdown(Shutdown::Both);
-                            });
-                            let mut c = conns.lock().unwrap_or_else(|p| p.into_inner());
-                            c.retain(|(_, t)| !t.is_finished());
-                            c.push((handle, t));
-                        }
+                        accept_loop(listener, stop, conns, move |s| {
+                            let _ = serve(&shared, s);
+                        })
                     })?,
             );
         }
@@ -544,7 +576,11 @@ impl AtlasFixture {
             threads.push(
                 std::thread::Builder::new()
                     .name("atlas-proxy".into())
-                    .spawn(move || proxy::accept_loop(shared, l, stop, conns))?,
+                    .spawn(move || {
+                        accept_loop(l, stop, conns, move |s| {
+                            let _ = proxy::serve_client(&shared, s);
+                        })
+                    })?,
             );
         }
         if let Some(period) = self.shared.cfg.checker {
@@ -581,16 +617,7 @@ impl AtlasFixture {
         for t in r.threads {
             let _ = t.join();
         }
-        let conns: Vec<_> = r
-            .conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-            .collect();
-        for (stream, t) in conns {
-            let _ = stream.shutdown(Shutdown::Both);
-            let _ = t.join();
-        }
+        close_all(&r.conns);
     }
 
     pub fn is_running(&self) -> bool {
@@ -858,16 +885,9 @@ fn record(shared: &Shared, command: Command, error: Option<String>) {
 }
 
 fn serve(shared: &Shared, s: &TcpStream) -> io::Result<()> {
-    let _ = s.set_nodelay(true);
-    let challenge = wire::challenge()?;
-    let thread_id = shared.next_connection_id();
-    wire::write_packet(
-        s,
-        0,
-        &wire::greeting(SERVER_VERSION, thread_id, CAPABILITIES, &challenge),
-    )?;
-    let (seq, packet) = wire::read_packet(s)?;
-    let Some(auth) = wire::parse_auth(&packet) else {
+    let (challenge, seq, auth) =
+        wire::greet(s, SERVER_VERSION, shared.next_connection_id(), CAPABILITIES)?;
+    let Some(auth) = auth else {
         return Ok(()); // malformed: Atlas drops the connection
     };
     let mut login = Login {

@@ -1218,15 +1218,20 @@ async fn repairs_are_persisted_within_one_period() {
     // has the line at 0644 a moment before the agent restores the mode; and
     // if the agent repaired the table before the operator's SAVE CONFIG,
     // its next round finds the file exposed and puts the mode back).
-    while cnf_value(&cnf, "proxy-backend-addresses") != Some(net.vip().to_string())
-        || mode(&cnf) != 0o600
-        || !h.status().in_sync
-    {
+    let mut on_disk = None;
+    while on_disk.is_none() || !h.status().in_sync {
         assert!(t0.elapsed() < WAIT, "{:?}", h.status());
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        if on_disk.is_none()
+            && cnf_value(&cnf, "proxy-backend-addresses") == Some(net.vip().to_string())
+            && mode(&cnf) == 0o600
+        {
+            on_disk = Some(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     println!(
-        "rw entry removed and saved by hand: back in the .cnf, mode 0600, {:?} later (period 200 ms)",
+        "rw entry removed and saved by hand: back in the .cnf with mode 0600 {:?} later, in sync (rw serving again) {:?} later (period 200 ms, fixture checker {CHECKER:?})",
+        on_disk.unwrap(),
         t0.elapsed()
     );
 

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -113,32 +113,6 @@ pub(crate) fn checker(
         })
 }
 
-/// Runs the proxy port's accept loop on `listener` until `stop`.
-pub(crate) fn accept_loop(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    stop: Arc<AtomicBool>,
-    conns: super::Connections,
-) {
-    for stream in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(stream) = stream else { continue };
-        let Ok(handle) = stream.try_clone() else {
-            continue;
-        };
-        let shared = shared.clone();
-        let t = std::thread::spawn(move || {
-            let _ = serve_client(&shared, &stream);
-            let _ = stream.shutdown(Shutdown::Both);
-        });
-        let mut c = conns.lock().unwrap_or_else(|p| p.into_inner());
-        c.retain(|(_, t)| !t.is_finished());
-        c.push((handle, t));
-    }
-}
-
 /// A read: a SELECT (or SHOW) outside a transaction.
 fn is_read(sql: &str, in_tx: bool) -> bool {
     let l = sql.trim_start().to_ascii_lowercase();
@@ -148,17 +122,14 @@ fn is_read(sql: &str, in_tx: bool) -> bool {
         && !l.contains("lock in share mode")
 }
 
-fn serve_client(shared: &Shared, s: &TcpStream) -> io::Result<()> {
-    let _ = s.set_nodelay(true);
-    let challenge = wire::challenge()?;
-    let id = shared.next_connection_id();
-    wire::write_packet(
+pub(crate) fn serve_client(shared: &Shared, s: &TcpStream) -> io::Result<()> {
+    let (challenge, seq, auth) = wire::greet(
         s,
-        0,
-        &wire::greeting(PROXY_VERSION, id, PROXY_CAPABILITIES, &challenge),
+        PROXY_VERSION,
+        shared.next_connection_id(),
+        PROXY_CAPABILITIES,
     )?;
-    let (seq, p) = wire::read_packet(s)?;
-    let Some(auth) = wire::parse_auth(&p) else {
+    let Some(auth) = auth else {
         return Ok(());
     };
     let user = shared
@@ -234,13 +205,7 @@ fn serve_client(shared: &Shared, s: &TcpStream) -> io::Result<()> {
                                 continue;
                             }
                             Err(_) => {
-                                shared.set_state_if(
-                                    addr,
-                                    kind,
-                                    |st| st != State::Offline,
-                                    State::Down,
-                                    "proxy: connect failed",
-                                );
+                                shared.mark_down(addr, kind, "proxy: connect failed");
                                 return Ok(());
                             }
                         }
@@ -260,13 +225,7 @@ fn serve_client(shared: &Shared, s: &TcpStream) -> io::Result<()> {
                         shared.count_query(addr);
                     }
                     Err(_) => {
-                        shared.set_state_if(
-                            addr,
-                            kind,
-                            |st| st != State::Offline,
-                            State::Down,
-                            "proxy: backend connection failed",
-                        );
+                        shared.mark_down(addr, kind, "proxy: backend connection failed");
                         return Ok(());
                     }
                 }
@@ -345,23 +304,9 @@ impl FakeBackend {
             self.user.clone(),
         );
         let t = std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(stream) = stream else { continue };
-                let Ok(handle) = stream.try_clone() else {
-                    continue;
-                };
-                let (queries, user) = (queries.clone(), user.clone());
-                let t = std::thread::spawn(move || {
-                    let _ = fake_serve(&stream, id, &user, &queries);
-                    let _ = stream.shutdown(Shutdown::Both);
-                });
-                let mut c = conns.lock().unwrap_or_else(|p| p.into_inner());
-                c.retain(|(_, t)| !t.is_finished());
-                c.push((handle, t));
-            }
+            super::accept_loop(listener, stop2, conns, move |s| {
+                let _ = fake_serve(s, id, &user, &queries);
+            })
         });
         *running = Some((stop, t));
         Ok(())
@@ -380,16 +325,7 @@ impl FakeBackend {
         stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(self.addr);
         let _ = t.join();
-        let conns: Vec<_> = self
-            .conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-            .collect();
-        for (s, t) in conns {
-            let _ = s.shutdown(Shutdown::Both);
-            let _ = t.join();
-        }
+        super::close_all(&self.conns);
     }
 }
 
@@ -405,20 +341,14 @@ fn fake_serve(
     user: &(String, String),
     queries: &Mutex<Vec<String>>,
 ) -> io::Result<()> {
-    let challenge = wire::challenge()?;
     let caps = wire::CLIENT_LONG_PASSWORD
         | wire::CLIENT_LONG_FLAG
         | wire::CLIENT_CONNECT_WITH_DB
         | wire::CLIENT_PROTOCOL_41
         | wire::CLIENT_TRANSACTIONS
         | wire::CLIENT_SECURE_CONNECTION;
-    wire::write_packet(
-        s,
-        0,
-        &wire::greeting("10.11.99-fake", server_id, caps, &challenge),
-    )?;
-    let (seq, p) = wire::read_packet(s)?;
-    let ok = wire::parse_auth(&p).is_some_and(|a| {
+    let (challenge, seq, auth) = wire::greet(s, "10.11.99-fake", server_id, caps)?;
+    let ok = auth.is_some_and(|a| {
         a.user == user.0 && a.response == wire::scramble(user.1.as_bytes(), &challenge)
     });
     if !ok {

@@ -237,6 +237,27 @@ pub fn parse_auth(p: &[u8]) -> Option<Auth> {
     })
 }
 
+/// A server's side of the handshake up to the client's response: sends a
+/// greeting with a fresh challenge, reads the response. Returns the
+/// challenge, the response's packet number and the parsed response (None:
+/// malformed).
+pub fn greet(
+    s: &TcpStream,
+    version: &str,
+    thread_id: u32,
+    capabilities: u32,
+) -> io::Result<(Vec<u8>, u8, Option<Auth>)> {
+    let _ = s.set_nodelay(true);
+    let challenge = challenge()?;
+    write_packet(
+        s,
+        0,
+        &greeting(version, thread_id, capabilities, &challenge),
+    )?;
+    let (seq, p) = read_packet(s)?;
+    Ok((challenge, seq, parse_auth(&p)))
+}
+
 /// The 20-byte challenge of a server's greeting.
 pub fn greeting_challenge(g: &[u8]) -> Option<Vec<u8>> {
     if g.first() != Some(&10) {

@@ -609,15 +609,7 @@ impl AtlasReconciler {
         match self.settings.persist.clone() {
             Persist::None => Ok(()),
             Persist::Cnf(path) => {
-                let (p, r, o, mem) = (
-                    path.clone(),
-                    rw.clone(),
-                    ro.clone(),
-                    self.remembered.clone(),
-                );
-                let plan = blocking(move || plan_cnf(&p, &r, &o, mem)).await?;
-                self.remembered = plan.remembered.clone();
-                let exposed = self.settle(&path, plan.access);
+                let (plan, exposed) = self.check_cnf(&path, &rw, &ro).await?;
                 let access = exposed.unwrap_or(plan.access);
                 if plan.wanted.is_none() && exposed.is_none() {
                     return Ok(());
@@ -643,6 +635,27 @@ impl AtlasReconciler {
         }
     }
 
+    /// Reads the `.cnf` (learning its weights and host names) and compares
+    /// it with the table; also returns the mode and owner to put back if
+    /// it was exposed (see [`Self::settle`]).
+    async fn check_cnf(
+        &mut self,
+        path: &Path,
+        rw: &[SocketAddrV4],
+        ro: &[SocketAddrV4],
+    ) -> Result<(CnfPlan, Option<Access>), AtlasError> {
+        let (p, r, o, mem) = (
+            path.to_owned(),
+            rw.to_vec(),
+            ro.to_vec(),
+            self.remembered.clone(),
+        );
+        let plan = blocking(move || plan_cnf(&p, &r, &o, mem)).await?;
+        self.remembered = plan.remembered.clone();
+        let exposed = self.settle(path, plan.access);
+        Ok((plan, exposed))
+    }
+
     /// `SAVE CONFIG` when the file is out of date, then the file's mode,
     /// owner, weights and host names put back.
     async fn save_config(
@@ -652,17 +665,9 @@ impl AtlasReconciler {
         rw: Vec<SocketAddrV4>,
         ro: Vec<SocketAddrV4>,
     ) -> Result<(), AtlasError> {
-        let (p, r, o, mem) = (
-            path.to_owned(),
-            rw.clone(),
-            ro.clone(),
-            self.remembered.clone(),
-        );
-        let plan = blocking(move || plan_cnf(&p, &r, &o, mem)).await?;
-        self.remembered = plan.remembered.clone();
         // The mode and owner to keep: the operator's, also when an earlier
         // SAVE CONFIG (whose restore failed, or an operator's) exposed it.
-        let exposed = self.settle(path, plan.access);
+        let (plan, exposed) = self.check_cnf(path, &rw, &ro).await?;
         let access = exposed.unwrap_or(plan.access);
         let restore_what = format!(
             "restore {} (mode {:o}, owner {}:{}, weights and host names)",
