@@ -1,16 +1,20 @@
-//! A faithful stand-in for Atlas's admin port (Qihoo360 Atlas 2.2.x), for
-//! tests that need no privileges: a TCP listener on loopback that behaves as
-//! `../shared/atlas-admin.md` documents, rejections included.
+//! A faithful stand-in for Atlas (Qihoo360 Atlas 2.2.2), for tests: its
+//! admin port as `../shared/atlas-admin.md` documents it, rejections
+//! included, its checker thread, and its proxy port's routing.
 //!
 //! - Handshake: protocol 10, `5.0.99-agent-admin`, charset 8, capabilities
 //!   PROTOCOL_41 | SECURE_CONNECTION | LONG_PASSWORD, a random 20-byte
 //!   scramble of printable characters (as mysql-proxy makes it).
-//! - Login: a client without PROTOCOL_41 is dropped; a wrong user gets 1045
-//!   / 28000 "unknown user", a wrong password 1045 "password doesn't match",
-//!   and the connection is closed after either.
-//! - Commands: COM_QUERY, COM_QUIT and COM_INIT_DB (OK); COM_PING gets
-//!   "[admin] we only handle text-based queries (COM_QUERY)", anything else
-//!   "unknown COM_*".
+//! - Login: a client without PROTOCOL_41 gets ERR 2007 "4.0 protocol is not
+//!   supported" (sequence 2, no SQLSTATE marker) and is dropped; a wrong
+//!   user gets 1045 / 28000 "unknown user", a wrong password 1045 "password
+//!   doesn't match", and the connection is closed after either.
+//! - Commands: COM_QUERY and COM_QUIT. Every other command (COM_PING,
+//!   COM_INIT_DB, COM_STATISTICS, COM_FIELD_LIST, ...) gets 1105 / 07000
+//!   "[admin] we only handle text-based queries (COM_QUERY)" from the admin
+//!   script. An empty COM_QUERY gets 1105 "need a resultset +
+//!   proxy.PROXY_SEND_RESULT ... got something else", after which the admin
+//!   plugin closes the connection.
 //! - Queries are matched like the admin Lua script does: on the whole
 //!   lower-cased query, anchored, words separated by runs of whitespace
 //!   (`%s+`). So a trailing `;`, a leading or trailing space, a host name or
@@ -19,28 +23,42 @@
 //!   accepted (`config+`), `ADD SLAVE 999.1.1.1:3306` is answered with
 //!   success and adds nothing, and `SAVE CONFIG` answers success even when
 //!   the file cannot be written (see [`AtlasFixture::save_errors`]).
-//! - The table: new backends are `unknown` (the 4 s checker is
-//!   [`AtlasFixture::set_state`]); an add of an address already listed with
-//!   the same type is ignored with the same success reply; an rw backend added
-//!   while ro backends exist takes the first ro entry's index and that entry
-//!   moves to the end; `REMOVE BACKEND n` shifts later indices down.
-//! - The `.cnf` (if configured) is where the table comes from at every
-//!   [`AtlasFixture::start`], and what `SAVE CONFIG` rewrites (its two
-//!   backend lines, `key=value` as GLib's key-file writer does), like a real
-//!   Atlas restart.
+//!   `SELECT * FROM help` has Atlas 2.2.2's 16 rows.
+//! - The table: new and re-onlined backends are `unknown`; the checker
+//!   thread ([`FixtureConfig::checker`], Atlas's 4 s by default; tests use
+//!   less) probes `unknown` and `down` backends and marks them `up` or
+//!   `down`; [`AtlasFixture::set_state`] stands in for it where a test wants
+//!   full control. An add of an address already listed with the same type is
+//!   ignored with the same success reply; an rw backend added while ro
+//!   backends exist takes the first ro entry's index and that entry moves to
+//!   the end; `REMOVE BACKEND n` shifts later indices down. Backends added at
+//!   run time have weight 1.
+//! - The `.cnf` (if configured) is written 0600 at construction, is where
+//!   the table comes from at every [`AtlasFixture::start`] (host names
+//!   resolved, `@weight` read), and is what `SAVE CONFIG` rewrites as GLib
+//!   does ([`glib`]): the whole file, `key=value`, weights dropped, host
+//!   names as IPs, mode 0644.
+//! - The proxy port ([`FixtureConfig::proxy_address`]) routes reads and
+//!   writes by the table's states and weights ([`proxy`]).
 //!
 //! Not emulated (the agent never sends them, so they get the generic error):
 //! the client allow-list and proxy-user commands (`clients`, `pwds`).
 //!
 //! The server runs on plain threads, so tests on any runtime (or none) can
-//! use it; [`AtlasFixture::stop`] closes the listener and every connection
+//! use it; [`AtlasFixture::stop`] closes the listeners and every connection
 //! (an Atlas that is down), [`AtlasFixture::start`] brings it back on the
-//! same port.
+//! same ports.
 
+pub mod glib;
+pub mod proxy;
+pub mod wire;
+
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::io::{self, Write};
+use std::net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -48,27 +66,32 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ha_agent::drivers::atlas::{Backend, Kind, State};
-use sha1::{Digest, Sha1};
+
+pub use proxy::FakeBackend;
+pub use wire::{
+    scramble, CLIENT_LONG_PASSWORD, CLIENT_PROTOCOL_41, CLIENT_SECURE_CONNECTION, COM_FIELD_LIST,
+    COM_INIT_DB, COM_PING, COM_QUERY, COM_QUIT, COM_STATISTICS,
+};
+use wire::{Reply, MYSQL_TYPE_LONG, MYSQL_TYPE_STRING};
 
 pub const SERVER_VERSION: &str = "5.0.99-agent-admin";
 /// What `SELECT VERSION` answers.
 pub const ATLAS_VERSION: &str = "2.2.2";
-pub const CLIENT_LONG_PASSWORD: u32 = 0x0000_0001;
-pub const CLIENT_PROTOCOL_41: u32 = 0x0000_0200;
-pub const CLIENT_SECURE_CONNECTION: u32 = 0x0000_8000;
 const CAPABILITIES: u32 = CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_LONG_PASSWORD;
-pub const COM_QUIT: u8 = 0x01;
-pub const COM_INIT_DB: u8 = 0x02;
-pub const COM_QUERY: u8 = 0x03;
-pub const COM_PING: u8 = 0x0e;
+/// Atlas's checker period (`sleep(4)` in its check_state thread).
+pub const ATLAS_CHECKER_PERIOD: Duration = Duration::from_secs(4);
 /// ER_UNKNOWN_ERROR / "07000": what mysql-proxy uses for every command error.
 pub const ERR_COMMAND: u16 = 1105;
 pub const SQLSTATE_COMMAND: &str = "07000";
 pub const ERR_ACCESS: u16 = 1045;
 pub const SQLSTATE_ACCESS: &str = "28000";
+/// CR_VERSION_ERROR, sent to a client without PROTOCOL_41.
+pub const ERR_OLD_PROTOCOL: u16 = 2007;
+pub const MSG_OLD_PROTOCOL: &str = "4.0 protocol is not supported";
 pub const MSG_UNMATCHED: &str = "use 'SELECT * FROM help' to see the supported commands";
-pub const MSG_PING: &str = "[admin] we only handle text-based queries (COM_QUERY)";
-pub const MSG_UNKNOWN_COM: &str = "unknown COM_*";
+pub const MSG_NOT_QUERY: &str = "[admin] we only handle text-based queries (COM_QUERY)";
+pub const MSG_EMPTY_QUERY: &str =
+    "need a resultset + proxy.PROXY_SEND_RESULT ... got something else";
 pub const MSG_BAD_INDEX: &str = "invalid backend_id";
 pub const MSG_NO_SUCH_ID: &str = "backend id is not exsit";
 pub const MSG_BAD_OPERATION: &str = "invalid operation";
@@ -76,9 +99,6 @@ pub const MSG_UNKNOWN_USER: &str = "unknown user";
 pub const MSG_BAD_PASSWORD: &str = "password doesn't match";
 const RW_KEY: &str = "proxy-backend-addresses";
 const RO_KEY: &str = "proxy-read-only-backend-addresses";
-const MYSQL_TYPE_LONG: u8 = 3;
-const MYSQL_TYPE_STRING: u8 = 254;
-const SERVER_STATUS_AUTOCOMMIT: u16 = 2;
 
 /// How the fixture Atlas is set up.
 #[derive(Debug, Clone)]
@@ -88,9 +108,19 @@ pub struct FixtureConfig {
     /// The table at start (written into the `.cnf` when there is one).
     pub rw: Vec<SocketAddrV4>,
     pub ro: Vec<SocketAddrV4>,
-    /// Atlas's `.cnf`: written at construction, loaded at every start,
-    /// rewritten by `SAVE CONFIG`.
+    /// `@weight` of ro backends in the initial `.cnf` (and table).
+    pub ro_weights: BTreeMap<SocketAddrV4, u32>,
+    /// Atlas's `.cnf`: written (0600) at construction, loaded at every
+    /// start, rewritten by `SAVE CONFIG`.
     pub cnf_path: Option<PathBuf>,
+    /// The checker thread's period (None: no checker; states change only
+    /// through [`AtlasFixture::set_state`] and the proxy's failures).
+    pub checker: Option<Duration>,
+    /// The proxy port (None: none).
+    pub proxy_address: Option<SocketAddr>,
+    /// `pwds`: the users the proxy port accepts (plain passwords) and that
+    /// it and the checker log in to backends as.
+    pub proxy_users: Vec<(String, String)>,
 }
 
 impl Default for FixtureConfig {
@@ -100,7 +130,11 @@ impl Default for FixtureConfig {
             password: "admin-secret".into(),
             rw: vec![],
             ro: vec![],
+            ro_weights: BTreeMap::new(),
             cnf_path: None,
+            checker: Some(ATLAS_CHECKER_PERIOD),
+            proxy_address: None,
+            proxy_users: vec![],
         }
     }
 }
@@ -111,6 +145,9 @@ pub struct Entry {
     pub address: SocketAddrV4,
     pub state: State,
     pub kind: Kind,
+    /// Reads are shared among `up` ro backends by weight (1 unless the
+    /// `.cnf` said `@weight`).
+    pub weight: u32,
 }
 
 /// The backend table, with Atlas's semantics.
@@ -122,6 +159,10 @@ impl Backends {
     /// the same type; an rw entry takes the first ro entry's place, which
     /// moves to the end.
     pub fn add(&mut self, address: SocketAddrV4, kind: Kind) -> bool {
+        self.add_weighted(address, kind, 1)
+    }
+
+    pub fn add_weighted(&mut self, address: SocketAddrV4, kind: Kind, weight: u32) -> bool {
         if self
             .0
             .iter()
@@ -134,6 +175,7 @@ impl Backends {
             address,
             state: State::Unknown,
             kind,
+            weight,
         });
         if let (Kind::Rw, Some(i)) = (kind, first_ro) {
             let last = self.0.len() - 1;
@@ -183,6 +225,7 @@ impl Backends {
             .collect()
     }
 
+    /// What `SAVE CONFIG` writes: addresses only (no weights).
     fn list(&self, kind: Kind) -> String {
         self.0
             .iter()
@@ -198,8 +241,7 @@ impl Backends {
 pub enum Command {
     Query(String),
     Quit,
-    InitDb,
-    Ping,
+    /// Any other command byte (COM_PING, COM_INIT_DB, ...).
     Other(u8),
 }
 
@@ -216,7 +258,7 @@ pub struct Received {
 pub struct Login {
     pub user: String,
     pub capabilities: u32,
-    /// The ERR message, if refused; `Some("dropped")` for a dropped client.
+    /// The ERR message, if refused.
     pub error: Option<String>,
 }
 
@@ -225,6 +267,7 @@ pub struct Login {
 pub struct Change {
     pub cause: String,
     pub table: Vec<Backend>,
+    pub at: Instant,
 }
 
 impl fmt::Display for Change {
@@ -240,44 +283,201 @@ impl fmt::Display for Change {
 
 type Hook = Box<dyn FnOnce(&mut Backends) + Send>;
 
-struct Inner {
-    backends: Backends,
+pub(crate) struct Inner {
+    pub(crate) backends: Backends,
     received: Vec<Received>,
     logins: Vec<Login>,
     history: Vec<Change>,
     save_errors: Vec<String>,
     hooks: Vec<(String, Hook)>,
     connections: u32,
+    /// The round-robin position of reads.
+    rr: u64,
+    /// Queries the proxy relayed, by backend.
+    served: HashMap<SocketAddrV4, u64>,
 }
 
-struct Shared {
-    cfg: FixtureConfig,
+impl Inner {
+    fn push_change(&mut self, cause: String) {
+        let table = self.backends.rows();
+        self.history.push(Change {
+            cause,
+            table,
+            at: Instant::now(),
+        });
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) cfg: FixtureConfig,
     inner: Mutex<Inner>,
-    /// Notified whenever a command is recorded.
+    /// Notified whenever a command is recorded, and at stop.
     received: Condvar,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panicking test thread must not hide the state from the others.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn next_connection_id(&self) -> u32 {
+        let mut g = self.lock();
+        g.connections += 1;
+        g.connections
+    }
+
+    /// Sets the state of the entry `address`/`kind` if `pred` holds for its
+    /// current state (it may have been removed or set offline meanwhile).
+    pub(crate) fn set_state_if(
+        &self,
+        address: SocketAddrV4,
+        kind: Kind,
+        pred: impl Fn(State) -> bool,
+        state: State,
+        who: &str,
+    ) {
+        let mut g = self.lock();
+        let Some(i) = g
+            .backends
+            .0
+            .iter()
+            .position(|e| e.address == address && e.kind == kind)
+        else {
+            return;
+        };
+        let cur = g.backends.0[i].state;
+        if cur != state && pred(cur) {
+            g.backends.0[i].state = state;
+            g.push_change(format!("{who}: backend {} {state}", i + 1));
+        }
+    }
+
+    /// A connection to a backend failed: Atlas marks it down (unless offline).
+    pub(crate) fn mark_down(&self, address: SocketAddrV4, kind: Kind, why: &str) {
+        self.set_state_if(address, kind, |s| s != State::Offline, State::Down, why);
+    }
+
+    /// Where the proxy sends a query: reads to the `up` ro backends by
+    /// weight, else (and writes) to the first `up` rw backend.
+    pub(crate) fn route(&self, read: bool) -> Option<(SocketAddrV4, Kind)> {
+        let mut g = self.lock();
+        if read {
+            let ups: Vec<Entry> = g
+                .backends
+                .0
+                .iter()
+                .filter(|e| e.kind == Kind::Ro && e.state == State::Up)
+                .copied()
+                .collect();
+            let total: u64 = ups.iter().map(|e| u64::from(e.weight.max(1))).sum();
+            if total > 0 {
+                let mut pick = g.rr % total;
+                g.rr = g.rr.wrapping_add(1);
+                for e in ups {
+                    let w = u64::from(e.weight.max(1));
+                    if pick < w {
+                        return Some((e.address, e.kind));
+                    }
+                    pick -= w;
+                }
+            }
+        }
+        g.backends
+            .0
+            .iter()
+            .find(|e| e.kind == Kind::Rw && e.state == State::Up)
+            .map(|e| (e.address, e.kind))
+    }
+
+    pub(crate) fn count_query(&self, addr: SocketAddrV4) {
+        *self.lock().served.entry(addr).or_default() += 1;
+    }
+
+    /// Waits `d` unless `stop` is set (returns true then).
+    pub(crate) fn sleep_unless_stopped(&self, stop: &AtomicBool, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        let mut g = self.lock();
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            g = self
+                .received
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 }
 
 /// Each client connection: a handle to shut its socket down, and its thread.
-type Connections = Arc<Mutex<Vec<(TcpStream, JoinHandle<()>)>>>;
+pub(crate) type Connections = Arc<Mutex<Vec<(TcpStream, JoinHandle<()>)>>>;
+
+/// Accepts on `listener` until `stop` is set (a connection wakes it); each
+/// connection is served by `serve` on its own thread, kept in `conns` so
+/// that [`close_all`] can close it.
+pub(crate) fn accept_loop(
+    listener: TcpListener,
+    stop: Arc<AtomicBool>,
+    conns: Connections,
+    serve: impl Fn(&TcpStream) + Send + Clone + 'static,
+) {
+    for stream in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        let Ok(handle) = stream.try_clone() else {
+            continue;
+        };
+        let serve = serve.clone();
+        let t = std::thread::spawn(move || {
+            serve(&stream);
+            // The clone kept for close_all() holds the socket open: close
+            // it explicitly, as the server would.
+            let _ = stream.shutdown(Shutdown::Both);
+        });
+        let mut c = conns.lock().unwrap_or_else(|p| p.into_inner());
+        c.retain(|(_, t)| !t.is_finished());
+        c.push((handle, t));
+    }
+}
+
+/// Closes every connection of `conns` and waits for its thread.
+pub(crate) fn close_all(conns: &Connections) {
+    let all: Vec<_> = conns
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain(..)
+        .collect();
+    for (stream, t) in all {
+        let _ = stream.shutdown(Shutdown::Both);
+        let _ = t.join();
+    }
+}
 
 struct Running {
     stop: Arc<AtomicBool>,
-    accept: JoinHandle<()>,
+    threads: Vec<JoinHandle<()>>,
     conns: Connections,
 }
 
 /// The fixture Atlas. Stops (closing every connection) when dropped.
 pub struct AtlasFixture {
     addr: SocketAddr,
+    proxy_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     running: Mutex<Option<Running>>,
+}
+
+/// A free port on `ip` (bound then freed: connections are refused until start).
+fn free_port(ip: SocketAddr) -> io::Result<SocketAddr> {
+    TcpListener::bind(ip)?.local_addr()
 }
 
 impl AtlasFixture {
@@ -288,16 +488,22 @@ impl AtlasFixture {
         Ok(f)
     }
 
-    /// A fixture whose port is chosen but not listening yet (Atlas is down
+    /// A fixture whose ports are chosen but not listening yet (Atlas is down
     /// until [`start`](Self::start)).
     pub fn new_stopped(cfg: FixtureConfig) -> io::Result<AtlasFixture> {
-        // Reserve a free port, then free it: connections are refused until start().
-        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let addr = free_port(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let proxy_addr = match cfg.proxy_address {
+            Some(a) if a.port() == 0 => Some(free_port(a)?),
+            other => other,
+        };
         if let Some(path) = &cfg.cnf_path {
             fs::write(path, initial_cnf(&cfg))?;
+            // As an operator keeps it: it holds the admin password.
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
         }
         Ok(AtlasFixture {
             addr,
+            proxy_addr,
             shared: Arc::new(Shared {
                 cfg,
                 inner: Mutex::new(Inner {
@@ -308,6 +514,8 @@ impl AtlasFixture {
                     save_errors: vec![],
                     hooks: vec![],
                     connections: 0,
+                    rr: 0,
+                    served: HashMap::new(),
                 }),
                 received: Condvar::new(),
             }),
@@ -317,6 +525,11 @@ impl AtlasFixture {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The proxy port, if configured.
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.proxy_addr
     }
 
     pub fn user(&self) -> &str {
@@ -337,51 +550,51 @@ impl AtlasFixture {
         let backends = self.load_table()?;
         {
             let mut g = self.shared.lock();
-            g.history.push(Change {
-                cause: "start".into(),
-                table: backends.rows(),
-            });
             g.backends = backends;
+            g.push_change("start".into());
         }
-        // std sets SO_REUSEADDR, so the port binds again after a stop.
+        // std sets SO_REUSEADDR, so the ports bind again after a stop.
         let listener = TcpListener::bind(self.addr)?;
+        let proxy_listener = self.proxy_addr.map(TcpListener::bind).transpose()?;
         let stop = Arc::new(AtomicBool::new(false));
         let conns: Connections = Arc::default();
-        let accept = {
+        let mut threads = Vec::new();
+        {
             let (stop, conns, shared) = (stop.clone(), conns.clone(), self.shared.clone());
-            std::thread::Builder::new()
-                .name("atlas-fixture".into())
-                .spawn(move || {
-                    for stream in listener.incoming() {
-                        if stop.load(Ordering::SeqCst) {
-                            return;
-                        }
-                        let Ok(stream) = stream else { continue };
-                        let Ok(handle) = stream.try_clone() else {
-                            continue;
-                        };
-                        let shared = shared.clone();
-                        let t = std::thread::spawn(move || {
-                            let _ = serve(&shared, &stream);
-                            // The clone kept for stop() holds the socket
-                            // open: close it explicitly, as Atlas does.
-                            let _ = stream.shutdown(Shutdown::Both);
-                        });
-                        let mut c = conns.lock().unwrap_or_else(|p| p.into_inner());
-                        c.retain(|(_, t)| !t.is_finished());
-                        c.push((handle, t));
-                    }
-                })?
-        };
+            threads.push(
+                std::thread::Builder::new()
+                    .name("atlas-fixture".into())
+                    .spawn(move || {
+                        accept_loop(listener, stop, conns, move |s| {
+                            let _ = serve(&shared, s);
+                        })
+                    })?,
+            );
+        }
+        if let Some(l) = proxy_listener {
+            let (stop, conns, shared) = (stop.clone(), conns.clone(), self.shared.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("atlas-proxy".into())
+                    .spawn(move || {
+                        accept_loop(l, stop, conns, move |s| {
+                            let _ = proxy::serve_client(&shared, s);
+                        })
+                    })?,
+            );
+        }
+        if let Some(period) = self.shared.cfg.checker {
+            threads.push(proxy::checker(self.shared.clone(), period, stop.clone())?);
+        }
         *running = Some(Running {
             stop,
-            accept,
+            threads,
             conns,
         });
         Ok(())
     }
 
-    /// Closes the listener and every client connection (Atlas is down).
+    /// Closes the listeners and every client connection (Atlas is down).
     pub fn stop(&self) {
         let Some(r) = self
             .running
@@ -392,19 +605,19 @@ impl AtlasFixture {
             return;
         };
         r.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag and drops the listener.
+        // Wake the accept loops and the checker so they see the flag.
         let _ = TcpStream::connect(self.addr);
-        let _ = r.accept.join();
-        let conns: Vec<_> = r
-            .conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-            .collect();
-        for (stream, t) in conns {
-            let _ = stream.shutdown(Shutdown::Both);
+        if let Some(p) = self.proxy_addr {
+            let _ = TcpStream::connect(p);
+        }
+        {
+            let _g = self.shared.lock();
+            self.shared.received.notify_all();
+        }
+        for t in r.threads {
             let _ = t.join();
         }
+        close_all(&r.conns);
     }
 
     pub fn is_running(&self) -> bool {
@@ -419,16 +632,22 @@ impl AtlasFixture {
         self.shared.lock().backends.rows()
     }
 
-    /// Stands in for Atlas's 4 s checker (or an operator's SET OFFLINE).
+    /// The entries with their weights.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.shared.lock().backends.0.clone()
+    }
+
+    /// Stands in for Atlas's checker (or an operator's SET OFFLINE).
     pub fn set_state(&self, ndx: u64, state: State) -> Result<(), String> {
         let mut g = self.shared.lock();
         g.backends.set_state(ndx, state).map_err(String::from)?;
-        let table = g.backends.rows();
-        g.history.push(Change {
-            cause: format!("checker: backend {ndx} {state}"),
-            table,
-        });
+        g.push_change(format!("test: backend {ndx} {state}"));
         Ok(())
+    }
+
+    /// One pass of the checker now (what its thread does every period).
+    pub fn check_now(&self) {
+        proxy::check_once(&self.shared);
     }
 
     /// Changes the table directly (an operator, or a restarted Atlas's
@@ -436,11 +655,7 @@ impl AtlasFixture {
     pub fn edit(&self, cause: &str, f: impl FnOnce(&mut Backends)) {
         let mut g = self.shared.lock();
         f(&mut g.backends);
-        let table = g.backends.rows();
-        g.history.push(Change {
-            cause: cause.into(),
-            table,
-        });
+        g.push_change(cause.into());
     }
 
     /// Runs `f` on the table just before the next query whose lower-cased
@@ -473,6 +688,16 @@ impl AtlasFixture {
 
     pub fn commands_received(&self) -> usize {
         self.shared.lock().received.len()
+    }
+
+    /// Queries the proxy port relayed to `backend`.
+    pub fn served_by(&self, backend: SocketAddrV4) -> u64 {
+        self.shared
+            .lock()
+            .served
+            .get(&backend)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Blocks until at least `n` commands were received (e.g. a COM_QUIT
@@ -521,15 +746,21 @@ impl AtlasFixture {
         let cfg = &self.shared.cfg;
         let (rw, ro) = match &cfg.cnf_path {
             Some(path) => read_cnf_backends(path)?,
-            None => (cfg.rw.clone(), cfg.ro.clone()),
+            None => (
+                cfg.rw.iter().map(|&a| (a, 1)).collect(),
+                cfg.ro
+                    .iter()
+                    .map(|&a| (a, cfg.ro_weights.get(&a).copied().unwrap_or(1)))
+                    .collect(),
+            ),
         };
         // Atlas adds the rw backends first, then the ro ones.
         let mut b = Backends::default();
-        for a in rw {
+        for (a, _) in rw {
             b.add(a, Kind::Rw);
         }
-        for a in ro {
-            b.add(a, Kind::Ro);
+        for (a, w) in ro {
+            b.add_weighted(a, Kind::Ro, w);
         }
         Ok(b)
     }
@@ -542,12 +773,20 @@ impl Drop for AtlasFixture {
 }
 
 fn initial_cnf(cfg: &FixtureConfig) -> String {
-    let join = |v: &[SocketAddrV4]| {
+    let join = |v: &[SocketAddrV4], weights: bool| {
         v.iter()
-            .map(|a| a.to_string())
+            .map(|a| match cfg.ro_weights.get(a).filter(|_| weights) {
+                Some(w) => format!("{a}@{w}"),
+                None => a.to_string(),
+            })
             .collect::<Vec<_>>()
             .join(",")
     };
+    let pwds: Vec<String> = cfg
+        .proxy_users
+        .iter()
+        .map(|(u, _)| format!("{u}:qtyU1btXOo074Itvx0UR9Q=="))
+        .collect();
     format!(
         "[mysql-proxy]\n\
 # written by the ha-lab Atlas fixture\n\
@@ -555,105 +794,59 @@ admin-username = {}\n\
 admin-password = {}\n\
 {RW_KEY} = {}\n\
 {RO_KEY} = {}\n\
-pwds = root:qtyU1btXOo074Itvx0UR9Q==\n\
+pwds = {}\n\
 event-threads = 8\n",
         cfg.user,
         cfg.password,
-        join(&cfg.rw),
-        join(&cfg.ro)
+        join(&cfg.rw, false),
+        join(&cfg.ro, true),
+        if pwds.is_empty() {
+            "root:qtyU1btXOo074Itvx0UR9Q==".to_string()
+        } else {
+            pwds.join(",")
+        }
     )
 }
 
-/// The rw and ro lists of a `.cnf` (`ip:port@weight` allowed for ro).
-pub fn read_cnf_backends(path: &Path) -> io::Result<(Vec<SocketAddrV4>, Vec<SocketAddrV4>)> {
+/// The rw and ro lists of a `.cnf`, as Atlas loads them: `ip:port@weight`
+/// allowed for ro, host names resolved (Atlas shows them as addresses).
+#[allow(clippy::type_complexity)]
+pub fn read_cnf_backends(
+    path: &Path,
+) -> io::Result<(Vec<(SocketAddrV4, u32)>, Vec<(SocketAddrV4, u32)>)> {
     let text = fs::read_to_string(path)?;
-    let (mut rw, mut ro) = (vec![], vec![]);
-    let mut in_section = false;
-    for line in text.lines() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            in_section = t == "[mysql-proxy]";
-            continue;
-        }
-        let Some((k, v)) = t.split_once('=') else {
-            continue;
+    let kf = glib::KeyFile::parse(&text);
+    let list = |key: &str| -> io::Result<Vec<(SocketAddrV4, u32)>> {
+        let Some(v) = kf.get("mysql-proxy", key) else {
+            return Ok(vec![]);
         };
-        let target = match k.trim() {
-            RW_KEY if in_section => &mut rw,
-            RO_KEY if in_section => &mut ro,
-            _ => continue,
-        };
-        target.clear();
-        for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let addr = item.split('@').next().unwrap_or(item);
-            target.push(addr.parse().map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: {item:?} is not ip:port", path.display()),
-                )
-            })?);
-        }
-    }
-    Ok((rw, ro))
-}
-
-/// Sets the two backend keys GLib-style (`key=value`), keeping other lines.
-fn save_cnf(path: &Path, b: &Backends) -> io::Result<()> {
-    let text = fs::read_to_string(path).unwrap_or_else(|_| "[mysql-proxy]\n".into());
-    let mut lines: Vec<String> = text.lines().map(String::from).collect();
-    for (key, value) in [(RW_KEY, b.list(Kind::Rw)), (RO_KEY, b.list(Kind::Ro))] {
-        let mut in_section = false;
-        let mut section_end = None;
-        let mut found = false;
-        for (i, line) in lines.iter_mut().enumerate() {
-            let t = line.trim();
-            if t.starts_with('[') {
-                in_section = t == "[mysql-proxy]";
-                continue;
-            }
-            if in_section {
-                section_end = Some(i + 1);
-                if t.split_once('=').map(|(k, _)| k.trim()) == Some(key) {
-                    *line = format!("{key}={value}");
-                    found = true;
-                }
-            }
-        }
-        if !found {
-            let at = section_end
-                .or_else(|| {
-                    lines
-                        .iter()
-                        .position(|l| l.trim() == "[mysql-proxy]")
-                        .map(|i| i + 1)
-                })
-                .unwrap_or_else(|| {
-                    lines.push("[mysql-proxy]".into());
-                    lines.len()
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|item| {
+                let (addr, weight) = match item.rsplit_once('@') {
+                    Some((a, w)) => (a, w.trim().parse().unwrap_or(1)),
+                    None => (item, 1),
+                };
+                let resolved = addr.parse::<SocketAddrV4>().ok().or_else(|| {
+                    addr.to_socket_addrs().ok()?.find_map(|a| match a {
+                        SocketAddr::V4(a) => Some(a),
+                        SocketAddr::V6(_) => None,
+                    })
                 });
-            lines.insert(at, format!("{key}={value}"));
-        }
-    }
-    // g_file_set_contents: a temp file renamed over the old one.
-    let tmp = path.with_extension("fixture-tmp");
-    fs::write(&tmp, lines.join("\n") + "\n")?;
-    fs::rename(&tmp, path)
+                resolved.map(|a| (a, weight)).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}: {item:?} is not ip:port or host:port", path.display()),
+                    )
+                })
+            })
+            .collect()
+    };
+    Ok((list(RW_KEY)?, list(RO_KEY)?))
 }
 
-// ---- the protocol, server side ------------------------------------------
-
-enum Reply {
-    Ok,
-    Err {
-        code: u16,
-        state: &'static str,
-        message: String,
-    },
-    Rows {
-        columns: Vec<(&'static str, u8)>,
-        rows: Vec<Vec<String>>,
-    },
-}
+// ---- the admin protocol, server side ----------------------------------------
 
 fn command_error(message: impl Into<String>) -> Reply {
     Reply::Err {
@@ -686,20 +879,15 @@ fn backend_row(b: &Backend) -> Vec<String> {
     ]
 }
 
+fn record(shared: &Shared, command: Command, error: Option<String>) {
+    shared.lock().received.push(Received { command, error });
+    shared.received.notify_all();
+}
+
 fn serve(shared: &Shared, s: &TcpStream) -> io::Result<()> {
-    let _ = s.set_nodelay(true);
-    let mut raw = [0u8; 20];
-    getrandom::fill(&mut raw).map_err(|e| io::Error::other(e.to_string()))?;
-    // mysql-proxy's challenge: 20 printable characters (33..=126).
-    let challenge: Vec<u8> = raw.iter().map(|b| 33 + b % 94).collect();
-    let thread_id = {
-        let mut g = shared.lock();
-        g.connections += 1;
-        g.connections
-    };
-    write_packet(s, 0, &greeting(thread_id, &challenge))?;
-    let (seq, packet) = read_packet(s)?;
-    let Some(auth) = parse_auth(&packet) else {
+    let (challenge, seq, auth) =
+        wire::greet(s, SERVER_VERSION, shared.next_connection_id(), CAPABILITIES)?;
+    let Some(auth) = auth else {
         return Ok(()); // malformed: Atlas drops the connection
     };
     let mut login = Login {
@@ -708,9 +896,14 @@ fn serve(shared: &Shared, s: &TcpStream) -> io::Result<()> {
         error: None,
     };
     if auth.capabilities & CLIENT_PROTOCOL_41 == 0 {
-        login.error = Some("dropped".into());
+        // server_read_auth: a raw ERR (no SQLSTATE marker) with the
+        // connection's next packet number, then the connection is dropped.
+        let mut p = vec![0xFF];
+        p.extend_from_slice(&ERR_OLD_PROTOCOL.to_le_bytes());
+        p.extend_from_slice(MSG_OLD_PROTOCOL.as_bytes());
+        login.error = Some(MSG_OLD_PROTOCOL.into());
         shared.lock().logins.push(login);
-        return Ok(());
+        return wire::write_packet(s, seq.wrapping_add(1), &p);
     }
     let cfg = &shared.cfg;
     let refused = if auth.user != cfg.user {
@@ -728,42 +921,46 @@ fn serve(shared: &Shared, s: &TcpStream) -> io::Result<()> {
             state: SQLSTATE_ACCESS,
             message: message.into(),
         };
-        write_reply(s, seq.wrapping_add(1), &reply)?;
+        wire::write_reply(s, seq.wrapping_add(1), &reply)?;
         return Ok(()); // and close
     }
-    write_reply(s, seq.wrapping_add(1), &Reply::Ok)?;
+    wire::write_reply(s, seq.wrapping_add(1), &Reply::Ok)?;
     loop {
-        let Ok((seq, p)) = read_packet(s) else {
+        let Ok((seq, p)) = wire::read_packet(s) else {
             return Ok(());
         };
         let Some(&com) = p.first() else {
             return Ok(());
         };
-        let (command, reply) = match com {
+        let (command, reply, close) = match com {
             COM_QUIT => {
-                shared.lock().received.push(Received {
-                    command: Command::Quit,
-                    error: None,
-                });
-                shared.received.notify_all();
+                record(shared, Command::Quit, None);
                 return Ok(());
             }
+            // The admin plugin answers an empty query itself, then closes.
+            COM_QUERY if p.len() == 1 => (
+                Command::Query(String::new()),
+                command_error(MSG_EMPTY_QUERY),
+                true,
+            ),
             COM_QUERY => {
                 let q = String::from_utf8_lossy(&p[1..]).into_owned();
                 let reply = execute(shared, &q);
-                (Command::Query(q), reply)
+                (Command::Query(q), reply, false)
             }
-            COM_INIT_DB => (Command::InitDb, Reply::Ok),
-            COM_PING => (Command::Ping, command_error(MSG_PING)),
-            other => (Command::Other(other), command_error(MSG_UNKNOWN_COM)),
+            // The admin script's read_query: anything but COM_QUERY.
+            other => (Command::Other(other), command_error(MSG_NOT_QUERY), false),
         };
         let error = match &reply {
             Reply::Err { message, .. } => Some(message.clone()),
             _ => None,
         };
-        shared.lock().received.push(Received { command, error });
-        shared.received.notify_all();
-        write_reply(s, seq.wrapping_add(1), &reply)?;
+        record(shared, command, error);
+        wire::write_reply(s, seq.wrapping_add(1), &reply)?;
+        if close {
+            let _ = (&*s).flush();
+            return Ok(());
+        }
     }
 }
 
@@ -802,11 +999,7 @@ fn execute(shared: &Shared, query: &str) -> Reply {
     {
         let (_, hook) = g.hooks.remove(i);
         hook(&mut g.backends);
-        let table = g.backends.rows();
-        g.history.push(Change {
-            cause: "operator (concurrent)".into(),
-            table,
-        });
+        g.push_change("operator (concurrent)".into());
     }
     // Every pattern is anchored and starts and ends with a non-space.
     if lower.is_empty() || lower.starts_with(is_space) || lower.ends_with(is_space) {
@@ -881,7 +1074,9 @@ fn execute(shared: &Shared, query: &str) -> Reply {
         }
         ["save", c] if config_pattern(c) => {
             if let Some(path) = &shared.cfg.cnf_path {
-                if let Err(e) = save_cnf(path, &g.backends) {
+                let (rw, ro) = (g.backends.list(Kind::Rw), g.backends.list(Kind::Ro));
+                if let Err(e) = glib::save_config(path, &rw, &ro, "") {
+                    // Atlas: g_critical("g_key_file_load_from_file: ...") and success.
                     g.save_errors.push(format!("{}: {e}", path.display()));
                 }
             }
@@ -890,16 +1085,13 @@ fn execute(shared: &Shared, query: &str) -> Reply {
         _ => command_error(MSG_UNMATCHED),
     };
     if changed {
-        let table = g.backends.rows();
-        g.history.push(Change {
-            cause: query.to_string(),
-            table,
-        });
+        g.push_change(query.to_string());
     }
     reply
 }
 
-const HELP: [(&str, &str); 14] = [
+/// Atlas 2.2.2's help table (16 rows).
+pub const HELP: [(&str, &str); 16] = [
     ("SELECT * FROM help", "shows this help"),
     (
         "SELECT * FROM backends",
@@ -936,164 +1128,14 @@ const HELP: [(&str, &str); 14] = [
         "ADD PWD $pwd",
         "example: \"add pwd user:raw_password\", ...",
     ),
+    (
+        "ADD ENPWD $pwd",
+        "example: \"add enpwd user:encrypted_password\", ...",
+    ),
     ("REMOVE PWD $pwd", "example: \"remove pwd user\", ..."),
     ("SAVE CONFIG", "save the backends to config file"),
+    ("SELECT VERSION", "display the version of Atlas"),
 ];
-
-/// `SHA1(password) XOR SHA1(challenge + SHA1(SHA1(password)))`, written
-/// here independently of the agent's client so that the two check each other.
-pub fn scramble(password: &[u8], challenge: &[u8]) -> Vec<u8> {
-    let h1 = Sha1::digest(password);
-    let h2 = Sha1::digest(h1);
-    let mut m = Sha1::new();
-    m.update(challenge);
-    m.update(h2);
-    let h3 = m.finalize();
-    h1.iter().zip(h3.iter()).map(|(a, b)| a ^ b).collect()
-}
-
-fn greeting(thread_id: u32, challenge: &[u8]) -> Vec<u8> {
-    let mut p = vec![10];
-    p.extend_from_slice(SERVER_VERSION.as_bytes());
-    p.push(0);
-    p.extend_from_slice(&thread_id.to_le_bytes());
-    p.extend_from_slice(&challenge[..8]);
-    p.push(0);
-    p.extend_from_slice(&(CAPABILITIES as u16).to_le_bytes());
-    p.push(8); // latin1
-    p.extend_from_slice(&SERVER_STATUS_AUTOCOMMIT.to_le_bytes());
-    // Upper capabilities, auth data length and the reserved bytes: all zero,
-    // as mysql-proxy writes them.
-    p.extend_from_slice(&[0u8; 13]);
-    p.extend_from_slice(&challenge[8..]);
-    p.push(0);
-    p
-}
-
-struct Auth {
-    capabilities: u32,
-    user: String,
-    response: Vec<u8>,
-}
-
-fn parse_auth(p: &[u8]) -> Option<Auth> {
-    let capabilities = u32::from_le_bytes(p.get(..4)?.try_into().ok()?);
-    if capabilities & CLIENT_PROTOCOL_41 == 0 {
-        // A 4.0 client: Atlas only looks at the flag before dropping it.
-        return Some(Auth {
-            capabilities,
-            user: String::new(),
-            response: vec![],
-        });
-    }
-    let rest = p.get(32..)?;
-    let nul = rest.iter().position(|&b| b == 0)?;
-    let user = String::from_utf8_lossy(&rest[..nul]).into_owned();
-    let rest = &rest[nul + 1..];
-    let response = if capabilities & CLIENT_SECURE_CONNECTION != 0 {
-        let len = *rest.first()? as usize;
-        rest.get(1..1 + len)?.to_vec()
-    } else {
-        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-        rest[..end].to_vec()
-    };
-    Some(Auth {
-        capabilities,
-        user,
-        response,
-    })
-}
-
-fn read_packet(mut s: &TcpStream) -> io::Result<(u8, Vec<u8>)> {
-    let mut h = [0u8; 4];
-    s.read_exact(&mut h)?;
-    let len = u32::from_le_bytes([h[0], h[1], h[2], 0]) as usize;
-    let mut p = vec![0u8; len];
-    s.read_exact(&mut p)?;
-    Ok((h[3], p))
-}
-
-fn frame(out: &mut Vec<u8>, seq: &mut u8, payload: &[u8]) {
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes()[..3]);
-    out.push(*seq);
-    out.extend_from_slice(payload);
-    *seq = seq.wrapping_add(1);
-}
-
-fn write_packet(mut s: &TcpStream, seq: u8, payload: &[u8]) -> io::Result<()> {
-    let mut out = vec![];
-    frame(&mut out, &mut { seq }, payload);
-    s.write_all(&out)
-}
-
-fn lenenc_str(out: &mut Vec<u8>, s: &[u8]) {
-    // Admin values are short; longer ones use the 0xFC form.
-    if s.len() < 251 {
-        out.push(s.len() as u8);
-    } else {
-        out.push(0xFC);
-        out.extend_from_slice(&(s.len() as u16).to_le_bytes());
-    }
-    out.extend_from_slice(s);
-}
-
-fn eof_packet() -> Vec<u8> {
-    let mut p = vec![0xFE, 0, 0];
-    p.extend_from_slice(&SERVER_STATUS_AUTOCOMMIT.to_le_bytes());
-    p
-}
-
-fn write_reply(mut s: &TcpStream, mut seq: u8, reply: &Reply) -> io::Result<()> {
-    let mut out = vec![];
-    match reply {
-        Reply::Ok => {
-            let mut p = vec![0x00, 0, 0];
-            p.extend_from_slice(&SERVER_STATUS_AUTOCOMMIT.to_le_bytes());
-            p.extend_from_slice(&[0, 0]);
-            frame(&mut out, &mut seq, &p);
-        }
-        Reply::Err {
-            code,
-            state,
-            message,
-        } => {
-            let mut p = vec![0xFF];
-            p.extend_from_slice(&code.to_le_bytes());
-            p.push(b'#');
-            p.extend_from_slice(state.as_bytes());
-            p.extend_from_slice(message.as_bytes());
-            frame(&mut out, &mut seq, &p);
-        }
-        Reply::Rows { columns, rows } => {
-            frame(&mut out, &mut seq, &[columns.len() as u8]);
-            for (name, ty) in columns {
-                let mut p = vec![];
-                lenenc_str(&mut p, b"def");
-                for _ in 0..3 {
-                    lenenc_str(&mut p, b""); // schema, table, org_table
-                }
-                lenenc_str(&mut p, name.as_bytes());
-                lenenc_str(&mut p, name.as_bytes());
-                p.push(0x0c);
-                p.extend_from_slice(&8u16.to_le_bytes());
-                p.extend_from_slice(&32u32.to_le_bytes());
-                p.push(*ty);
-                p.extend_from_slice(&[0, 0, 0, 0, 0]); // flags, decimals, filler
-                frame(&mut out, &mut seq, &p);
-            }
-            frame(&mut out, &mut seq, &eof_packet());
-            for row in rows {
-                let mut p = vec![];
-                for v in row {
-                    lenenc_str(&mut p, v.as_bytes());
-                }
-                frame(&mut out, &mut seq, &p);
-            }
-            frame(&mut out, &mut seq, &eof_packet());
-        }
-    }
-    s.write_all(&out)
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,9 @@
 //! The seed's whole stack in the lab, for the database tests and the
-//! database benchmark: one `mariadbd` and one fixture Atlas (admin port on
-//! loopback) in each server's namespace, and the agents configured with
-//! `[mysql]` and `[atlas]`.
+//! database benchmark: one `mariadbd` and one fixture Atlas in each
+//! server's namespace (admin port and the seed's proxy port 127.0.0.1:1234
+//! on loopback, its `.cnf` in the lab directory, its checker thread every
+//! [`StackOptions::atlas_checker`]), and the agents configured with
+//! `[mysql]` and `[atlas]` (`persist = "save_config"`).
 //!
 //! Ground truth comes from the servers themselves (VIPs from the kernel,
 //! read-only and replication from MariaDB, the backend table from Atlas),
@@ -10,14 +12,13 @@
 use std::collections::HashSet;
 use std::net::SocketAddrV4;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use ha_agent::drivers::atlas::{Backend, Kind};
+use ha_agent::drivers::atlas::{Backend, Kind, State};
 
-use crate::atlas_fixture::{AtlasFixture, FixtureConfig};
-use crate::mariadb::{Mariadb, MariadbOptions, AGENT_USER, REPL_USER};
+use crate::atlas_fixture::{wire, AtlasFixture, FixtureConfig};
+use crate::mariadb::{Mariadb, MariadbOptions, AGENT_USER, APP_PASSWORD, APP_USER, REPL_USER};
 use crate::netns::in_netns;
 use crate::writer::Ack;
 use crate::{wait_until, wait_until_ok, Lab, LabProcess, Link, Overrides, Server};
@@ -34,7 +35,15 @@ pub struct StackOptions {
     pub lab_base: &'static str,
     /// `mysql.down_handover_ms` (None: the agent's default).
     pub down_handover_ms: Option<u64>,
+    /// The fixture Atlases' checker period (None: [`TEST_ATLAS_CHECKER`];
+    /// the benchmark uses Atlas's own 4 s).
+    pub atlas_checker: Option<Duration>,
 }
+/// The fixture Atlases' checker period in tests: fast, so that tests do not
+/// wait Atlas's 4 s for every backend to be marked up.
+pub const TEST_ATLAS_CHECKER: Duration = Duration::from_millis(250);
+/// Atlas's proxy port, as in the seed (in each server's namespace).
+pub const ATLAS_PROXY: &str = "127.0.0.1:1234";
 /// Start-up (the eBPF program loads) and replication set-up.
 pub const SETTLE: Duration = Duration::from_secs(20);
 /// Bound for a failover step; the targets are far lower.
@@ -86,6 +95,40 @@ impl NsAtlas {
     pub fn describe(&self) -> String {
         ha_agent::drivers::atlas::table::describe(&self.get().table())
     }
+
+    /// True if the table lists `addr` as `kind` in state `up`.
+    pub fn is_up(&self, addr: SocketAddrV4, kind: Kind) -> bool {
+        self.get()
+            .table()
+            .iter()
+            .any(|b| b.address == addr && b.kind == kind && b.state == State::Up)
+    }
+
+    /// True if the VIP is listed as rw and `up` (writes are served).
+    pub fn rw_up(&self) -> bool {
+        self.is_up(vip(), Kind::Rw)
+    }
+
+    /// Which server answers a read sent through this Atlas's proxy port
+    /// (`SELECT @@server_id` on a fresh connection, as an application
+    /// does); None if the read failed (no backend up, or lost connection).
+    pub fn read_server_id(&self) -> Result<Option<u32>> {
+        let proxy = match self.get().proxy_addr() {
+            Some(std::net::SocketAddr::V4(a)) => a,
+            other => anyhow::bail!("no IPv4 proxy port: {other:?}"),
+        };
+        in_netns(&self.ns, move || {
+            let Ok(wire::Login::Ok(s)) =
+                wire::client_login(proxy, APP_USER, APP_PASSWORD, None, Duration::from_secs(1))
+            else {
+                return None;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let reply = wire::command(&s, b"\x03SELECT @@server_id").ok()?;
+            let _ = wire::write_packet(&s, 0, &[wire::COM_QUIT]);
+            wire::first_value(&reply)?.parse().ok()
+        })
+    }
 }
 
 impl Drop for NsAtlas {
@@ -122,18 +165,24 @@ impl Stack {
         let pw = self.lab.dir().join(format!("atlas-{}.pw", s.name()));
         std::fs::write(&pw, format!("{}\n", self.atlas(s).get().password()))?;
         std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600))?;
-        let path = |p: PathBuf| p.to_string_lossy().into_owned();
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let cnf = self
+            .atlas(s)
+            .get()
+            .cnf_path()
+            .context("the fixture Atlas has a .cnf")?
+            .to_path_buf();
         let mut o = Overrides::new();
         if let Some(ms) = self.opts.down_handover_ms {
             o = o.set("mysql.down_handover_ms", ms as i64);
         }
         Ok(o.set("mysql.address", inside(s).to_string())
             .set("mysql.user", AGENT_USER)
-            .set("mysql.password_file", path(db.dir().join("agent.pw")))
+            .set("mysql.password_file", path(&db.dir().join("agent.pw")))
             .set("mysql.replication_user", REPL_USER)
             .set(
                 "mysql.replication_password_file",
-                path(db.dir().join("repl.pw")),
+                path(&db.dir().join("repl.pw")),
             )
             .set("mysql.peer_address", inside(s.peer()).to_string())
             .set(
@@ -141,8 +190,9 @@ impl Stack {
                 self.atlas(s).get().addr().to_string(),
             )
             .set("atlas.user", self.atlas(s).get().user())
-            .set("atlas.password_file", path(pw))
-            .set("atlas.persist", "none")
+            .set("atlas.password_file", path(&pw))
+            .set("atlas.persist", "save_config")
+            .set("atlas.cnf_path", path(&cnf))
             .set("atlas.period_ms", 200)
             .set("mysql.semisync", self.opts.semisync))
     }
@@ -192,6 +242,11 @@ impl Stack {
             .collect())
     }
 
+    /// The fixture Atlases' checker period.
+    pub fn atlas_checker(&self) -> Duration {
+        self.opts.atlas_checker.unwrap_or(TEST_ATLAS_CHECKER)
+    }
+
     /// Waits until `s`'s Atlas table is exactly rw = the VIP, ro = `ro`.
     pub fn wait_atlas(&self, s: Server, ro: &[SocketAddrV4], bound: Duration) -> Result<Duration> {
         let want = (vec![vip()], ro.to_vec());
@@ -227,15 +282,22 @@ pub fn stack(opts: StackOptions) -> Result<Stack> {
     }
     // server1's Atlas starts with a stale entry (its own server as ro),
     // server2's with an empty table: the agents must fix both.
-    let a1 = NsAtlas::start(
-        lab.server_ns(S1),
-        FixtureConfig {
-            rw: vec![vip()],
-            ro: vec![inside(S1)],
-            ..Default::default()
-        },
-    )?;
-    let a2 = NsAtlas::start(lab.server_ns(S2), FixtureConfig::default())?;
+    let atlas = |s: Server, rw: Vec<SocketAddrV4>, ro: Vec<SocketAddrV4>| {
+        NsAtlas::start(
+            lab.server_ns(s),
+            FixtureConfig {
+                rw,
+                ro,
+                cnf_path: Some(lab.dir().join(format!("atlas-{}.cnf", s.name()))),
+                checker: Some(opts.atlas_checker.unwrap_or(TEST_ATLAS_CHECKER)),
+                proxy_address: Some(ATLAS_PROXY.parse().expect("a socket address")),
+                proxy_users: vec![(APP_USER.into(), APP_PASSWORD.into())],
+                ..Default::default()
+            },
+        )
+    };
+    let a1 = atlas(S1, vec![vip()], vec![inside(S1)])?;
+    let a2 = atlas(S2, vec![], vec![])?;
     let [d1, d2]: [Mariadb; 2] = dbs.try_into().expect("two servers");
     Ok(Stack {
         agents: [None, None],
@@ -297,6 +359,15 @@ pub fn started(opts: StackOptions) -> Result<Stack> {
     );
     st.wait_atlas(S2, &[inside(S2)], STEP)?;
     st.wait_atlas(S1, &[inside(S2)], STEP)?;
+    // In sync means serving: the rw backend is up in each Atlas.
+    for s in Server::ALL {
+        wait_until_ok(
+            STEP + st.atlas_checker(),
+            format!("{s}'s agent: Atlas in sync"),
+            || Ok(st.lab.agent_status(s)?["atlas"]["in_sync"] == true),
+        )
+        .with_context(|| format!("{}\n{}", st.atlas(s).describe(), st.logs()))?;
+    }
     Ok(st)
 }
 

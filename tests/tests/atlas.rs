@@ -1,13 +1,17 @@
 //! Atlas admin client and reconciler against the fixture Atlas (loopback
-//! only, no privileges: these run with plain `cargo test`).
+//! only, no privileges: these run with plain `cargo test`). The backends
+//! are fake MySQL servers on loopback ([`FakeBackend`]), so the fixture's
+//! checker marks them `up` as Atlas's would, and its proxy port routes to
+//! them.
 //!
 //! Waiting is done on the reconciler's status channel (notified on every
 //! change), never by sleeping; times are measured and printed, not asserted.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ha_agent::drivers::atlas::client::{AdminConnection, ClientError, Reply, Timeouts};
@@ -16,23 +20,60 @@ use ha_agent::drivers::atlas::{
     Settings, State,
 };
 use ha_agent::operator::config::{AtlasConfig, AtlasPersist};
-use ha_lab::atlas_fixture::{self as fx, AtlasFixture, Command, FixtureConfig};
-
-fn vip() -> SocketAddrV4 {
-    SocketAddrV4::new(ha_lab::INSIDE_VIP, 3306)
-}
-fn replica() -> SocketAddrV4 {
-    "203.0.113.12:3306".parse().unwrap()
-}
-fn old_primary() -> SocketAddrV4 {
-    "203.0.113.11:3306".parse().unwrap()
-}
+use ha_lab::atlas_fixture::{self as fx, AtlasFixture, Command, FakeBackend, FixtureConfig};
 
 const TIMEOUTS: Timeouts = Timeouts {
     connect: Duration::from_secs(2),
     query: Duration::from_secs(2),
 };
 const WAIT: Duration = Duration::from_secs(20);
+/// The fixture's checker period in these tests (Atlas: 4 s).
+const CHECKER: Duration = Duration::from_millis(50);
+const APP: (&str, &str) = ("app", "app-pw");
+
+fn me() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// The MySQL servers of a test: the inside VIP's, the replica, the old
+/// primary and a second replica, each a fake server on loopback.
+struct Net {
+    vip: FakeBackend,
+    replica: FakeBackend,
+    old: FakeBackend,
+    other: FakeBackend,
+}
+
+impl Net {
+    fn new() -> Net {
+        let b = |id| FakeBackend::start(id, APP).unwrap();
+        Net {
+            vip: b(100),
+            replica: b(12),
+            old: b(11),
+            other: b(13),
+        }
+    }
+    fn vip(&self) -> SocketAddrV4 {
+        self.vip.addr()
+    }
+    fn replica(&self) -> SocketAddrV4 {
+        self.replica.addr()
+    }
+    fn old_primary(&self) -> SocketAddrV4 {
+        self.old.addr()
+    }
+    fn other(&self) -> SocketAddrV4 {
+        self.other.addr()
+    }
+    fn desired(&self, ro: &[SocketAddrV4]) -> Desired {
+        Desired {
+            rw: self.vip(),
+            ro: ro.to_vec(),
+        }
+    }
+}
 
 /// A scratch directory removed on drop.
 struct TempDir(PathBuf);
@@ -52,19 +93,30 @@ impl Drop for TempDir {
     }
 }
 
-fn fixture(rw: &[SocketAddrV4], ro: &[SocketAddrV4]) -> AtlasFixture {
-    AtlasFixture::new(FixtureConfig {
+fn config(rw: &[SocketAddrV4], ro: &[SocketAddrV4]) -> FixtureConfig {
+    FixtureConfig {
         rw: rw.to_vec(),
         ro: ro.to_vec(),
+        checker: Some(CHECKER),
+        proxy_users: vec![(APP.0.into(), APP.1.into())],
         ..Default::default()
-    })
-    .unwrap()
+    }
+}
+
+fn fixture(rw: &[SocketAddrV4], ro: &[SocketAddrV4]) -> AtlasFixture {
+    AtlasFixture::new(config(rw, ro)).unwrap()
 }
 
 async fn login(f: &AtlasFixture) -> AdminConnection {
-    AdminConnection::connect(f.addr(), f.user(), &Password::new(f.password()), TIMEOUTS)
-        .await
-        .unwrap()
+    AdminConnection::connect(
+        f.addr(),
+        f.user(),
+        &Password::new(f.password()),
+        me(),
+        TIMEOUTS,
+    )
+    .await
+    .unwrap()
 }
 
 fn settings(f: &AtlasFixture, persist: Persist) -> Settings {
@@ -75,13 +127,9 @@ fn settings(f: &AtlasFixture, persist: Persist) -> Settings {
         persist,
         period: Duration::from_millis(200),
         timeouts: TIMEOUTS,
-    }
-}
-
-fn desired(ro: &[SocketAddrV4]) -> Desired {
-    Desired {
-        rw: vip(),
-        ro: ro.to_vec(),
+        admin_uid: me(),
+        ro_weights: BTreeMap::new(),
+        rw_not_up_alarm: Duration::from_secs(10),
     }
 }
 
@@ -97,6 +145,20 @@ async fn wait_status(
         Err(_) => panic!("no {what} within {WAIT:?}; status: {:#?}", h.status()),
     };
     found
+}
+
+/// Waits for `pred` on the fixture's table (changed by its checker thread).
+fn wait_table(f: &AtlasFixture, what: &str, pred: impl Fn(&[Backend]) -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !pred(&f.table()) {
+        assert!(
+            t0.elapsed() < WAIT,
+            "no {what} within {WAIT:?}: {:?}",
+            f.table()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    t0.elapsed()
 }
 
 /// The agent's changes never took away the last rw entry. Changes made by
@@ -141,19 +203,50 @@ fn refused(e: ClientError) -> (String, u16, String, String) {
     }
 }
 
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().mode() & 0o7777
+}
+
+fn owner(p: &Path) -> (u32, u32) {
+    let m = std::fs::metadata(p).unwrap();
+    (m.uid(), m.gid())
+}
+
+/// A fixture Atlas with a `.cnf` in `dir`.
+fn fixture_with_cnf(dir: &TempDir, cfg: FixtureConfig) -> (AtlasFixture, PathBuf) {
+    let cnf = dir.0.join("my.cnf");
+    let f = AtlasFixture::new(FixtureConfig {
+        cnf_path: Some(cnf.clone()),
+        ..cfg
+    })
+    .unwrap();
+    (f, cnf)
+}
+
+/// The value of `key` in the `.cnf` (the first such line).
+fn cnf_value(path: &Path, key: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == key).then(|| v.trim().to_string())
+        })
+}
+
 // ---- a raw client, to send what the agent's client never sends -----------
 
 struct Raw(TcpStream);
 
 impl Raw {
-    /// Logs in with `capabilities`; returns the first byte of the reply, or
-    /// None if the server closed the connection without one.
+    /// Logs in with `capabilities`; returns the reply (its packet number and
+    /// payload), or None if the server closed the connection without one.
     fn login(
         f: &AtlasFixture,
         user: &str,
         password: &str,
         capabilities: u32,
-    ) -> (Raw, Option<Vec<u8>>) {
+    ) -> (Raw, Option<(u8, Vec<u8>)>) {
         let mut s = TcpStream::connect(f.addr()).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let (_, greeting) = read_packet(&mut s).unwrap();
@@ -171,7 +264,7 @@ impl Raw {
         p.push(20);
         p.extend_from_slice(&fx::scramble(password.as_bytes(), &challenge));
         write_packet(&mut s, 1, &p);
-        let reply = read_packet(&mut s).map(|(_, p)| p);
+        let reply = read_packet(&mut s);
         (Raw(s), reply)
     }
 
@@ -217,7 +310,12 @@ const CAPS: u32 = fx::CLIENT_PROTOCOL_41 | fx::CLIENT_SECURE_CONNECTION | fx::CL
 
 #[tokio::test]
 async fn client_logs_in_and_parses_the_backends() {
-    let f = fixture(&[vip()], &[replica()]);
+    let net = Net::new();
+    let f = AtlasFixture::new(FixtureConfig {
+        checker: None,
+        ..config(&[net.vip()], &[net.replica()])
+    })
+    .unwrap();
     f.set_state(1, State::Up).unwrap();
     let mut c = login(&f).await;
     assert_eq!(c.server_version(), "5.0.99-agent-admin");
@@ -227,13 +325,13 @@ async fn client_logs_in_and_parses_the_backends() {
         vec![
             Backend {
                 ndx: 1,
-                address: vip(),
+                address: net.vip(),
                 state: State::Up,
                 kind: Kind::Rw
             },
             Backend {
                 ndx: 2,
-                address: replica(),
+                address: net.replica(),
                 state: State::Unknown,
                 kind: Kind::Ro
             },
@@ -264,13 +362,14 @@ async fn client_logs_in_and_parses_the_backends() {
 
 #[tokio::test]
 async fn wrong_user_and_wrong_password_are_refused() {
-    let f = fixture(&[vip()], &[]);
+    let net = Net::new();
+    let f = fixture(&[net.vip()], &[]);
     let addr = f.addr();
     for (user, password, message) in [
         ("root", f.password().to_string(), fx::MSG_UNKNOWN_USER),
         (f.user(), "wrong".to_string(), fx::MSG_BAD_PASSWORD),
     ] {
-        let err = AdminConnection::connect(addr, user, &Password::new(password), TIMEOUTS)
+        let err = AdminConnection::connect(addr, user, &Password::new(password), me(), TIMEOUTS)
             .await
             .unwrap_err();
         let text = err.to_string();
@@ -288,30 +387,83 @@ async fn wrong_user_and_wrong_password_are_refused() {
     assert_eq!(f.commands_received(), 0);
     // And the connection is closed after the refusal.
     let (mut raw, reply) = Raw::login(&f, "root", "x", CAPS);
-    assert_eq!(err_message(&reply.unwrap()).2, fx::MSG_UNKNOWN_USER);
+    assert_eq!(err_message(&reply.unwrap().1).2, fx::MSG_UNKNOWN_USER);
     assert!(raw.closed());
 }
 
 #[tokio::test]
-async fn fixture_rejects_what_atlas_rejects() {
-    let f = fixture(&[vip()], &[replica()]);
-
-    // COM_PING (what pooled clients send): refused; other commands too;
-    // COM_INIT_DB is accepted. The connection stays usable.
-    let (mut raw, reply) = Raw::login(&f, f.user(), f.password(), CAPS);
-    assert_eq!(reply.unwrap()[0], 0x00, "login OK");
-    let ping = raw.command(&[fx::COM_PING]).unwrap();
-    assert_eq!(
-        err_message(&ping),
-        (1105, "07000".into(), fx::MSG_PING.into())
+async fn no_scramble_goes_to_an_admin_port_of_another_user() {
+    let net = Net::new();
+    let f = fixture(&[net.vip()], &[]);
+    let err = AdminConnection::connect(
+        f.addr(),
+        f.user(),
+        &Password::new(f.password()),
+        me() + 1,
+        TIMEOUTS,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, ClientError::NotAtlasOwner { uid, expected, .. } if uid == me() && expected == me() + 1),
+        "{err}"
     );
-    let stats = raw.command(&[0x09]).unwrap();
-    assert_eq!(err_message(&stats).2, fx::MSG_UNKNOWN_COM);
-    assert_eq!(raw.command(b"\x02mysql").unwrap()[0], 0x00);
+    // The fixture never saw a login packet.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(f.logins(), vec![]);
+    // The reconciler says so in its status.
+    let mut s = settings(&f, Persist::None);
+    s.admin_uid = me() + 1;
+    let h = AtlasReconciler::spawn(s);
+    h.set_desired(net.desired(&[]));
+    let st = wait_status(&h, "a failure", |s| s.consecutive_failures >= 1).await;
+    let e = st.last_error.unwrap();
+    assert!(
+        e.contains(&format!("process of uid {}", me())) && e.contains("admin_uid"),
+        "{e}"
+    );
+    assert_eq!(f.logins(), vec![]);
+}
 
-    // A client without PROTOCOL_41 is dropped without an answer.
+#[tokio::test]
+async fn fixture_rejects_what_atlas_rejects() {
+    let net = Net::new();
+    let f = fixture(&[net.vip()], &[net.replica()]);
+
+    // Every command but COM_QUERY and COM_QUIT gets the admin script's
+    // error (COM_INIT_DB too: a real Atlas 2.2.2 refuses it); the
+    // connection stays usable.
+    let (mut raw, reply) = Raw::login(&f, f.user(), f.password(), CAPS);
+    assert_eq!(reply.unwrap().1[0], 0x00, "login OK");
+    for (name, packet) in [
+        ("COM_PING", vec![fx::COM_PING]),
+        ("COM_INIT_DB", b"\x02mysql".to_vec()),
+        ("COM_STATISTICS", vec![fx::COM_STATISTICS]),
+        ("COM_FIELD_LIST", b"\x04backends\0".to_vec()),
+    ] {
+        let p = raw.command(&packet).unwrap();
+        assert_eq!(
+            err_message(&p),
+            (1105, "07000".into(), fx::MSG_NOT_QUERY.into()),
+            "{name}"
+        );
+    }
+    // An empty COM_QUERY: the plugin's own error, then the connection closes.
+    let p = raw.command(&[fx::COM_QUERY]).unwrap();
+    assert_eq!(
+        err_message(&p),
+        (1105, "07000".into(), fx::MSG_EMPTY_QUERY.into())
+    );
+    assert!(raw.closed());
+
+    // A client without PROTOCOL_41: ERR 2007 (packet 2, no SQLSTATE
+    // marker), then the connection is closed.
     let (mut old, reply) = Raw::login(&f, f.user(), f.password(), CAPS & !fx::CLIENT_PROTOCOL_41);
-    assert_eq!(reply, None);
+    let (seq, p) = reply.expect("an ERR packet before the close");
+    assert_eq!(seq, 2);
+    assert_eq!(p[0], 0xFF);
+    assert_eq!(u16::from_le_bytes([p[1], p[2]]), 2007);
+    assert_eq!(&p[3..], fx::MSG_OLD_PROTOCOL.as_bytes());
     assert!(old.closed());
 
     let mut c = login(&f).await;
@@ -343,15 +495,23 @@ async fn fixture_rejects_what_atlas_rejects() {
         c.query("select  *\tfrom BACKENDS").await.unwrap(),
         c.query("SELECT * FROM backends").await.unwrap()
     );
-    // Nothing above changed the table.
+    // Nothing above changed the table (the checker only changed states).
     assert_eq!(f.table().len(), 2);
-    assert_eq!(f.history().len(), 1, "{:?}", f.history());
+    assert!(
+        f.history()
+            .iter()
+            .skip(1)
+            .all(|c| c.cause.starts_with("checker")),
+        "{:?}",
+        f.history()
+    );
     c.quit().await;
 }
 
 #[tokio::test]
 async fn fixture_table_semantics_match_atlas() {
-    let f = fixture(&[], &[replica()]);
+    let net = Net::new();
+    let f = fixture(&[], &[net.replica()]);
     let mut c = login(&f).await;
     let status_only = |r: Reply| match r {
         Reply::Rows(rs) => {
@@ -362,61 +522,197 @@ async fn fixture_table_semantics_match_atlas() {
         other => panic!("{other:?}"),
     };
     // A duplicate add gets the same success reply and changes nothing.
-    status_only(c.query(&format!("ADD SLAVE {}", replica())).await.unwrap());
+    status_only(
+        c.query(&format!("ADD SLAVE {}", net.replica()))
+            .await
+            .unwrap(),
+    );
     assert_eq!(f.table().len(), 1);
     // An rw backend takes the first ro entry's index; that entry moves to the end.
-    status_only(c.query("ADD SLAVE 203.0.113.13:3306").await.unwrap());
-    status_only(c.query(&format!("ADD MASTER {}", vip())).await.unwrap());
-    let order: Vec<(String, Kind, State)> = c
+    status_only(
+        c.query(&format!("ADD SLAVE {}", net.other()))
+            .await
+            .unwrap(),
+    );
+    status_only(c.query(&format!("ADD MASTER {}", net.vip())).await.unwrap());
+    let order: Vec<(SocketAddrV4, Kind)> = c
         .backends()
         .await
         .unwrap()
         .into_iter()
-        .map(|b| (b.address.to_string(), b.kind, b.state))
+        .map(|b| (b.address, b.kind))
         .collect();
     assert_eq!(
         order,
         vec![
-            (vip().to_string(), Kind::Rw, State::Unknown),
-            ("203.0.113.13:3306".into(), Kind::Ro, State::Unknown),
-            (replica().to_string(), Kind::Ro, State::Unknown),
+            (net.vip(), Kind::Rw),
+            (net.other(), Kind::Ro),
+            (net.replica(), Kind::Ro),
         ]
     );
     // An address Atlas cannot parse is "added" with success, and ignored.
     status_only(c.query("ADD SLAVE 999.1.1.1:3306").await.unwrap());
     assert_eq!(f.table().len(), 3);
-    // SET OFFLINE / ONLINE answer with the row.
+    // SET OFFLINE / ONLINE answer with the row; offline stays offline.
     match c.query("SET OFFLINE 2").await.unwrap() {
         Reply::Rows(rs) => assert_eq!(rs.rows[0][2].as_deref(), Some("offline")),
         other => panic!("{other:?}"),
     }
-    c.query("SET ONLINE 2").await.unwrap();
-    assert_eq!(f.table()[1].state, State::Unknown);
+    f.check_now();
+    assert_eq!(f.table()[1].state, State::Offline);
+    match c.query("SET ONLINE 2").await.unwrap() {
+        Reply::Rows(rs) => assert_eq!(rs.rows[0][2].as_deref(), Some("unknown")),
+        other => panic!("{other:?}"),
+    }
     // REMOVE shifts later indices down.
     status_only(c.query("REMOVE BACKEND 2").await.unwrap());
-    assert_eq!(f.table()[1].address, replica());
+    assert_eq!(f.table()[1].address, net.replica());
     assert_eq!(f.table()[1].ndx, 2);
     match c.query("SELECT * FROM help").await.unwrap() {
         Reply::Rows(rs) => {
-            assert_eq!(rs.columns.len(), 2);
-            assert!(rs.rows.len() > 5);
+            let names: Vec<&str> = rs.columns.iter().map(|c| c.name.as_str()).collect();
+            assert_eq!(names, vec!["command", "description"]);
+            assert_eq!(rs.rows.len(), 16, "Atlas 2.2.2's help has 16 rows");
+            let cmds: Vec<&str> = rs.rows.iter().filter_map(|r| r[0].as_deref()).collect();
+            assert!(cmds.contains(&"ADD ENPWD $pwd") && cmds.contains(&"SELECT VERSION"));
         }
         other => panic!("{other:?}"),
     }
     c.quit().await;
 }
 
+#[tokio::test]
+async fn fixture_checker_marks_backends_up_only_at_its_ticks_and_the_proxy_follows() {
+    let net = Net::new();
+    let period = Duration::from_millis(400);
+    let f = AtlasFixture::new(FixtureConfig {
+        checker: Some(period),
+        proxy_address: Some("127.0.0.1:0".parse().unwrap()),
+        ..config(&[net.vip()], &[])
+    })
+    .unwrap();
+    let proxy = match f.proxy_addr().unwrap() {
+        std::net::SocketAddr::V4(a) => a,
+        other => panic!("{other}"),
+    };
+    let up =
+        |b: &[Backend], a: SocketAddrV4| b.iter().any(|x| x.address == a && x.state == State::Up);
+    wait_table(&f, "the rw backend up", |t| up(t, net.vip()));
+    let server_id = || -> Option<String> {
+        let fx::wire::Login::Ok(s) =
+            fx::wire::client_login(proxy, APP.0, APP.1, None, Duration::from_secs(1)).ok()?
+        else {
+            return None;
+        };
+        fx::wire::first_value(&fx::wire::command(&s, b"\x03SELECT @@server_id").ok()?)
+    };
+    // No ro backend up: reads go to the rw backend.
+    assert_eq!(server_id().as_deref(), Some("100"));
+    let mut c = login(&f).await;
+    c.query(&format!("ADD SLAVE {}", net.replica()))
+        .await
+        .unwrap();
+    let added = Instant::now();
+    assert_eq!(
+        f.table()[1].state,
+        State::Unknown,
+        "new backends start unknown"
+    );
+    // Until a tick marks it up, the replica serves nothing.
+    let mut served_by_rw_before_up = 0;
+    while f.table()[1].state != State::Up {
+        assert!(added.elapsed() < WAIT);
+        if server_id().as_deref() == Some("100") && f.table()[1].state != State::Up {
+            served_by_rw_before_up += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = added.elapsed();
+    println!("ADD SLAVE -> up {took:?} (checker period {period:?}); {served_by_rw_before_up} reads served by the rw backend meanwhile");
+    assert!(took <= period + Duration::from_millis(300), "{took:?}");
+    assert_eq!(
+        server_id().as_deref(),
+        Some("12"),
+        "reads now go to the replica"
+    );
+    // The replica dies: the proxy's failed connection marks it down, reads
+    // fall back to the rw backend; the checker brings it back.
+    net.replica.stop();
+    assert_eq!(
+        server_id(),
+        None,
+        "the read that hit the dead replica lost its connection"
+    );
+    assert_eq!(f.table()[1].state, State::Down);
+    assert_eq!(server_id().as_deref(), Some("100"));
+    net.replica.resume().unwrap();
+    wait_table(&f, "the replica up again", |t| up(t, net.replica()));
+    // No rw backend up: writes lose their connection (ERROR 2013).
+    c.query("REMOVE BACKEND 1").await.unwrap();
+    let fx::wire::Login::Ok(s) =
+        fx::wire::client_login(proxy, APP.0, APP.1, None, Duration::from_secs(1)).unwrap()
+    else {
+        panic!("login refused");
+    };
+    assert!(fx::wire::command(&s, b"\x03INSERT INTO t VALUES (1)").is_err());
+    c.quit().await;
+}
+
+#[tokio::test]
+async fn fixture_save_config_rewrites_the_whole_file_like_atlas() {
+    let dir = TempDir::new("glib");
+    let net = Net::new();
+    let (f, cnf) = fixture_with_cnf(&dir, config(&[net.vip()], &[]));
+    // An operator's file: spaces around '=', a host name and a weight.
+    let port = net.replica().port();
+    std::fs::write(
+        &cnf,
+        format!(
+            "[mysql-proxy]\n# the backends\nproxy-backend-addresses = {}\nproxy-read-only-backend-addresses = localhost:{port}@2\nadmin-username = {}\nadmin-password = {}\npwds = app:qtyU1btXOo074Itvx0UR9Q==\n",
+            net.vip(),
+            f.user(),
+            f.password()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cnf, std::fs::Permissions::from_mode(0o600)).unwrap();
+    f.stop();
+    f.start().unwrap();
+    // The host name shows as its address, with its weight.
+    let e = f.entries();
+    assert_eq!(e[1].address, format!("127.0.0.1:{port}").parse().unwrap());
+    assert_eq!(e[1].weight, 2);
+    let mut c = login(&f).await;
+    c.query("SAVE CONFIG").await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&cnf).unwrap(),
+        format!(
+            "[mysql-proxy]\n# the backends\nproxy-backend-addresses={}\nproxy-read-only-backend-addresses=127.0.0.1:{port}\nadmin-username={}\nadmin-password={}\npwds=app:qtyU1btXOo074Itvx0UR9Q==\nclient-ips=\n",
+            net.vip(),
+            f.user(),
+            f.password()
+        )
+    );
+    assert_eq!(
+        mode(&cnf),
+        0o644,
+        "readable by every user, as Atlas leaves it"
+    );
+    // A missing file: success, and only a log line.
+    std::fs::remove_file(&cnf).unwrap();
+    c.query("SAVE CONFIG").await.unwrap();
+    assert_eq!(f.save_errors().len(), 1, "{:?}", f.save_errors());
+    assert!(!cnf.exists());
+    c.quit().await;
+}
+
 // ---- the reconciler --------------------------------------------------------
 
 #[tokio::test]
-async fn empty_table_gets_rw_first_then_ro_then_save_config() {
+async fn empty_table_gets_rw_first_then_ro_then_save_config_and_the_mode_back() {
     let dir = TempDir::new("empty");
-    let cnf = dir.0.join("my.cnf");
-    let f = AtlasFixture::new(FixtureConfig {
-        cnf_path: Some(cnf.clone()),
-        ..Default::default()
-    })
-    .unwrap();
+    let net = Net::new();
+    let (f, cnf) = fixture_with_cnf(&dir, config(&[], &[]));
     assert!(f.table().is_empty());
     // The whole path from the config section and a 0600 password file.
     let pw = dir.0.join("atlas-password");
@@ -426,18 +722,18 @@ async fn empty_table_gets_rw_first_then_ro_then_save_config() {
         admin_address: f.addr(),
         user: f.user().into(),
         password_file: pw,
-        rw_backend: None,
+        rw_backend: Some(net.vip()),
         persist: AtlasPersist::SaveConfig,
-        cnf_path: None,
+        cnf_path: Some(cnf.clone()),
+        ro_weights: BTreeMap::new(),
+        rw_not_up_alarm_ms: 10_000,
+        admin_uid: me(),
         period_ms: 200,
         connect_timeout_ms: 2000,
         query_timeout_ms: 2000,
     };
     let h = AtlasReconciler::spawn(Settings::from_config(&cfg).unwrap());
-    let want = Desired {
-        rw: cfg.rw_backend_or(ha_lab::INSIDE_VIP),
-        ro: vec![replica()],
-    };
+    let want = net.desired(&[net.replica()]);
     h.set_desired(want.clone());
     let st = wait_status(&h, "the table in sync", |s| s.in_sync).await;
     assert_eq!(st.steps_applied, 2);
@@ -445,8 +741,8 @@ async fn empty_table_gets_rw_first_then_ro_then_save_config() {
     assert_eq!(
         changes_sent(&f),
         vec![
-            format!("ADD MASTER {}", vip()),
-            format!("ADD SLAVE {}", replica()),
+            format!("ADD MASTER {}", net.vip()),
+            format!("ADD SLAVE {}", net.replica()),
             "SAVE CONFIG".to_string()
         ]
     );
@@ -458,20 +754,23 @@ async fn empty_table_gets_rw_first_then_ro_then_save_config() {
         );
         assert_eq!(r.error, None, "{r:?}");
     }
-    // SAVE CONFIG rewrote the .cnf: a restarted Atlas starts from it.
-    let text = std::fs::read_to_string(&cnf).unwrap();
-    assert!(
-        text.contains(&format!("proxy-backend-addresses={}\n", vip())),
-        "{text}"
+    // SAVE CONFIG rewrote the .cnf (GLib style), the agent put its mode back.
+    assert_eq!(mode(&cnf), 0o600);
+    assert_eq!(
+        cnf_value(&cnf, "proxy-backend-addresses"),
+        Some(net.vip().to_string())
+    );
+    assert_eq!(
+        cnf_value(&cnf, "proxy-read-only-backend-addresses"),
+        Some(net.replica().to_string())
     );
     assert!(
-        text.contains(&format!(
-            "proxy-read-only-backend-addresses={}\n",
-            replica()
-        )),
-        "{text}"
+        std::fs::read_to_string(&cnf)
+            .unwrap()
+            .contains("\nclient-ips=\n"),
+        "Atlas's rewrite"
     );
-    assert!(text.contains("pwds = root:"), "other lines kept: {text}");
+    assert_eq!(st.persists, 1);
     drop(h);
     f.stop();
     f.start().unwrap();
@@ -481,17 +780,19 @@ async fn empty_table_gets_rw_first_then_ro_then_save_config() {
 
 #[tokio::test]
 async fn failover_removes_the_replica_and_its_return_adds_it_back() {
-    let f = fixture(&[vip()], &[replica()]);
-    let h = AtlasReconciler::spawn(settings(&f, Persist::SaveConfig));
-    h.set_desired(desired(&[replica()]));
+    let dir = TempDir::new("failover");
+    let net = Net::new();
+    let (f, cnf) = fixture_with_cnf(&dir, config(&[net.vip()], &[net.replica()]));
+    let h = AtlasReconciler::spawn(settings(&f, Persist::SaveConfig(cnf.clone())));
+    h.set_desired(net.desired(&[net.replica()]));
     let st = wait_status(&h, "the initial table in sync", |s| s.in_sync).await;
     assert_eq!(st.steps_applied, 0, "already right: no change");
 
     // Failover: no replica any more.
     let t0 = Instant::now();
-    h.set_desired(desired(&[]));
+    h.set_desired(net.desired(&[]));
     let st = wait_status(&h, "the replica removed", |s| {
-        s.in_sync && !s.table.iter().any(|b| b.address == replica())
+        s.in_sync && !s.table.iter().any(|b| b.address == net.replica())
     })
     .await;
     let gone = t0.elapsed();
@@ -502,75 +803,144 @@ async fn failover_removes_the_replica_and_its_return_adds_it_back() {
             .iter()
             .map(|b| (b.address, b.kind))
             .collect::<Vec<_>>(),
-        vec![(vip(), Kind::Rw)]
+        vec![(net.vip(), Kind::Rw)]
     );
 
-    // The replica caught up again: back as ro.
+    // The replica caught up again: back as ro, then serving.
     let t1 = Instant::now();
-    h.set_desired(desired(&[replica()]));
+    h.set_desired(net.desired(&[net.replica()]));
     wait_status(&h, "the replica back", |s| {
-        s.in_sync && s.table.iter().any(|b| b.address == replica())
+        s.in_sync && s.table.iter().any(|b| b.address == net.replica())
     })
     .await;
+    let listed = t1.elapsed();
+    let st = wait_status(&h, "the replica serving", |s| {
+        s.serving
+            .iter()
+            .any(|e| e.address == net.replica() && e.serving)
+    })
+    .await;
+    let entry = st
+        .serving
+        .iter()
+        .find(|e| e.address == net.replica())
+        .unwrap();
     println!(
-        "return: ro backend back {:?} after set_desired",
-        t1.elapsed()
+        "return: ro backend listed {listed:?} after set_desired, serving {:?} (the agent measured {:?} ms from listed to up; fixture checker {CHECKER:?})",
+        t1.elapsed(),
+        entry.time_to_serving_ms
     );
-    assert!(in_sync(&f.table(), &desired(&[replica()])));
+    assert!(entry.time_to_serving_ms.is_some());
+    assert!(in_sync(&f.table(), &net.desired(&[net.replica()])));
+    // Nothing was saved at start (the file was right); each change was.
     assert_eq!(
         changes_sent(&f),
         vec![
-            "SAVE CONFIG".to_string(),
             "REMOVE BACKEND 2".to_string(),
             "SAVE CONFIG".to_string(),
-            format!("ADD SLAVE {}", replica()),
+            format!("ADD SLAVE {}", net.replica()),
             "SAVE CONFIG".to_string(),
         ]
     );
+    assert_eq!(mode(&cnf), 0o600);
     assert_rw_never_absent(&f);
 }
 
 #[tokio::test]
-async fn rw_entry_removed_by_hand_is_added_back() {
-    let f = fixture(&[vip()], &[replica()]);
+async fn rw_entry_removed_by_hand_is_added_back_and_in_sync_waits_until_it_serves() {
+    let net = Net::new();
+    let f = fixture(&[net.vip()], &[net.replica()]);
     let h = AtlasReconciler::spawn(settings(&f, Persist::None));
-    h.set_desired(desired(&[replica()]));
+    h.set_desired(net.desired(&[net.replica()]));
     wait_status(&h, "in sync", |s| s.in_sync).await;
     let rounds = h.status().rounds;
 
+    // Every status in which the agent says "in sync" must find the rw
+    // backend up in Atlas (the fixture's own table, read at that moment).
+    let mut w = h.watch();
     let t0 = Instant::now();
     f.edit("operator: REMOVE BACKEND 1", |b| b.remove(1).unwrap());
-    let st = wait_status(&h, "the rw entry back", |s| {
-        s.rounds > rounds && s.in_sync && s.steps_applied == 1
-    })
-    .await;
+    let mut checked = 0;
+    let mut in_sync_without_up_rw = 0;
+    let st = loop {
+        tokio::time::timeout(WAIT, w.changed())
+            .await
+            .expect("a status change")
+            .unwrap();
+        let st = w.borrow_and_update().clone();
+        if st.in_sync && st.rounds > rounds {
+            checked += 1;
+            let rw_up = f
+                .table()
+                .iter()
+                .any(|b| b.kind == Kind::Rw && b.address == net.vip() && b.state == State::Up);
+            if !rw_up {
+                in_sync_without_up_rw += 1;
+            }
+            if st.steps_applied == 1 {
+                break st;
+            }
+        }
+    };
+    let rw = st.serving.iter().find(|e| e.kind == Kind::Rw).unwrap();
     println!(
-        "operator removed the rw entry: back {:?} later (period 200 ms)",
-        t0.elapsed()
+        "operator removed the rw entry: in sync (re-added and serving) {:?} later; listed to up {:?} ms (fixture checker {CHECKER:?}); statuses in sync: {checked}, of which with no up rw backend: {in_sync_without_up_rw}",
+        t0.elapsed(),
+        rw.time_to_serving_ms
     );
+    assert_eq!(in_sync_without_up_rw, 0);
+    assert!(rw.serving && rw.time_to_serving_ms.is_some(), "{rw:?}");
     assert_eq!(
         changes_sent(&f),
-        vec![format!("ADD MASTER {}", vip())],
+        vec![format!("ADD MASTER {}", net.vip())],
         "persist = none: no SAVE CONFIG"
     );
     // ADD MASTER with an ro entry present: the rw entry takes index 1.
-    assert_eq!(st.table[0].address, vip());
+    assert_eq!(st.table[0].address, net.vip());
     assert_eq!(st.table[0].kind, Kind::Rw);
     assert_rw_never_absent(&f);
 }
 
 #[tokio::test]
-async fn atlas_down_at_start_then_up_converges_and_status_shows_the_error() {
-    // Before the failover Atlas listed the old primary as rw.
-    let f = AtlasFixture::new_stopped(FixtureConfig {
-        rw: vec![old_primary()],
-        ro: vec![replica()],
-        ..Default::default()
-    })
-    .unwrap();
-    let h = AtlasReconciler::spawn(settings(&f, Persist::SaveConfig));
+async fn rw_backend_not_up_past_the_bound_raises_an_alarm_until_it_serves_again() {
+    let net = Net::new();
+    let f = fixture(&[net.vip()], &[]);
+    let mut s = settings(&f, Persist::None);
+    s.rw_not_up_alarm = Duration::from_millis(500);
+    let h = AtlasReconciler::spawn(s);
+    h.set_desired(net.desired(&[]));
+    wait_status(&h, "in sync", |s| s.in_sync).await;
+    // The VIP's MySQL dies and the operator removes and re-adds... the agent
+    // re-adds it; the checker finds it down.
+    net.vip.stop();
     let t0 = Instant::now();
-    h.set_desired(desired(&[replica()]));
+    f.edit("operator: REMOVE BACKEND 1", |b| b.remove(1).unwrap());
+    let st = wait_status(&h, "the alarm", |s| s.rw_alarm.is_some()).await;
+    let alarm = st.rw_alarm.clone().unwrap();
+    println!("alarm {:?} after the rw entry went: {alarm}", t0.elapsed());
+    assert!(t0.elapsed() >= Duration::from_millis(500));
+    assert!(
+        alarm.contains(&net.vip().to_string()) && alarm.contains("bound 0.5 s"),
+        "{alarm}"
+    );
+    assert!(!st.in_sync && st.listed, "listed, not serving: {st:?}");
+    assert!(st.rw_not_up_since.is_some());
+    net.vip.resume().unwrap();
+    let st = wait_status(&h, "the alarm cleared", |s| {
+        s.rw_alarm.is_none() && s.in_sync
+    })
+    .await;
+    assert!(st.rw_not_up_since.is_none());
+}
+
+#[tokio::test]
+async fn atlas_down_at_start_then_up_converges_and_status_shows_the_error() {
+    let net = Net::new();
+    // Before the failover Atlas listed the old primary as rw.
+    let f = AtlasFixture::new_stopped(config(&[net.old_primary()], &[net.replica()])).unwrap();
+    let h = AtlasReconciler::spawn(settings(&f, Persist::None));
+    let t0 = Instant::now();
+    h.set_desired(net.desired(&[net.replica()]));
     let st = wait_status(&h, "three failed attempts", |s| s.consecutive_failures >= 3).await;
     println!(
         "Atlas down: {} failed attempts in {:?} (backoff 50, 100, 200 ms...)",
@@ -586,7 +956,10 @@ async fn atlas_down_at_start_then_up_converges_and_status_shows_the_error() {
     let t1 = Instant::now();
     f.start().unwrap();
     let st = wait_status(&h, "in sync after Atlas started", |s| s.in_sync).await;
-    println!("Atlas started: table right {:?} later", t1.elapsed());
+    println!(
+        "Atlas started: table right and rw serving {:?} later",
+        t1.elapsed()
+    );
     assert!(st.reachable);
     assert_eq!(st.consecutive_failures, 0);
     assert!(st.last_ok_at.is_some());
@@ -594,9 +967,8 @@ async fn atlas_down_at_start_then_up_converges_and_status_shows_the_error() {
     assert_eq!(
         changes_sent(&f),
         vec![
-            format!("ADD MASTER {}", vip()),
+            format!("ADD MASTER {}", net.vip()),
             "REMOVE BACKEND 1".to_string(),
-            "SAVE CONFIG".to_string()
         ]
     );
     assert_eq!(
@@ -604,28 +976,27 @@ async fn atlas_down_at_start_then_up_converges_and_status_shows_the_error() {
             .iter()
             .map(|b| (b.address, b.kind))
             .collect::<Vec<_>>(),
-        vec![(vip(), Kind::Rw), (replica(), Kind::Ro)]
+        vec![(net.vip(), Kind::Rw), (net.replica(), Kind::Ro)]
     );
     assert_rw_never_absent(&f);
 }
 
 #[tokio::test]
 async fn duplicate_add_is_ignored_and_reading_back_converges() {
-    let f = fixture(&[vip()], &[]);
+    let net = Net::new();
+    let f = fixture(&[net.vip()], &[]);
+    let replica = net.replica();
     // An operator adds the replica a moment before the agent does: Atlas
     // ignores the agent's ADD SLAVE (duplicate) but answers success.
-    f.before_next("add slave", |b| {
-        b.add(replica(), Kind::Ro);
+    f.before_next("add slave", move |b| {
+        b.add(replica, Kind::Ro);
     });
     let h = AtlasReconciler::spawn(settings(&f, Persist::None));
-    h.set_desired(desired(&[replica()]));
+    h.set_desired(net.desired(&[replica]));
     let st = wait_status(&h, "in sync", |s| s.in_sync).await;
     assert_eq!(st.consecutive_failures, 0);
-    assert_eq!(changes_sent(&f), vec![format!("ADD SLAVE {}", replica())]);
-    assert_eq!(
-        f.table().iter().filter(|b| b.address == replica()).count(),
-        1
-    );
+    assert_eq!(changes_sent(&f), vec![format!("ADD SLAVE {replica}")]);
+    assert_eq!(f.table().iter().filter(|b| b.address == replica).count(), 1);
     // The ADD itself changed nothing; the read-back saw the operator's entry.
     assert!(f
         .history()
@@ -635,7 +1006,9 @@ async fn duplicate_add_is_ignored_and_reading_back_converges() {
 
 #[tokio::test]
 async fn a_step_atlas_ignores_is_reported_then_retried() {
-    let f = fixture(&[vip()], &[]);
+    let net = Net::new();
+    let f = fixture(&[net.vip()], &[]);
+    let replica = net.replica();
     // The agent's ADD SLAVE is a duplicate (an operator added the replica),
     // and the operator removes it again before the agent reads back: the
     // table is unchanged, which the agent must notice rather than trust the
@@ -643,38 +1016,36 @@ async fn a_step_atlas_ignores_is_reported_then_retried() {
     // Hooks fire one per query, in order: the first SELECT sees the table
     // as it is, the ADD is made a duplicate, the read-back sees it removed.
     f.before_next("select * from backends", |_| {});
-    f.before_next("add slave", |b| {
-        b.add(replica(), Kind::Ro);
+    f.before_next("add slave", move |b| {
+        b.add(replica, Kind::Ro);
     });
     f.before_next("select * from backends", |b| {
         let _ = b.remove(2);
     });
     let h = AtlasReconciler::spawn(settings(&f, Persist::None));
-    h.set_desired(desired(&[replica()]));
+    h.set_desired(net.desired(&[replica]));
     let st = wait_status(&h, "in sync", |s| s.in_sync).await;
     let errors: Vec<String> = f.received().into_iter().filter_map(|r| r.error).collect();
     assert!(errors.is_empty(), "{errors:?}");
     let last = st.last_error.expect("the ignored step was reported");
     assert!(
-        last.contains(&format!("`ADD SLAVE {}`", replica())) && last.contains("did not change"),
+        last.contains(&format!("`ADD SLAVE {replica}`")) && last.contains("did not change"),
         "{last}"
     );
-    assert_eq!(
-        f.table().iter().filter(|b| b.address == replica()).count(),
-        1
-    );
+    assert_eq!(f.table().iter().filter(|b| b.address == replica).count(), 1);
     assert_rw_never_absent(&f);
 }
 
 #[tokio::test]
 async fn refused_command_is_reported_with_atlas_answer() {
-    let f = fixture(&[vip()], &[replica()]);
+    let net = Net::new();
+    let f = fixture(&[net.vip()], &[net.replica()]);
     // The operator removes the replica just before the agent's REMOVE BACKEND 2.
     f.before_next("remove backend", |b| {
         let _ = b.remove(2);
     });
     let h = AtlasReconciler::spawn(settings(&f, Persist::None));
-    h.set_desired(desired(&[]));
+    h.set_desired(net.desired(&[]));
     let st = wait_status(&h, "in sync after the refusal", |s| {
         s.in_sync && s.last_error.is_some()
     })
@@ -698,50 +1069,258 @@ async fn refused_command_is_reported_with_atlas_answer() {
 }
 
 #[tokio::test]
-async fn persist_cnf_rewrites_the_backend_lines_itself() {
+async fn persist_cnf_rewrites_the_backend_lines_itself_keeping_weights_and_names() {
     let dir = TempDir::new("cnf");
-    let cnf = dir.0.join("my.cnf");
-    let f = AtlasFixture::new(FixtureConfig {
-        rw: vec![vip()],
-        ro: vec![replica()],
-        cnf_path: Some(cnf.clone()),
-        ..Default::default()
-    })
-    .unwrap();
+    let net = Net::new();
+    let (f, cnf) = fixture_with_cnf(&dir, config(&[net.vip()], &[]));
+    let port = net.replica().port();
+    let text = format!(
+        "[mysql-proxy]\n# written by hand\nproxy-backend-addresses = {}\nproxy-read-only-backend-addresses = localhost:{port}@3\nadmin-username = {}\nadmin-password = {}\n",
+        net.vip(),
+        f.user(),
+        f.password()
+    );
+    std::fs::write(&cnf, &text).unwrap();
+    std::fs::set_permissions(&cnf, std::fs::Permissions::from_mode(0o640)).unwrap();
+    f.stop();
+    f.start().unwrap();
+    let replica: SocketAddrV4 = format!("127.0.0.1:{port}").parse().unwrap();
     let h = AtlasReconciler::spawn(settings(&f, Persist::Cnf(cnf.clone())));
-    h.set_desired(desired(&[]));
-    let st = wait_status(&h, "in sync", |s| s.in_sync).await;
-    assert!(st.recent.iter().any(|c| c.command.starts_with("rewrite ")));
+    h.set_desired(net.desired(&[replica]));
+    wait_status(&h, "in sync", |s| s.in_sync).await;
+    assert_eq!(
+        std::fs::read_to_string(&cnf).unwrap(),
+        text,
+        "right already: untouched"
+    );
+    // Failover and return, 20 times: the name and the weight come back each time.
+    for i in 0..20 {
+        h.set_desired(net.desired(&[]));
+        let st = wait_status(&h, "rw only", |s| s.in_sync && s.table.len() == 1).await;
+        assert_eq!(st.persists, 2 * i + 1);
+        assert_eq!(
+            cnf_value(&cnf, "proxy-read-only-backend-addresses").as_deref(),
+            Some("")
+        );
+        h.set_desired(net.desired(&[replica]));
+        let st = wait_status(&h, "replica back", |s| s.in_sync && s.table.len() == 2).await;
+        assert_eq!(st.persists, 2 * i + 2);
+        assert_eq!(std::fs::read_to_string(&cnf).unwrap(), text);
+        assert_eq!(mode(&cnf), 0o640);
+    }
     assert!(!f.queries().iter().any(|q| q == "SAVE CONFIG"));
-    let text = std::fs::read_to_string(&cnf).unwrap();
-    assert!(
-        text.contains(&format!("\nproxy-backend-addresses = {}\n", vip())),
-        "{text}"
-    );
-    assert!(
-        text.contains("\nproxy-read-only-backend-addresses = \n"),
-        "{text}"
-    );
-    assert!(
-        text.contains("# written by the ha-lab Atlas fixture"),
-        "comments kept"
-    );
     drop(h);
     f.stop();
     f.start().unwrap();
+    assert_eq!(f.entries()[1].weight, 3);
+}
+
+/// The targets: the `.cnf`'s mode and owner unchanged after 100
+/// persists through SAVE CONFIG, and the weights kept through every one.
+#[tokio::test]
+async fn save_config_100_times_keeps_mode_owner_and_weights() {
+    let dir = TempDir::new("save100");
+    let net = Net::new();
+    let mut weights = BTreeMap::new();
+    weights.insert(net.replica(), 3);
+    let (f, cnf) = fixture_with_cnf(
+        &dir,
+        FixtureConfig {
+            ro_weights: weights,
+            ..config(&[net.vip()], &[net.replica(), net.other()])
+        },
+    );
+    std::fs::set_permissions(&cnf, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (uid, gid) = owner(&cnf);
+    let ro_items = || -> Vec<String> {
+        let mut v: Vec<String> = cnf_value(&cnf, "proxy-read-only-backend-addresses")
+            .unwrap()
+            .split(',')
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    };
+    let mut both = vec![format!("{}@3", net.replica()), net.other().to_string()];
+    both.sort();
+    assert_eq!(ro_items(), both);
+    let h = AtlasReconciler::spawn(settings(&f, Persist::SaveConfig(cnf.clone())));
+    h.set_desired(net.desired(&[net.replica(), net.other()]));
+    wait_status(&h, "in sync", |s| s.in_sync).await;
+    assert!(
+        changes_sent(&f).is_empty(),
+        "right at start: no SAVE CONFIG"
+    );
+    let t0 = Instant::now();
+    let mut persists = 0;
+    for i in 0..50 {
+        h.set_desired(net.desired(&[net.other()]));
+        let st = wait_status(&h, "the replica gone", |s| s.in_sync && s.table.len() == 2).await;
+        assert_eq!(
+            (mode(&cnf), owner(&cnf)),
+            (0o600, (uid, gid)),
+            "persist {}",
+            2 * i + 1
+        );
+        assert_eq!(
+            cnf_value(&cnf, "proxy-read-only-backend-addresses"),
+            Some(net.other().to_string())
+        );
+        h.set_desired(net.desired(&[net.replica(), net.other()]));
+        let st2 = wait_status(&h, "the replica back", |s| s.in_sync && s.table.len() == 3).await;
+        assert_eq!(
+            (mode(&cnf), owner(&cnf)),
+            (0o600, (uid, gid)),
+            "persist {}",
+            2 * i + 2
+        );
+        // The weight is back (Atlas's SAVE CONFIG had dropped it).
+        assert_eq!(ro_items(), both);
+        assert!(st.persists < st2.persists);
+        persists = st2.persists;
+    }
+    let saves = changes_sent(&f)
+        .iter()
+        .filter(|q| *q == "SAVE CONFIG")
+        .count();
+    println!(
+        "{persists} persists ({saves} SAVE CONFIG) in {:?}: mode 0600 and owner {uid}:{gid} after each, weight @3 kept",
+        t0.elapsed()
+    );
+    assert_eq!((persists, saves), (100, 100));
+    drop(h);
+    f.stop();
+    f.start().unwrap();
+    let w: Vec<(SocketAddrV4, u32)> = f.entries().iter().map(|e| (e.address, e.weight)).collect();
+    assert!(w.contains(&(net.replica(), 3)), "{w:?}");
+}
+
+#[tokio::test]
+async fn repairs_are_persisted_within_one_period() {
+    let dir = TempDir::new("repair");
+    let net = Net::new();
+    let (f, cnf) = fixture_with_cnf(&dir, config(&[net.vip()], &[net.replica()]));
+    let h = AtlasReconciler::spawn(settings(&f, Persist::SaveConfig(cnf.clone())));
+    h.set_desired(net.desired(&[net.replica()]));
+    wait_status(&h, "in sync", |s| s.in_sync).await;
+
+    // (a) An operator removes the rw entry and saves: the file lacks it.
+    let mut c = login(&f).await;
+    c.query("REMOVE BACKEND 1").await.unwrap();
+    c.query("SAVE CONFIG").await.unwrap();
+    c.quit().await;
+    let t0 = Instant::now();
     assert_eq!(
-        f.table().iter().map(|b| b.address).collect::<Vec<_>>(),
-        vec![vip()]
+        cnf_value(&cnf, "proxy-backend-addresses").as_deref(),
+        Some("")
+    );
+    // Done when the line is back and the mode too (Atlas's own rewrite
+    // has the line at 0644 a moment before the agent restores the mode; and
+    // if the agent repaired the table before the operator's SAVE CONFIG,
+    // its next round finds the file exposed and puts the mode back).
+    let mut on_disk = None;
+    while on_disk.is_none() || !h.status().in_sync {
+        assert!(t0.elapsed() < WAIT, "{:?}", h.status());
+        if on_disk.is_none()
+            && cnf_value(&cnf, "proxy-backend-addresses") == Some(net.vip().to_string())
+            && mode(&cnf) == 0o600
+        {
+            on_disk = Some(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    println!(
+        "rw entry removed and saved by hand: back in the .cnf with mode 0600 {:?} later, in sync (rw serving again) {:?} later (period 200 ms, fixture checker {CHECKER:?})",
+        on_disk.unwrap(),
+        t0.elapsed()
+    );
+
+    // (b) Atlas restarted from a .cnf that lacks the ro entry.
+    drop(h);
+    let text = std::fs::read_to_string(&cnf).unwrap().replace(
+        &format!("proxy-read-only-backend-addresses={}", net.replica()),
+        "proxy-read-only-backend-addresses=",
+    );
+    std::fs::write(&cnf, text).unwrap();
+    f.stop();
+    f.start().unwrap();
+    assert_eq!(f.table().len(), 1);
+    let h = AtlasReconciler::spawn(settings(&f, Persist::SaveConfig(cnf.clone())));
+    let t1 = Instant::now();
+    h.set_desired(net.desired(&[net.replica()]));
+    wait_status(&h, "in sync", |s| s.in_sync && s.persists == 1).await;
+    println!(
+        "Atlas restarted without the ro entry: ADD SLAVE and saved {:?} later",
+        t1.elapsed()
+    );
+    assert_eq!(
+        cnf_value(&cnf, "proxy-read-only-backend-addresses"),
+        Some(net.replica().to_string())
+    );
+}
+
+#[tokio::test]
+async fn save_config_is_refused_when_the_mode_could_not_be_put_back() {
+    // A .cnf name so long that no temporary file can be made beside it: the
+    // agent could not restore the mode after SAVE CONFIG, so it must not
+    // send it (whoever runs the test, root included).
+    let dir = TempDir::new("refuse");
+    let net = Net::new();
+    let cnf = dir.0.join(format!("{}.cnf", "x".repeat(240)));
+    let f = AtlasFixture::new(FixtureConfig {
+        cnf_path: Some(cnf.clone()),
+        ..config(&[net.vip()], &[net.replica()])
+    })
+    .unwrap();
+    let h = AtlasReconciler::spawn(settings(&f, Persist::SaveConfig(cnf.clone())));
+    h.set_desired(net.desired(&[]));
+    let st = wait_status(&h, "a refusal", |s| s.consecutive_failures >= 1).await;
+    let e = st.last_error.unwrap();
+    assert!(
+        e.contains("refusing SAVE CONFIG") && e.contains("persist = \"cnf\""),
+        "{e}"
+    );
+    assert!(!st.in_sync);
+    assert_eq!(
+        changes_sent(&f),
+        vec!["REMOVE BACKEND 2".to_string()],
+        "no SAVE CONFIG"
+    );
+    assert_eq!(mode(&cnf), 0o600);
+}
+
+#[tokio::test]
+async fn a_readable_cnf_is_warned_about_at_start() {
+    let dir = TempDir::new("warn");
+    let net = Net::new();
+    let (f, cnf) = fixture_with_cnf(&dir, config(&[net.vip()], &[]));
+    std::fs::set_permissions(&cnf, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let h = AtlasReconciler::spawn(settings(&f, Persist::Cnf(cnf.clone())));
+    let st = h.status();
+    assert_eq!(st.cnf_warnings.len(), 1, "{:?}", st.cnf_warnings);
+    assert!(
+        st.cnf_warnings[0].contains("readable by group/other (mode 644)"),
+        "{:?}",
+        st.cnf_warnings
+    );
+    let h2 = AtlasReconciler::spawn(settings(&f, Persist::SaveConfig(cnf.clone())));
+    let w = h2.status().cnf_warnings;
+    // The temp directory lets every user in: SAVE CONFIG's window is exposed.
+    assert!(
+        w.iter()
+            .any(|w| w.contains("until the agent restores its mode")),
+        "{w:?}"
     );
 }
 
 #[tokio::test]
 async fn wrong_password_shows_in_status() {
-    let f = fixture(&[vip()], &[]);
+    let net = Net::new();
+    let f = fixture(&[net.vip()], &[]);
     let mut s = settings(&f, Persist::None);
     s.password = Password::new("not-it");
     let h = AtlasReconciler::spawn(s);
-    h.set_desired(desired(&[]));
+    h.set_desired(net.desired(&[]));
     let st = wait_status(&h, "two failures", |s| s.consecutive_failures >= 2).await;
     assert!(!st.reachable);
     let err = st.last_error.unwrap();
@@ -751,29 +1330,141 @@ async fn wrong_password_shows_in_status() {
 
 #[tokio::test]
 async fn a_new_wish_mid_round_stops_the_old_plan() {
-    let f = fixture(&[vip()], &[]);
-    let r2: SocketAddrV4 = "203.0.113.13:3306".parse().unwrap();
+    let net = Net::new();
+    let f = fixture(&[net.vip()], &[]);
+    let r2 = net.other();
     let h = AtlasReconciler::spawn(settings(&f, Persist::None));
     // While Atlas handles the first ADD SLAVE, a failover makes both replicas
     // unwanted: the second ADD SLAVE of the old plan must not be sent.
-    let h2 = h.clone();
+    let (h2, empty) = (h.clone(), net.desired(&[]));
     f.before_next("add slave", move |_| {
-        h2.set_desired(desired(&[]));
+        h2.set_desired(empty);
     });
-    h.set_desired(desired(&[replica(), r2]));
+    let mut both = vec![net.replica(), r2];
+    both.sort();
+    h.set_desired(net.desired(&both));
     wait_status(&h, "in sync with the new wish", |s| {
-        s.in_sync && s.desired == Some(desired(&[]))
+        s.in_sync && s.desired == Some(net.desired(&[]))
     })
     .await;
     assert_eq!(
         changes_sent(&f),
-        vec![
-            format!("ADD SLAVE {}", replica()),
-            "REMOVE BACKEND 2".into()
-        ]
+        vec![format!("ADD SLAVE {}", both[0]), "REMOVE BACKEND 2".into()]
     );
     assert_eq!(
         f.table().iter().map(|b| b.address).collect::<Vec<_>>(),
-        vec![vip()]
+        vec![net.vip()]
     );
+}
+
+// ---- the real agents, MariaDB and the fixture Atlas in the lab --------------
+
+/// The seed's stack with real agents: the replica serves reads through each
+/// server's Atlas proxy port once Atlas's checker marks it up, through a
+/// failover and the old primary's return; every `.cnf` the agents persisted
+/// (SAVE CONFIG) keeps its mode; the agents never report Atlas in sync while
+/// it has no `up` rw backend.
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn lab_reads_follow_the_replica_through_failover_and_return() -> anyhow::Result<()> {
+    use anyhow::{ensure, Context};
+    use ha_lab::stack::{inside, kill_server1, started, StackOptions, STEP};
+    use ha_lab::{wait_until, wait_until_ok, Server};
+    const S1: Server = Server::S1;
+    const S2: Server = Server::S2;
+
+    let mut st = started(StackOptions::default())?;
+    let checker = st.atlas_checker();
+    let bound = STEP + checker;
+    let cnfs: Vec<PathBuf> = Server::ALL
+        .iter()
+        .map(|&s| st.atlas(s).get().cnf_path().unwrap().to_path_buf())
+        .collect();
+    let cnf = |s: Server| cnfs[usize::from(s.index() - 1)].clone();
+    for s in Server::ALL {
+        // The agents added backends and saved: Atlas made the file 0644, the
+        // agent put the fixture's 0600 back.
+        ensure!(mode(&cnf(s)) == 0o600, "{s}'s .cnf is {:o}", mode(&cnf(s)));
+    }
+    // Reads through server1's Atlas (server1 MASTER, server2 its replica).
+    let served = wait_until_ok(bound, "server1's Atlas: reads served by server2", || {
+        Ok(st.atlas(S1).read_server_id()? == Some(2))
+    })
+    .with_context(|| format!("{}\n{}", st.atlas(S1).describe(), st.logs()))?;
+    println!(
+        "server1's Atlas: reads served by the replica (server2) {served:?} after the stack was up"
+    );
+
+    // Failover: server2's Atlas drops its own ro entry; reads go to the rw
+    // backend (the VIP, now server2) at once.
+    let fault = kill_server1(&mut st)?;
+    wait_until(STEP, "server2's Atlas rw only", || {
+        st.atlas(S2).lists() == (vec![ha_lab::stack::vip()], vec![])
+    })
+    .with_context(|| st.logs())?;
+    wait_until_ok(
+        bound,
+        "reads through server2's Atlas answered by server2",
+        || Ok(st.atlas(S2).read_server_id()? == Some(2)),
+    )
+    .with_context(|| format!("{}\n{}", st.atlas(S2).describe(), st.logs()))?;
+    println!(
+        "failover: reads through server2's Atlas answered again {:?} after the fault",
+        fault.elapsed()
+    );
+
+    // The old primary returns and catches up; then it serves reads again.
+    st.lab.links_up(S1)?;
+    st.start_agent(S1)?;
+    st.wait_state(S1, "BACKUP")?;
+    st.dbs[0].spawn()?;
+    let listed = st.wait_atlas(S2, &[inside(S1)], ha_lab::stack::SETTLE)?;
+    let mut samples = 0;
+    let mut in_sync_without_up_rw = 0;
+    let served = wait_until_ok(
+        bound,
+        "reads through server2's Atlas served by server1",
+        || {
+            samples += 1;
+            if st.lab.agent_status(S2)?["atlas"]["in_sync"] == true && !st.atlas(S2).rw_up() {
+                in_sync_without_up_rw += 1;
+            }
+            Ok(st.atlas(S2).read_server_id()? == Some(1))
+        },
+    )
+    .with_context(|| format!("{}\n{}", st.atlas(S2).describe(), st.logs()))?;
+    // The agent reads the table every 100 ms while a backend is unknown:
+    // its status follows within that (and the status command's own time).
+    let serving_entry = || -> anyhow::Result<serde_json::Value> {
+        st.lab.agent_status(S2)?["atlas"]["serving"]
+            .as_array()
+            .and_then(|v| {
+                v.iter()
+                    .find(|e| e["address"] == inside(S1).to_string())
+                    .cloned()
+            })
+            .context("server1 in server2's serving list")
+    };
+    wait_until_ok(STEP, "server2's agent: server1 serving", || {
+        Ok(serving_entry()?["serving"] == true)
+    })
+    .with_context(|| st.logs())?;
+    let entry = serving_entry()?;
+    println!(
+        "return: server1 listed ro {:?} after its mysqld started, reads served by it {:?} after that (fixture checker {checker:?}); server2's agent measured listed -> up {} ms; {samples} samples, {in_sync_without_up_rw} in sync without an up rw",
+        listed,
+        served,
+        entry["time_to_serving_ms"]
+    );
+    ensure!(
+        in_sync_without_up_rw == 0,
+        "the agent said in sync while Atlas had no up rw backend"
+    );
+    ensure!(entry["time_to_serving_ms"].is_number(), "{entry}");
+    for s in Server::ALL {
+        ensure!(mode(&cnf(s)) == 0o600, "{s}'s .cnf is {:o}", mode(&cnf(s)));
+        let persists = st.lab.agent_status(s)?["atlas"]["persists"].clone();
+        println!("{s}: {persists} persists, .cnf mode 0600");
+    }
+    Ok(())
 }

@@ -193,6 +193,7 @@ impl Services {
             if !a.reachable && a.consecutive_failures > 0 {
                 w.push(format!("Atlas admin port {} unreachable", a.admin_address));
             }
+            w.extend(a.warnings());
         }
         w
     }

@@ -155,6 +155,7 @@ interface = "eth1"
 [atlas]
 user = "admin"
 password_file = "/etc/ha-agent/atlas-password"
+persist = "none"
 "#;
 
     const MYSQL: &str = r#"

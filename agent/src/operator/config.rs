@@ -3,7 +3,7 @@
 //! Every problem is reported with the field's path (`link[1].peer_ip`) and the
 //! reason, all at once, so an operator fixes a file in one pass.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -238,9 +238,22 @@ pub struct AtlasConfig {
     /// How run-time changes survive an Atlas restart.
     #[serde(default)]
     pub persist: AtlasPersist,
-    /// Atlas's `.cnf`, rewritten with `persist = "cnf"`.
+    /// Atlas's `.cnf`: rewritten with `persist = "cnf"`; with
+    /// `"save_config"`, compared with the table and given its mode and
+    /// owner back after each `SAVE CONFIG` (which makes it 0644).
     #[serde(default)]
     pub cnf_path: Option<PathBuf>,
+    /// Weights of ro backends (`"ip:port" = weight`), written as `@weight`
+    /// into the `.cnf` (weights found in the `.cnf` itself are kept too).
+    #[serde(default)]
+    pub ro_weights: BTreeMap<SocketAddrV4, u32>,
+    /// Alarm when the rw backend has not been `up` in Atlas for this long.
+    #[serde(default = "default_atlas_rw_alarm_ms")]
+    pub rw_not_up_alarm_ms: u64,
+    /// The uid Atlas runs as: the agent only logs in to an admin port
+    /// served by it (root unless Atlas runs as another user).
+    #[serde(default)]
+    pub admin_uid: u32,
     /// Re-check the table this often (and at once when the wanted table changes).
     #[serde(default = "default_atlas_period_ms")]
     pub period_ms: u64,
@@ -253,7 +266,8 @@ pub struct AtlasConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AtlasPersist {
-    /// `SAVE CONFIG` after each change (Atlas rewrites its own `.cnf`).
+    /// `SAVE CONFIG` when the `.cnf` is out of date (Atlas rewrites it; the
+    /// agent puts back its mode, owner, weights and host names).
     #[default]
     SaveConfig,
     /// The agent rewrites the two backend lines of `cnf_path` itself.
@@ -276,6 +290,9 @@ impl AtlasConfig {
     }
     pub fn query_timeout(&self) -> Duration {
         Duration::from_millis(self.query_timeout_ms)
+    }
+    pub fn rw_not_up_alarm(&self) -> Duration {
+        Duration::from_millis(self.rw_not_up_alarm_ms)
     }
 
     fn problems(&self, bad: &mut impl FnMut(String, &str)) {
@@ -311,11 +328,30 @@ impl AtlasConfig {
                 f("cnf_path"),
                 "is needed with persist = \"cnf\" (Atlas's .cnf, e.g. /usr/local/mysql-proxy/conf/my.cnf)",
             ),
-            (AtlasPersist::SaveConfig | AtlasPersist::None, Some(_)) => bad(
+            (AtlasPersist::SaveConfig, None) => bad(
                 f("cnf_path"),
-                "is only used with persist = \"cnf\" (remove it, or set persist = \"cnf\")",
+                "is needed with persist = \"save_config\" (the default): Atlas's SAVE CONFIG rewrites its .cnf readable by every user (0644) and drops weights; the agent restores them and needs the path (e.g. /usr/local/mysql-proxy/conf/my.cnf), or set persist = \"cnf\" or \"none\"",
+            ),
+            (AtlasPersist::None, Some(_)) => bad(
+                f("cnf_path"),
+                "is not used with persist = \"none\" (remove it, or set persist = \"cnf\" or \"save_config\")",
             ),
             _ => {}
+        }
+        if self.persist == AtlasPersist::None && !self.ro_weights.is_empty() {
+            bad(
+                f("ro_weights"),
+                "is only written to the .cnf: set persist = \"cnf\" or \"save_config\" (run-time backends added through the admin port always have weight 1)",
+            );
+        }
+        if self.ro_weights.values().any(|w| !(1..=1000).contains(w)) {
+            bad(f("ro_weights"), "weights must be between 1 and 1000");
+        }
+        if !(1000..=3_600_000).contains(&self.rw_not_up_alarm_ms) {
+            bad(
+                f("rw_not_up_alarm_ms"),
+                "must be between 1000 and 3600000 (Atlas's checker marks a backend up within about 4 s)",
+            );
         }
         if !(100..=3_600_000).contains(&self.period_ms) {
             bad(f("period_ms"), "must be between 100 and 3600000");
@@ -339,6 +375,10 @@ fn default_atlas_period_ms() -> u64 {
 }
 fn default_atlas_timeout_ms() -> u64 {
     500
+}
+/// Two of Atlas's 4 s checker periods, plus its 1 s connect timeout and margin.
+fn default_atlas_rw_alarm_ms() -> u64 {
+    10_000
 }
 
 /// `[mysql]`: the local MySQL/MariaDB server the agent fences, promotes and
@@ -1032,6 +1072,7 @@ instance = "inside_network"
 [atlas]
 user = "user"
 password_file = "/etc/ha-agent/atlas-password"
+cnf_path = "/usr/local/mysql-proxy/conf/my.cnf"
 "#;
 
     #[test]
@@ -1044,6 +1085,9 @@ password_file = "/etc/ha-agent/atlas-password"
         assert_eq!(a.period(), Duration::from_millis(1000));
         assert_eq!(a.connect_timeout(), Duration::from_millis(500));
         assert_eq!(a.query_timeout(), Duration::from_millis(500));
+        assert_eq!(a.rw_not_up_alarm(), Duration::from_secs(10));
+        assert_eq!(a.admin_uid, 0);
+        assert!(a.ro_weights.is_empty());
         assert_eq!(
             a.rw_backend_or(Ipv4Addr::new(192, 168, 1, 150)),
             "192.168.1.150:3306".parse().unwrap()
@@ -1056,7 +1100,7 @@ password_file = "/etc/ha-agent/atlas-password"
             "{GOOD}{}",
             ATLAS.replace(
                 "user = \"user\"",
-                "user = \"\"\nrw_backend = \"0.0.0.0:3306\"\npersist = \"cnf\"\nperiod_ms = 5\nquery_timeout_ms = 0"
+                "user = \"\"\nrw_backend = \"0.0.0.0:3306\"\nperiod_ms = 5\nquery_timeout_ms = 0\nrw_not_up_alarm_ms = 10\nro_weights = { \"10.0.0.2:3306\" = 0 }"
             )
         );
         assert_eq!(
@@ -1064,16 +1108,26 @@ password_file = "/etc/ha-agent/atlas-password"
             vec![
                 "atlas.user",
                 "atlas.rw_backend",
-                "atlas.cnf_path",
+                "atlas.ro_weights",
+                "atlas.rw_not_up_alarm_ms",
                 "atlas.period_ms",
                 "atlas.query_timeout_ms"
             ]
         );
-        let stray_cnf = format!("{GOOD}{ATLAS}cnf_path = \"/etc/my.cnf\"\n");
-        assert_eq!(fields(&stray_cnf), vec!["atlas.cnf_path"]);
-        let cnf = format!("{GOOD}{ATLAS}persist = \"cnf\"\ncnf_path = \"/etc/my.cnf\"\nrw_backend = \"192.168.1.150:3307\"\n");
+        // SAVE CONFIG (the default) needs the .cnf to put its mode back.
+        let no_cnf = format!("{GOOD}{}", ATLAS.replace("cnf_path", "# cnf_path"));
+        assert_eq!(fields(&no_cnf), vec!["atlas.cnf_path"]);
+        let none =
+            format!("{GOOD}{ATLAS}persist = \"none\"\nro_weights = {{ \"10.0.0.2:3306\" = 2 }}\n");
+        assert_eq!(fields(&none), vec!["atlas.cnf_path", "atlas.ro_weights"]);
+        let cnf = format!("{GOOD}{ATLAS}persist = \"cnf\"\nrw_backend = \"192.168.1.150:3307\"\nro_weights = {{ \"10.0.0.2:3306\" = 3 }}\nadmin_uid = 998\n");
         let a = parse(&cnf).unwrap().atlas.unwrap();
         assert_eq!(a.persist, AtlasPersist::Cnf);
+        assert_eq!(
+            a.ro_weights.get(&"10.0.0.2:3306".parse().unwrap()),
+            Some(&3)
+        );
+        assert_eq!(a.admin_uid, 998);
         assert_eq!(
             a.rw_backend_or(Ipv4Addr::new(1, 2, 3, 4)),
             "192.168.1.150:3307".parse().unwrap()

@@ -11,12 +11,22 @@
 //! server2's Atlas, and every acknowledged write missing from server2 (a
 //! lost write). Then server1 returns: links up, agent started (BACKUP),
 //! then its mariadbd; measured: writes it accepts (it must accept none),
-//! the time until it replicates and has caught up, and the time from that
-//! catch-up until server2's Atlas lists it `ro` again.
+//! the time until it replicates and has caught up, the time from that
+//! catch-up until server2's Atlas lists it `ro` again, and until reads sent
+//! through server2's Atlas proxy port (127.0.0.1:1234, a fresh connection
+//! each, `SELECT @@server_id`) are served by it. The fixture Atlases run
+//! their checker at Atlas's 4 s: a backend Atlas just got is `unknown`
+//! until the checker's next pass marks it `up` (nothing makes that sooner),
+//! so "served" is "listed" plus 0-4 s. When the returning server holds
+//! transactions server2 lacks (its rejoin is blocked, as it must be), the
+//! bench gives them up with `ha-agent rejoin --force`, as an operator would,
+//! so that the Atlas measurements cover every trial; the rejoin times of
+//! such trials are not counted.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use ha_lab::atlas_fixture::ATLAS_CHECKER_PERIOD;
 use ha_lab::stack::{inside, replicating, started, vip, Stack, StackOptions};
 use ha_lab::writer::{Writer, WriterMode};
 use ha_lab::{Link, Server};
@@ -48,8 +58,15 @@ pub struct DbTrial {
     pub rejoin_replicating_ms: Option<f64>,
     pub rejoin_caught_up_ms: Option<f64>,
     pub atlas_ro_after_catchup_ms: Option<f64>,
+    /// From the catch-up to the first read through server2's Atlas proxy
+    /// port that the returning replica (server1) served.
+    pub atlas_reads_after_catchup_ms: Option<f64>,
     /// Polls of server2's Atlas that saw no rw backend (must stay 0).
     pub atlas_without_rw: usize,
+    /// Samples of server2's agent status that said "in sync" while its
+    /// Atlas had no `up` rw backend (must stay 0), and samples taken.
+    pub in_sync_without_up_rw: usize,
+    pub in_sync_samples: usize,
     /// The returning old primary held transactions server2 lacks (written
     /// to its binlog, never acknowledged, when it died): its agent refused
     /// to rejoin, as it must. The errant set.
@@ -70,6 +87,7 @@ pub fn run(index: usize, semisync: bool) -> Result<DbTrial> {
         semisync,
         lab_base: LAB_BASE,
         down_handover_ms: None,
+        atlas_checker: Some(ATLAS_CHECKER_PERIOD),
     }) {
         Ok(st) => st,
         Err(e) if ha_lab::interrupted() => return Err(e),
@@ -184,9 +202,10 @@ fn trial(st: &mut Stack, t: &mut DbTrial) -> Result<()> {
     let up = Instant::now();
     let target_rows = st.db(S2).count()?;
     let (mut accepted, mut attempts) = (0, 0);
-    let (mut repl_at, mut caught_at, mut listed_at) = (None, None, None);
+    let (mut repl_at, mut caught_at, mut listed_at, mut served_at) = (None, None, None, None);
+    let mut next_sample = Instant::now();
     let end = up + PHASE;
-    while Instant::now() < end && listed_at.is_none() {
+    while Instant::now() < end && (listed_at.is_none() || served_at.is_none()) {
         ha_lab::check_interrupt()?;
         if caught_at.is_none() {
             attempts += 1;
@@ -207,35 +226,79 @@ fn trial(st: &mut Stack, t: &mut DbTrial) -> Result<()> {
         if rw.is_empty() {
             t.atlas_without_rw += 1;
         }
-        if caught_at.is_some() && rw == [vip()] && ro == [inside(S1)] {
+        if caught_at.is_some() && listed_at.is_none() && rw == [vip()] && ro == [inside(S1)] {
             listed_at = Some(Instant::now());
         }
-        if repl_at.is_none() {
+        if caught_at.is_some() && served_at.is_none() && st.atlas(S2).read_server_id()? == Some(1) {
+            served_at = Some(Instant::now());
+        }
+        // The agent's "in sync" must mean the rw backend serves.
+        if Instant::now() >= next_sample {
+            // Each sample runs the status command: not too often, on 2 cores.
+            next_sample = Instant::now() + Duration::from_millis(500);
+            if let Ok(s) = st.lab.agent_status(S2) {
+                t.in_sync_samples += 1;
+                if s["atlas"]["in_sync"] == true && !st.atlas(S2).rw_up() {
+                    t.in_sync_without_up_rw += 1;
+                }
+            }
+        }
+        if repl_at.is_none() && t.rejoin_blocked.is_none() {
             if let Ok(s) = st.lab.agent_status(S1) {
                 if let Some(g) = s["database"]["errant"]["gtids"].as_str() {
                     t.rejoin_blocked = Some(g.to_string());
-                    break;
+                    // As an operator would: give the errant transactions up,
+                    // so that the replica's return to Atlas is measured in
+                    // every trial (not only in the unblocked ones).
+                    force_rejoin(st)?;
                 }
             }
         }
     }
     t.old_primary_writes_accepted = Some(accepted);
     t.old_primary_write_attempts = attempts;
-    t.rejoin_replicating_ms = repl_at.map(|r| ms(r - up));
-    t.rejoin_caught_up_ms = caught_at.map(|c| ms(c - up));
+    // After a forced rejoin these times include the operator's step: kept
+    // out of the rejoin metrics, used for the Atlas ones only.
+    if t.rejoin_blocked.is_none() {
+        t.rejoin_replicating_ms = repl_at.map(|r| ms(r - up));
+        t.rejoin_caught_up_ms = caught_at.map(|c| ms(c - up));
+    }
     t.atlas_ro_after_catchup_ms = match (caught_at, listed_at) {
         (Some(c), Some(l)) => Some(ms(l - c)),
+        _ => None,
+    };
+    t.atlas_reads_after_catchup_ms = match (caught_at, served_at) {
+        (Some(c), Some(r)) => Some(ms(r - c)),
         _ => None,
     };
     if std::env::var_os("HA_BENCH_LOGS").is_some() {
         println!("{}", st.logs());
     }
-    if listed_at.is_none() && t.rejoin_blocked.is_none() {
+    if listed_at.is_none() || served_at.is_none() {
         bail!(
-            "rejoin: replicating {:?}, caught up {:?}, listed ro never within {PHASE:?}; Atlas {}",
+            "rejoin: replicating {:?}, caught up {:?}, listed ro {:?}, reads served by it {:?} (not both within {PHASE:?}); Atlas {}",
             t.rejoin_replicating_ms,
             t.rejoin_caught_up_ms,
+            t.atlas_ro_after_catchup_ms,
+            t.atlas_reads_after_catchup_ms,
             st.atlas(S2).describe()
+        );
+    }
+    Ok(())
+}
+
+/// `ha-agent rejoin --force` on the returning old primary.
+fn force_rejoin(st: &Stack) -> Result<()> {
+    let sock = st.lab.status_socket(S1);
+    let sock = sock
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("socket path"))?;
+    let out = st.lab.agent_cli(&["rejoin", "--force", "--socket", sock])?;
+    if !out.status.success() {
+        bail!(
+            "ha-agent rejoin --force failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
     }
     Ok(())
@@ -247,7 +310,7 @@ pub fn print_trial(t: &DbTrial, n: usize) {
     match &t.failure {
         Some(e) => println!("{head}: FAILED: {}", e.lines().next().unwrap_or("")),
         None => println!(
-            "{head}: VIPs {} ms, writable {} ms (app {} ms; promotion {} ms, frozen by the {}), stale ro gone +{} ms, lost {}/{} acked, old primary accepted {}/{} writes, replicating {} ms, caught up {} ms, Atlas ro +{} ms{}",
+            "{head}: VIPs {} ms, writable {} ms (app {} ms; promotion {} ms, frozen by the {}), stale ro gone +{} ms, lost {}/{} acked, old primary accepted {}/{} writes, replicating {} ms, caught up {} ms, Atlas ro +{} ms, reads served by it +{} ms, in sync without an up rw {}/{}{}",
             f(t.vips_ms),
             f(t.writable_ms),
             f(t.app_writes_again_ms),
@@ -261,9 +324,12 @@ pub fn print_trial(t: &DbTrial, n: usize) {
             f(t.rejoin_replicating_ms),
             f(t.rejoin_caught_up_ms),
             f(t.atlas_ro_after_catchup_ms),
+            f(t.atlas_reads_after_catchup_ms),
+            t.in_sync_without_up_rw,
+            t.in_sync_samples,
             t.rejoin_blocked
                 .as_ref()
-                .map_or(String::new(), |g| format!("; rejoin BLOCKED by errant {g}")),
+                .map_or(String::new(), |g| format!("; rejoin BLOCKED by errant {g}, then forced")),
         ),
     }
 }
@@ -321,8 +387,18 @@ fn rows(trials: &[DbTrial]) -> Vec<(&'static str, Vec<f64>, &'static str)> {
             "median <= 2000",
         ),
         (
+            "replica caught up -> reads through server2's Atlas proxy served by it (ms)",
+            col(|t| t.atlas_reads_after_catchup_ms),
+            "floor: Atlas's checker, listed + 0-4 s",
+        ),
+        (
             "polls of server2's Atlas with no rw backend",
             col(|t| Some(t.atlas_without_rw as f64)),
+            "0",
+        ),
+        (
+            "status samples: server2's agent in sync while its Atlas had no up rw backend",
+            col(|t| Some(t.in_sync_without_up_rw as f64)),
             "0",
         ),
     ]
@@ -353,7 +429,7 @@ pub fn table(trials: &[DbTrial]) -> String {
         .filter(|t| t.frozen_by.as_deref() == Some("applier"))
         .count();
     out.push_str(&format!(
-        "| acknowledged writes lost, all trials | {lost} of {acked} | 0 |\n| rejoins blocked: the old primary held transactions server2 lacks | {blocked}/{n} | |\n| promotions frozen by the applier (no wait for the IO thread's stop) | {by_applier}/{n} | |\n| failed trials | {failed}/{n} | 0 |\n",
+        "| acknowledged writes lost, all trials | {lost} of {acked} | 0 |\n| rejoins blocked: the old primary held transactions server2 lacks (then `rejoin --force`; rejoin times of these trials not counted) | {blocked}/{n} | |\n| promotions frozen by the applier (no wait for the IO thread's stop) | {by_applier}/{n} | |\n| failed trials | {failed}/{n} | 0 |\n",
         n = trials.len(),
     ));
     out
@@ -379,6 +455,8 @@ pub fn json(trials: &[DbTrial], meta: Value) -> Value {
                 "old_primary_write_attempts": t.old_primary_write_attempts,
                 "rejoin_replicating_ms": t.rejoin_replicating_ms, "rejoin_caught_up_ms": t.rejoin_caught_up_ms,
                 "atlas_ro_after_catchup_ms": t.atlas_ro_after_catchup_ms,
+                "atlas_reads_after_catchup_ms": t.atlas_reads_after_catchup_ms,
+                "in_sync_without_up_rw": t.in_sync_without_up_rw, "in_sync_samples": t.in_sync_samples,
                 "atlas_without_rw": t.atlas_without_rw, "rejoin_blocked": t.rejoin_blocked,
                 "promotion_ms": t.promotion_ms, "frozen_by": t.frozen_by,
                 "failure": t.failure,

@@ -22,8 +22,17 @@
 //!
 //! The reconciler opens one short-lived connection per reconciliation, so
 //! there is no pool, no keep-alive and no reconnect logic here. Nothing in a
-//! reply can make this code panic: every length is checked, every packet is
-//! capped at 1 MiB, and packet sequence numbers are verified.
+//! reply can make this code panic or hold much memory: every length is
+//! checked, packet sequence numbers are verified, and a whole reply is
+//! capped at [`MAX_REPLY`] bytes (values and their bookkeeping included).
+//! Text must be UTF-8 (Atlas answers ASCII): invalid bytes are an error,
+//! never expanded into replacement characters; the text of an ERR packet
+//! and the server version are cut to a few hundred bytes.
+//!
+//! Before the password scramble is sent, the connection's server side must
+//! belong to `admin_uid` (see [`super::owner`]): while Atlas is down, any
+//! local user can bind its admin port, and a scramble it collects can be
+//! attacked offline.
 
 use std::io;
 use std::net::SocketAddr;
@@ -33,6 +42,7 @@ use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::owner::{self, Owner};
 use super::secret::Password;
 use super::table::{parse_backends, Backend, TableError};
 
@@ -47,8 +57,14 @@ const COM_QUERY: u8 = 0x03;
 const CHARSET_LATIN1: u8 = 8;
 /// The admin port's replies are a few hundred bytes; anything this big is not Atlas.
 const MAX_PAYLOAD: usize = 1 << 20;
+/// The most one reply may cost: its packets plus [`VALUE_COST`] per value.
+pub const MAX_REPLY: usize = 1 << 20;
+/// What a value costs besides its bytes (its `Option<String>` and allocation).
+const VALUE_COST: usize = 32;
 const MAX_COLUMNS: u64 = 64;
 const MAX_ROWS: usize = 10_000;
+/// The longest ERR message or server version kept (the rest is cut).
+const MAX_TEXT: usize = 512;
 
 pub const SELECT_BACKENDS: &str = "SELECT * FROM backends";
 
@@ -112,6 +128,14 @@ pub enum ClientError {
     },
     #[error("Atlas admin port {addr}: this connection is unusable after an earlier error (open a new one)")]
     Broken { addr: SocketAddr },
+    #[error("Atlas admin port {addr} is served by a process of uid {uid}, not of uid {expected} (Atlas's): not logging in, so that no password scramble goes to another user's listener (is Atlas down and the port taken? if Atlas runs as uid {uid}, set [atlas] admin_uid = {uid})")]
+    NotAtlasOwner {
+        addr: SocketAddr,
+        uid: u32,
+        expected: u32,
+    },
+    #[error("Atlas admin port {addr}: cannot tell which user serves this local connection ({detail}); not logging in")]
+    OwnerUnknown { addr: SocketAddr, detail: String },
 }
 
 /// A column definition (only what the agent needs).
@@ -155,6 +179,7 @@ enum Wire {
     Closed,
     Malformed(String),
     Server(ServerError),
+    Owner(ClientError),
 }
 
 impl From<io::Error> for Wire {
@@ -174,11 +199,14 @@ impl From<String> for Wire {
 }
 
 impl AdminConnection {
-    /// Connects, reads the greeting and logs in, all within `timeouts.connect`.
+    /// Connects, reads the greeting, checks that the server side belongs to
+    /// `admin_uid` (when the connection is local) and logs in, all within
+    /// `timeouts.connect`.
     pub async fn connect(
         addr: SocketAddr,
         user: &str,
         password: &Password,
+        admin_uid: u32,
         timeouts: Timeouts,
     ) -> Result<AdminConnection, ClientError> {
         let during = format!("login as {user:?}");
@@ -196,13 +224,14 @@ impl AdminConnection {
                 seq: 0,
                 broken: false,
             };
-            match conn.login(user, password).await {
+            match conn.login(user, password, admin_uid).await {
                 Ok(()) => Ok(conn),
                 Err(Wire::Server(error)) => Err(ClientError::Login {
                     addr,
                     user: user.to_string(),
                     error,
                 }),
+                Err(Wire::Owner(e)) => Err(e),
                 Err(w) => Err(wire_error(addr, &during, w)),
             }
         };
@@ -216,13 +245,16 @@ impl AdminConnection {
         }
     }
 
-    async fn login(&mut self, user: &str, password: &Password) -> Result<(), Wire> {
+    async fn login(&mut self, user: &str, password: &Password, admin_uid: u32) -> Result<(), Wire> {
         let greeting = self.read_packet().await?;
         if greeting.first() == Some(&0xFF) {
             // e.g. "too many connections", sent instead of a greeting.
             return Err(Wire::Server(parse_err(&greeting)?));
         }
         let g = parse_greeting(&greeting)?;
+        // Only now: the server has accepted the connection (it sent the
+        // greeting), so its socket carries the accepting process's uid.
+        self.check_owner(admin_uid)?;
         self.server_version = g.server_version;
         let auth = native_password_scramble(password.expose(), &g.scramble);
         self.write_packet(&handshake_response(user, &auth)?).await?;
@@ -237,6 +269,26 @@ impl AdminConnection {
                 "login answered with an unknown packet {:02x?}",
                 &reply[..reply.len().min(8)]
             ))),
+        }
+    }
+
+    fn check_owner(&self, expected: u32) -> Result<(), Wire> {
+        let addr = self.addr;
+        let local = self.stream.local_addr().map_err(Wire::Io)?;
+        let unknown = |detail: String| Wire::Owner(ClientError::OwnerUnknown { addr, detail });
+        match owner::of_connection(addr, local) {
+            Ok(Owner::Uid(uid)) if uid == expected => Ok(()),
+            Ok(Owner::Uid(uid)) => Err(Wire::Owner(ClientError::NotAtlasOwner {
+                addr,
+                uid,
+                expected,
+            })),
+            // Atlas on another host: its users are not ours to check.
+            Ok(Owner::Remote) => Ok(()),
+            Ok(Owner::NotFound) => Err(unknown(
+                "its server side is not in /proc/net/tcp or tcp6".into(),
+            )),
+            Err(e) => Err(unknown(format!("reading /proc/net/tcp: {e}"))),
         }
     }
 
@@ -335,9 +387,11 @@ impl AdminConnection {
         if n == 0 || n > MAX_COLUMNS {
             return Err(Wire::Malformed(format!("a result set with {n} columns")));
         }
+        let mut budget = Budget::new(first.len());
         let mut rs = ResultSet::default();
         for _ in 0..n {
             let p = self.read_packet().await?;
+            budget.charge(p.len())?;
             rs.columns.push(parse_column(&p)?);
         }
         let p = self.read_packet().await?;
@@ -357,7 +411,12 @@ impl AdminConnection {
             if rs.rows.len() >= MAX_ROWS {
                 return Err(Wire::Malformed(format!("more than {MAX_ROWS} rows")));
             }
-            rs.rows.push(parse_row(&p, rs.columns.len())?);
+            // Charged before the row is decoded: the packet is the biggest
+            // allocation, and the decoded row at most as big plus VALUE_COST each.
+            budget.charge(p.len() + rs.columns.len() * VALUE_COST)?;
+            let row = rs.rows.len() + 1;
+            rs.rows
+                .push(parse_row(&p, rs.columns.len()).map_err(|e| format!("row {row}: {e}"))?);
         }
     }
 
@@ -399,6 +458,27 @@ impl AdminConnection {
     }
 }
 
+/// What is left of [`MAX_REPLY`] while one reply is read.
+struct Budget {
+    used: usize,
+}
+
+impl Budget {
+    fn new(first: usize) -> Budget {
+        Budget { used: first }
+    }
+
+    fn charge(&mut self, n: usize) -> Result<(), Wire> {
+        self.used = self.used.saturating_add(n);
+        if self.used > MAX_REPLY {
+            return Err(Wire::Malformed(format!(
+                "a reply larger than {MAX_REPLY} bytes (Atlas's are a few hundred)"
+            )));
+        }
+        Ok(())
+    }
+}
+
 fn wire_error(addr: SocketAddr, during: &str, w: Wire) -> ClientError {
     let during = during.to_string();
     match w {
@@ -419,6 +499,7 @@ fn wire_error(addr: SocketAddr, during: &str, w: Wire) -> ClientError {
             command: during,
             error,
         },
+        Wire::Owner(e) => e,
     }
 }
 
@@ -450,7 +531,7 @@ fn parse_greeting(p: &[u8]) -> Result<Greeting, String> {
     if protocol != 10 {
         return Err(format!("handshake protocol {protocol}, expected 10"));
     }
-    let server_version = String::from_utf8_lossy(r.nul_terminated()?).into_owned();
+    let server_version = cut_text(r.nul_terminated()?);
     let _thread_id = r.u32()?;
     let part1 = r.bytes(8)?;
     let _filler = r.u8()?;
@@ -507,11 +588,36 @@ fn parse_err(p: &[u8]) -> Result<ServerError, String> {
         r.u8()?;
         sqlstate = String::from_utf8_lossy(r.bytes(5)?).into_owned();
     }
-    let message = String::from_utf8_lossy(r.rest()).into_owned();
+    let message = cut_text(r.rest());
     Ok(ServerError {
         code,
         sqlstate,
         message,
+    })
+}
+
+/// Text from the server for messages: at most [`MAX_TEXT`] bytes of it
+/// (with the full length when cut), invalid UTF-8 replaced.
+fn cut_text(bytes: &[u8]) -> String {
+    if bytes.len() <= MAX_TEXT {
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    format!(
+        "{}... ({} bytes)",
+        String::from_utf8_lossy(&bytes[..MAX_TEXT]),
+        bytes.len()
+    )
+}
+
+/// A value as text: UTF-8 or an error that does not quote it (Atlas sends
+/// ASCII; lossy decoding would triple a hostile megabyte of 0xFF bytes).
+fn utf8(bytes: &[u8], what: &str) -> Result<String, String> {
+    std::str::from_utf8(bytes).map(str::to_string).map_err(|e| {
+        format!(
+            "{what}: {} bytes that are not UTF-8 (invalid at byte {}; Atlas answers ASCII)",
+            bytes.len(),
+            e.valid_up_to()
+        )
     })
 }
 
@@ -524,7 +630,7 @@ fn parse_column(p: &[u8]) -> Result<Column, String> {
     for _ in 0..4 {
         r.lenenc_bytes()?; // catalog, schema, table, org_table
     }
-    let name = String::from_utf8_lossy(r.lenenc_bytes()?).into_owned();
+    let name = utf8(r.lenenc_bytes()?, "a column name")?;
     r.lenenc_bytes()?; // org_name
     let _fixed_len = r.lenenc_int()?;
     let _charset = r.u16()?;
@@ -536,14 +642,13 @@ fn parse_column(p: &[u8]) -> Result<Column, String> {
 fn parse_row(p: &[u8], columns: usize) -> Result<Vec<Option<String>>, String> {
     let mut r = Reader::new(p);
     let mut row = Vec::with_capacity(columns);
-    for _ in 0..columns {
+    for i in 0..columns {
         if r.peek() == Some(0xFB) {
             r.u8()?;
             row.push(None);
         } else {
-            row.push(Some(
-                String::from_utf8_lossy(r.lenenc_bytes()?).into_owned(),
-            ));
+            let what = format!("value {}", i + 1);
+            row.push(Some(utf8(r.lenenc_bytes()?, &what)?));
         }
     }
     r.end("a row")?;
@@ -735,6 +840,158 @@ mod tests {
         assert!(parse_row(&p, 4).is_err(), "missing value");
         assert!(parse_row(&[0xFE, 0xFF], 1).is_err(), "length past the end");
         assert!(parse_row(&[0xFF], 1).is_err(), "invalid prefix");
+    }
+
+    // ---- a scripted server, for what a real Atlas never sends -------------
+
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    fn frame(seq: u8, payload: &[u8]) -> Vec<u8> {
+        let mut b = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+        b.push(seq);
+        b.extend_from_slice(payload);
+        b
+    }
+
+    fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
+        let mut h = [0u8; 4];
+        s.read_exact(&mut h).ok()?;
+        let mut p = vec![0u8; u32::from_le_bytes([h[0], h[1], h[2], 0]) as usize];
+        s.read_exact(&mut p).ok()?;
+        Some(p)
+    }
+
+    /// A server that greets, accepts any login, and answers the first
+    /// query with `reply` (frames from sequence 1 on). Returns its address
+    /// and a handle telling whether it received a login packet.
+    fn scripted(reply: Vec<Vec<u8>>) -> (SocketAddr, std::thread::JoinHandle<bool>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = s.write_all(&frame(0, &atlas_greeting(b"ABCDEFGHIJKLMNOPQRST")));
+            if read_frame(&mut s).is_none() {
+                return false; // no login: what the owner check must cause
+            }
+            let _ = s.write_all(&frame(2, &[0, 0, 0, 2, 0, 0, 0]));
+            if read_frame(&mut s).is_some() {
+                for (i, p) in reply.iter().enumerate() {
+                    // The client may stop reading (and close) at any point.
+                    if s.write_all(&frame(i as u8 + 1, p)).is_err() {
+                        break;
+                    }
+                }
+            }
+            true
+        });
+        (addr, t)
+    }
+
+    fn me() -> u32 {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() }
+    }
+
+    const T: Timeouts = Timeouts {
+        connect: Duration::from_secs(5),
+        query: Duration::from_secs(20),
+    };
+
+    fn column(name: &str) -> Vec<u8> {
+        let mut p = Vec::new();
+        for f in ["def", "", "", "", name, name] {
+            p.push(f.len() as u8);
+            p.extend_from_slice(f.as_bytes());
+        }
+        p.extend_from_slice(&[0x0c, 8, 0, 32, 0, 0, 0, 254, 0, 0, 0, 0, 0]);
+        p
+    }
+
+    fn long_value(v: &[u8]) -> Vec<u8> {
+        let mut p = vec![0xFD];
+        p.extend_from_slice(&(v.len() as u32).to_le_bytes()[..3]);
+        p.extend_from_slice(v);
+        p
+    }
+
+    const EOF: [u8; 5] = [0xFE, 0, 0, 2, 0];
+
+    #[tokio::test]
+    async fn a_reply_over_the_total_cap_is_refused_after_about_a_megabyte() {
+        // 100 rows of 1 MB each (every packet under the 1 MiB packet cap):
+        // the client used to keep all of them (and peaked near 1 GB).
+        let mut reply = vec![vec![1], column("v"), EOF.to_vec()];
+        let row = long_value(&vec![b'x'; 1_000_000]);
+        reply.extend(std::iter::repeat_n(row, 100));
+        reply.push(EOF.to_vec());
+        let (addr, server) = scripted(reply);
+        let mut c = AdminConnection::connect(addr, "admin", &Password::new("pw"), me(), T)
+            .await
+            .unwrap();
+        let err = c.query("SELECT * FROM help").await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, ClientError::Protocol { .. })
+                && text.contains("larger than 1048576 bytes"),
+            "{text}"
+        );
+        drop(c);
+        assert!(server.join().unwrap());
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_is_an_error_that_does_not_quote_it() {
+        let mut reply = vec![vec![1], column("v"), EOF.to_vec()];
+        reply.push(long_value(&vec![0xFF; 500_000]));
+        reply.push(EOF.to_vec());
+        let (addr, _server) = scripted(reply);
+        let mut c = AdminConnection::connect(addr, "admin", &Password::new("pw"), me(), T)
+            .await
+            .unwrap();
+        let text = c.query("SELECT * FROM help").await.unwrap_err().to_string();
+        assert!(
+            text.contains("row 1: value 1: 500000 bytes that are not UTF-8"),
+            "{text}"
+        );
+        assert!(text.len() < 400, "{} bytes", text.len());
+    }
+
+    #[tokio::test]
+    async fn a_huge_err_message_is_cut() {
+        let mut err = vec![0xFF, 0x51, 0x04, b'#'];
+        err.extend_from_slice(b"07000");
+        err.extend(std::iter::repeat_n(0xFFu8, 1_000_000));
+        let (addr, _server) = scripted(vec![err]);
+        let mut c = AdminConnection::connect(addr, "admin", &Password::new("pw"), me(), T)
+            .await
+            .unwrap();
+        let e = c.query("SAVE CONFIG").await.unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, ClientError::Refused { .. }), "{text}");
+        assert!(text.contains("(1000000 bytes)"), "{}", &text[..200]);
+        assert!(text.len() < 2000, "{} bytes", text.len());
+        // And the connection is still usable after a refusal.
+        assert!(!c.broken);
+    }
+
+    #[tokio::test]
+    async fn no_scramble_goes_to_a_port_served_by_another_user() {
+        let (addr, server) = scripted(vec![]);
+        let err = AdminConnection::connect(addr, "admin", &Password::new("pw"), me() + 1, T)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, ClientError::NotAtlasOwner { uid, .. } if uid == me()),
+            "{text}"
+        );
+        assert!(text.contains("admin_uid"), "{text}");
+        assert!(
+            !server.join().unwrap(),
+            "the server received a login packet"
+        );
     }
 
     #[test]

@@ -9,9 +9,20 @@
 //!
 //! Each reconciliation is one short-lived admin connection: read the table,
 //! apply the single next step ([`reconcile::next_step`]), read it back, and
-//! so on, at most [`MAX_STEPS_PER_ROUND`] steps. Only when the table matches
-//! is it persisted (`SAVE CONFIG`, or the agent's own `.cnf` rewrite), so a
-//! restarted Atlas never starts from a half-applied table.
+//! so on, at most [`MAX_STEPS_PER_ROUND`] steps. Once the table matches, it
+//! is compared with Atlas's `.cnf` itself and persisted only if the file is
+//! out of date (a change of the agent's, a repair of a hand edit, an Atlas
+//! restarted from an old file): `SAVE CONFIG`, after which the agent puts
+//! back the file's mode and owner (Atlas leaves it 0644, exposing the admin
+//! password), the ro weights and host names Atlas dropped; or the agent's
+//! own rewrite of the two backend lines (`persist = "cnf"`). See [`cnf`].
+//!
+//! Listed is not serving: a backend Atlas just got is `unknown` until its
+//! checker marks it `up`, every 4 s, and nothing makes that sooner. The
+//! agent reports in sync only when the table matches and the rw backend is
+//! `up`, reads the table every [`serving::SERVING_POLL`] while a wanted
+//! backend waits to serve (measuring its time to serving), and alarms when
+//! the rw backend has not been up for `rw_not_up_alarm`.
 //!
 //! The election never waits for Atlas: [`AtlasHandle::set_desired`] only
 //! stores the wish, and every admin operation has a timeout. Failures are
@@ -20,15 +31,18 @@
 
 pub mod client;
 pub mod cnf;
+pub mod owner;
 pub mod reconcile;
 pub mod secret;
+pub mod serving;
 pub mod table;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{SocketAddr, SocketAddrV4};
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Serialize, Serializer};
 use tokio::sync::watch;
@@ -39,7 +53,8 @@ pub use secret::{Password, PasswordError};
 pub use table::{Backend, Kind, State};
 
 use crate::operator::config::{AtlasConfig, AtlasPersist};
-use cnf::CnfError;
+use cnf::{Access, CnfError, Item, Remembered};
+use serving::Serving;
 
 /// Steps per reconciliation before giving up until the next one (a table
 /// needs at most 1 + stale entries + missing ro entries steps).
@@ -52,9 +67,21 @@ const RECENT_COMMANDS: usize = 16;
 /// How run-time changes are made to survive an Atlas restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Persist {
-    SaveConfig,
+    /// `SAVE CONFIG`, then the `.cnf`'s mode, owner, weights and host names
+    /// put back by the agent.
+    SaveConfig(PathBuf),
+    /// The agent rewrites the two backend lines of the `.cnf`.
     Cnf(PathBuf),
     None,
+}
+
+impl Persist {
+    pub fn cnf_path(&self) -> Option<&Path> {
+        match self {
+            Persist::SaveConfig(p) | Persist::Cnf(p) => Some(p),
+            Persist::None => None,
+        }
+    }
 }
 
 /// What the reconciler needs, with the password loaded.
@@ -66,6 +93,12 @@ pub struct Settings {
     pub persist: Persist,
     pub period: Duration,
     pub timeouts: Timeouts,
+    /// Only log in to an admin port served by this uid.
+    pub admin_uid: u32,
+    /// Weights of ro backends written into the `.cnf` (`[atlas] ro_weights`).
+    pub ro_weights: BTreeMap<SocketAddrV4, u32>,
+    /// Alarm when the rw backend has not been `up` for this long.
+    pub rw_not_up_alarm: Duration,
 }
 
 impl Settings {
@@ -76,17 +109,58 @@ impl Settings {
             user: c.user.clone(),
             password: Password::load(&c.password_file)?,
             persist: match (c.persist, &c.cnf_path) {
-                (AtlasPersist::SaveConfig, _) => Persist::SaveConfig,
+                (AtlasPersist::SaveConfig, Some(p)) => Persist::SaveConfig(p.clone()),
                 (AtlasPersist::Cnf, Some(p)) => Persist::Cnf(p.clone()),
-                // Validation requires cnf_path with "cnf"; be safe anyway.
-                (AtlasPersist::Cnf, None) | (AtlasPersist::None, _) => Persist::None,
+                // Validation requires cnf_path for both; be safe anyway.
+                (_, None) | (AtlasPersist::None, _) => Persist::None,
             },
             period: c.period(),
             timeouts: Timeouts {
                 connect: c.connect_timeout(),
                 query: c.query_timeout(),
             },
+            admin_uid: c.admin_uid,
+            ro_weights: c.ro_weights.clone(),
+            rw_not_up_alarm: c.rw_not_up_alarm(),
         })
+    }
+
+    /// What is wrong with the `.cnf`'s exposure, checked at start.
+    pub fn cnf_warnings(&self) -> Vec<String> {
+        let Some(path) = self.persist.cnf_path() else {
+            return vec![];
+        };
+        let mut w = Vec::new();
+        match Access::of(path) {
+            Ok(a) if a.readable_by_others() => w.push(format!(
+                "Atlas's config {} is readable by group/other (mode {:o}): it holds admin-password and pwds; run chmod 600 {} (the agent keeps the mode it finds)",
+                path.display(),
+                a.mode,
+                path.display()
+            )),
+            Ok(_) => {}
+            Err(e) => w.push(format!(
+                "cannot read Atlas's config {}: {e} (check [atlas] cnf_path)",
+                path.display()
+            )),
+        }
+        if let Persist::SaveConfig(_) = self.persist {
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if let Ok(m) = std::fs::metadata(dir) {
+                if m.mode() & 0o001 != 0 {
+                    w.push(format!(
+                        "with persist = \"save_config\", Atlas's SAVE CONFIG leaves {} readable by every user (0644) until the agent restores its mode a few milliseconds later, and {} lets every user in (mode {:o}): make the directory 0750 or 0700, or use persist = \"cnf\"",
+                        path.display(),
+                        dir.display(),
+                        m.mode() & 0o7777
+                    ));
+                }
+            }
+        }
+        w
     }
 }
 
@@ -108,6 +182,8 @@ pub enum AtlasError {
     },
     #[error("persisting Atlas's backends: {0}")]
     Cnf(#[from] CnfError),
+    #[error("refusing SAVE CONFIG: Atlas would make {path} readable by every user (0644) and the agent could not put its mode and owner back: {source}; fix that, or set [atlas] persist = \"cnf\"")]
+    CannotRestore { path: PathBuf, source: CnfError },
     #[error("persisting Atlas's backends: the rewrite task failed: {0}")]
     Task(String),
 }
@@ -122,17 +198,46 @@ pub struct SentCommand {
     pub error: Option<String>,
 }
 
+/// A wanted backend: listed or not, serving (state `up`) or not.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServingStatus {
+    pub address: SocketAddrV4,
+    pub kind: Kind,
+    /// Its state in the table as last read; None: not listed.
+    pub state: Option<State>,
+    pub serving: bool,
+    #[serde(serialize_with = "ser_opt_time")]
+    pub listed_since: Option<SystemTime>,
+    #[serde(serialize_with = "ser_opt_time")]
+    pub serving_since: Option<SystemTime>,
+    /// From listed to `up`, the last time the agent saw it happen.
+    pub time_to_serving_ms: Option<f64>,
+}
+
 /// What `ha-agent status` shows about Atlas.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct AtlasStatus {
     /// The last reconciliation logged in to the admin port.
     pub reachable: bool,
-    /// The table is as wanted (and persisted): set when a reconciliation
-    /// ends so, cleared as soon as one finds or makes a difference.
+    /// The table is as wanted, persisted, and its rw backend is `up`: set
+    /// when a reconciliation ends so, cleared as soon as one finds or makes
+    /// a difference.
     pub in_sync: bool,
+    /// The table as last read lists exactly the wanted backends (whatever
+    /// their state).
+    pub listed: bool,
     pub desired: Option<Desired>,
     /// The table as last read.
     pub table: Vec<Backend>,
+    /// Each wanted backend, rw first: listed, serving, time to serving.
+    pub serving: Vec<ServingStatus>,
+    /// Since when the wanted rw backend has not been `up` (None: it is).
+    #[serde(serialize_with = "ser_opt_time")]
+    pub rw_not_up_since: Option<SystemTime>,
+    /// Set while the rw backend has not been up for longer than the bound.
+    pub rw_alarm: Option<String>,
+    /// About the `.cnf`'s exposure, found at start.
+    pub cnf_warnings: Vec<String>,
     /// The most recent failure (kept after recovery; see consecutive_failures).
     pub last_error: Option<String>,
     #[serde(serialize_with = "ser_opt_time")]
@@ -141,6 +246,8 @@ pub struct AtlasStatus {
     pub last_ok_at: Option<SystemTime>,
     /// Changes applied since start (ADD/REMOVE commands that Atlas accepted).
     pub steps_applied: u64,
+    /// Times the `.cnf` was brought up to date since start.
+    pub persists: u64,
     pub consecutive_failures: u32,
     /// Reconciliations finished (ok or not) since start.
     pub rounds: u64,
@@ -215,12 +322,80 @@ impl AtlasHandle {
     }
 }
 
+/// What a `.cnf` check found, from the blocking task.
+struct CnfPlan {
+    text: String,
+    access: Access,
+    /// The backend lines the file should have (None: it has them).
+    wanted: Option<(Vec<Item>, Vec<Item>)>,
+    remembered: Remembered,
+}
+
+/// Reads the `.cnf` and compares its backend lines with the table.
+fn plan_cnf(
+    path: &Path,
+    rw: &[SocketAddrV4],
+    ro: &[SocketAddrV4],
+    mut mem: Remembered,
+) -> Result<CnfPlan, CnfError> {
+    let (text, access) = cnf::read(path)?;
+    let current = cnf::backend_items(&text).ok_or_else(|| CnfError::NoSection {
+        path: path.to_owned(),
+    })?;
+    let mut resolve = cnf::system_resolve;
+    mem.learn(&current.0, &current.1, &mut resolve);
+    let wanted = cnf::wanted_items(&current, rw, ro, &mut mem, &mut resolve);
+    Ok(CnfPlan {
+        text,
+        access,
+        wanted,
+        remembered: mem,
+    })
+}
+
+/// Writes the backend lines the table needs into the file as it is now,
+/// with mode and owner `access` (after `SAVE CONFIG`: what the file had).
+fn restore_cnf(
+    path: &Path,
+    rw: &[SocketAddrV4],
+    ro: &[SocketAddrV4],
+    access: Access,
+    mem: Remembered,
+) -> Result<Remembered, CnfError> {
+    let plan = plan_cnf(path, rw, ro, mem)?;
+    let text = match &plan.wanted {
+        Some((w_rw, w_ro)) => {
+            cnf::render(&plan.text, w_rw, w_ro).ok_or_else(|| CnfError::NoSection {
+                path: path.to_owned(),
+            })?
+        }
+        None => plan.text.clone(),
+    };
+    cnf::write_as(path, &text, access)?;
+    Ok(plan.remembered)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CnfError> + Send + 'static,
+) -> Result<T, AtlasError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AtlasError::Task(e.to_string()))?
+        .map_err(AtlasError::from)
+}
+
 /// The task that owns the admin connection.
 pub struct AtlasReconciler {
     settings: Settings,
     status: watch::Sender<AtlasStatus>,
-    /// The rw and ro lists last persisted (None: not yet since start).
-    persisted: Option<(Vec<SocketAddrV4>, Vec<SocketAddrV4>)>,
+    /// Weights and host names the operator wrote, by address.
+    remembered: Remembered,
+    /// The `.cnf`'s mode and owner as the operator keeps them: first seen
+    /// at start; a later change is adopted unless it exposes the file to
+    /// group/other (what `SAVE CONFIG` does, ours or an operator's), which
+    /// is put back.
+    reference: Option<Access>,
+    serving: Serving,
 }
 
 impl AtlasReconciler {
@@ -230,11 +405,20 @@ impl AtlasReconciler {
     /// read, every period.
     pub fn spawn(settings: Settings) -> AtlasHandle {
         let (desired_tx, desired_rx) = watch::channel(None);
-        let (status_tx, status_rx) = watch::channel(AtlasStatus::default());
+        let warnings = settings.cnf_warnings();
+        for w in &warnings {
+            tracing::warn!("atlas: {w}");
+        }
+        let (status_tx, status_rx) = watch::channel(AtlasStatus {
+            cnf_warnings: warnings,
+            ..Default::default()
+        });
         let reconciler = AtlasReconciler {
+            remembered: Remembered::new(settings.ro_weights.clone()),
+            serving: Serving::new(settings.rw_not_up_alarm),
             settings,
             status: status_tx,
-            persisted: None,
+            reference: None,
         };
         let task = tokio::spawn(reconciler.run(desired_rx)).abort_handle();
         AtlasHandle {
@@ -269,15 +453,21 @@ impl AtlasReconciler {
         desired_rx: &watch::Receiver<Option<Desired>>,
     ) -> Result<(), AtlasError> {
         let s = &self.settings;
-        let mut conn =
-            match AdminConnection::connect(s.admin_address, &s.user, &s.password, s.timeouts).await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    self.status.send_modify(|st| st.reachable = false);
-                    return Err(e.into());
-                }
-            };
+        let mut conn = match AdminConnection::connect(
+            s.admin_address,
+            &s.user,
+            &s.password,
+            s.admin_uid,
+            s.timeouts,
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                self.status.send_modify(|st| st.reachable = false);
+                return Err(e.into());
+            }
+        };
         self.status.send_modify(|st| st.reachable = true);
         let result = self.reconcile_on(&mut conn, desired, desired_rx).await;
         conn.quit().await;
@@ -292,14 +482,14 @@ impl AtlasReconciler {
     ) -> Result<(), AtlasError> {
         let addr = conn.addr();
         let mut table = conn.backends().await?;
+        self.observe(&table, desired);
         self.status.send_modify(|st| {
             // in_sync stays true through a round that changes nothing, and
             // turns false as soon as the wish or the table differs.
             st.in_sync = st.in_sync
                 && st.desired.as_ref() == desired
-                && desired.is_some_and(|d| in_sync(&table, d));
+                && desired.is_some_and(|d| serving_sync(&table, d));
             st.desired = desired.cloned();
-            st.table = table.clone();
         });
         let Some(desired) = desired else {
             return Ok(());
@@ -324,9 +514,9 @@ impl AtlasReconciler {
                 table::describe(&after)
             );
             let unchanged = same_entries(&table, &after);
+            self.observe(&after, Some(desired));
             self.status.send_modify(|st| {
                 st.steps_applied += 1;
-                st.table = after.clone();
                 // Not before the round ends (and the table is persisted).
                 st.in_sync = false;
             });
@@ -349,43 +539,209 @@ impl AtlasReconciler {
         })
     }
 
-    /// Persists a table that matches, once per distinct table.
+    /// Feeds a table read to the serving tracker; logs what changed and
+    /// updates the status.
+    fn observe(&mut self, table: &[Backend], desired: Option<&Desired>) {
+        let now = Instant::now();
+        for e in self.serving.observe(now, table, desired) {
+            match e {
+                serving::Event::Serving { address, kind, after } => match after {
+                    Some(d) => tracing::info!(
+                        "atlas: {kind} {address} is serving (state up), {:.2} s after it was listed",
+                        d.as_secs_f64()
+                    ),
+                    None => tracing::debug!("atlas: {kind} {address} is serving (state up)"),
+                },
+                serving::Event::RwAlarm { address, state, for_ } => tracing::warn!(
+                    "atlas: ALARM: the rw backend {address} has not been up for {:.1} s ({}): writes through Atlas fail",
+                    for_.as_secs_f64(),
+                    state.map_or("not listed".to_string(), |s| format!("state {s}"))
+                ),
+                serving::Event::RwRecovered { address, after } => tracing::info!(
+                    "atlas: the rw backend {address} is up again after {:.1} s",
+                    after.as_secs_f64()
+                ),
+            }
+        }
+        let to_system =
+            |i: Instant| SystemTime::now().checked_sub(now.saturating_duration_since(i));
+        let serving: Vec<ServingStatus> = self
+            .serving
+            .entries()
+            .into_iter()
+            .map(|e| ServingStatus {
+                address: e.address,
+                kind: e.kind,
+                state: e.state,
+                serving: e.serving(),
+                listed_since: e.listed_since.and_then(to_system),
+                serving_since: e.up_since.and_then(to_system),
+                time_to_serving_ms: e.time_to_serving.map(|d| d.as_secs_f64() * 1000.0),
+            })
+            .collect();
+        let bound = self.serving.bound();
+        let rw_not_up = self.serving.rw_not_up();
+        let listed = desired.is_some_and(|d| in_sync(table, d));
+        self.status.send_modify(|st| {
+            st.table = table.to_vec();
+            st.listed = listed;
+            st.serving = serving;
+            st.rw_not_up_since = rw_not_up.and_then(|(s, _)| to_system(s));
+            st.rw_alarm = match (rw_not_up, desired) {
+                (Some((since, true)), Some(d)) => Some(format!(
+                    "the rw backend {} has not been up in Atlas for {:.1} s (bound {:.1} s): writes through Atlas fail",
+                    d.rw,
+                    now.saturating_duration_since(since).as_secs_f64(),
+                    bound.as_secs_f64()
+                )),
+                _ => None,
+            };
+        });
+    }
+
+    /// Brings the `.cnf` up to date with a table that matches, if it is not.
     async fn persist(
         &mut self,
         conn: &mut AdminConnection,
         table: &[Backend],
     ) -> Result<(), AtlasError> {
-        let lists = table::addresses(table);
-        if self.persisted.as_ref() == Some(&lists) {
+        let (rw, ro) = table::addresses(table);
+        match self.settings.persist.clone() {
+            Persist::None => Ok(()),
+            Persist::Cnf(path) => {
+                let (plan, exposed) = self.check_cnf(&path, &rw, &ro).await?;
+                let access = exposed.unwrap_or(plan.access);
+                if plan.wanted.is_none() && exposed.is_none() {
+                    return Ok(());
+                }
+                let (w_rw, w_ro) = plan
+                    .wanted
+                    .unwrap_or_else(|| cnf::backend_items(&plan.text).unwrap_or_default());
+                let p = path.clone();
+                let what = format!("rewrite {}", path.display());
+                let r = blocking(move || {
+                    let text = cnf::render(&plan.text, &w_rw, &w_ro)
+                        .ok_or(CnfError::NoSection { path: p.clone() })?;
+                    cnf::write_as(&p, &text, access)
+                })
+                .await;
+                self.record(&what, r.as_ref().err().map(|e| e.to_string()));
+                r?;
+                tracing::info!("atlas: rewrote the backend lines of {}", path.display());
+                self.status.send_modify(|st| st.persists += 1);
+                Ok(())
+            }
+            Persist::SaveConfig(path) => self.save_config(conn, &path, rw, ro).await,
+        }
+    }
+
+    /// Reads the `.cnf` (learning its weights and host names) and compares
+    /// it with the table; also returns the mode and owner to put back if
+    /// it was exposed (see [`Self::settle`]).
+    async fn check_cnf(
+        &mut self,
+        path: &Path,
+        rw: &[SocketAddrV4],
+        ro: &[SocketAddrV4],
+    ) -> Result<(CnfPlan, Option<Access>), AtlasError> {
+        let (p, r, o, mem) = (
+            path.to_owned(),
+            rw.to_vec(),
+            ro.to_vec(),
+            self.remembered.clone(),
+        );
+        let plan = blocking(move || plan_cnf(&p, &r, &o, mem)).await?;
+        self.remembered = plan.remembered.clone();
+        let exposed = self.settle(path, plan.access);
+        Ok((plan, exposed))
+    }
+
+    /// `SAVE CONFIG` when the file is out of date, then the file's mode,
+    /// owner, weights and host names put back.
+    async fn save_config(
+        &mut self,
+        conn: &mut AdminConnection,
+        path: &Path,
+        rw: Vec<SocketAddrV4>,
+        ro: Vec<SocketAddrV4>,
+    ) -> Result<(), AtlasError> {
+        // The mode and owner to keep: the operator's, also when an earlier
+        // SAVE CONFIG (whose restore failed, or an operator's) exposed it.
+        let (plan, exposed) = self.check_cnf(path, &rw, &ro).await?;
+        let access = exposed.unwrap_or(plan.access);
+        let restore_what = format!(
+            "restore {} (mode {:o}, owner {}:{}, weights and host names)",
+            path.display(),
+            access.mode,
+            access.uid,
+            access.gid
+        );
+        if plan.wanted.is_none() {
+            if exposed.is_some() {
+                let (p, r, o, mem) = (path.to_owned(), rw, ro, self.remembered.clone());
+                let res = blocking(move || restore_cnf(&p, &r, &o, access, mem)).await;
+                self.record(&restore_what, res.as_ref().err().map(|e| e.to_string()));
+                self.remembered = res?;
+            }
             return Ok(());
         }
-        match self.settings.persist.clone() {
-            Persist::None => {}
-            Persist::SaveConfig => {
-                // Atlas answers SAVE CONFIG with success even when it cannot
-                // write its file (it only logs that): persist = "cnf" is the
-                // mode whose failures the agent can see.
-                let r = conn.query("SAVE CONFIG").await.map(drop);
-                self.record("SAVE CONFIG", r.as_ref().err().map(|e| e.to_string()));
-                r?;
-            }
-            Persist::Cnf(path) => {
-                let (rw, ro) = lists.clone();
-                let p = path.clone();
-                let r = tokio::task::spawn_blocking(move || cnf::rewrite(&p, &rw, &ro))
-                    .await
-                    .map_err(|e| AtlasError::Task(e.to_string()))
-                    .and_then(|r| r.map_err(AtlasError::from));
-                let what = format!("rewrite {}", path.display());
-                self.record(&what, r.as_ref().err().map(|e| e.to_string()));
-                if let Ok(true) = r {
-                    tracing::info!("atlas: rewrote the backend lines of {}", path.display());
-                }
-                r?;
-            }
-        }
-        self.persisted = Some(lists);
+        // Refuse before Atlas makes the file world-readable if the agent
+        // could not put it back.
+        let p = path.to_owned();
+        blocking(move || cnf::check_writable(&p, access))
+            .await
+            .map_err(|e| match e {
+                AtlasError::Cnf(source) => AtlasError::CannotRestore {
+                    path: path.to_owned(),
+                    source,
+                },
+                other => other,
+            })?;
+        let r = conn.query("SAVE CONFIG").await.map(drop);
+        self.record("SAVE CONFIG", r.as_ref().err().map(|e| e.to_string()));
+        r?;
+        let (p, mem) = (path.to_owned(), self.remembered.clone());
+        let res = blocking(move || restore_cnf(&p, &rw, &ro, access, mem)).await;
+        self.record(&restore_what, res.as_ref().err().map(|e| e.to_string()));
+        self.remembered = res?;
+        tracing::info!(
+            "atlas: SAVE CONFIG, then {} given back mode {:o} and owner {}:{} (Atlas leaves it 0644) and its weights and host names",
+            path.display(),
+            access.mode,
+            access.uid,
+            access.gid
+        );
+        self.status.send_modify(|st| st.persists += 1);
         Ok(())
+    }
+
+    /// Compares the `.cnf`'s mode and owner with the operator's; returns
+    /// them when the file must get them back (it became readable by group
+    /// or other, which only a `SAVE CONFIG` does unasked).
+    fn settle(&mut self, path: &Path, found: Access) -> Option<Access> {
+        let Some(r) = self.reference else {
+            self.reference = Some(found);
+            return None;
+        };
+        if found == r {
+            None
+        } else if found.readable_by_others() && !r.readable_by_others() {
+            tracing::warn!(
+                "atlas: {} is mode {:o} owner {}:{} (a SAVE CONFIG?), putting back mode {:o} owner {}:{}",
+                path.display(),
+                found.mode,
+                found.uid,
+                found.gid,
+                r.mode,
+                r.uid,
+                r.gid
+            );
+            Some(r)
+        } else {
+            // The operator's own change.
+            self.reference = Some(found);
+            None
+        }
     }
 
     fn record(&self, command: &str, error: Option<String>) {
@@ -418,7 +774,7 @@ impl AtlasReconciler {
                     }
                     st.consecutive_failures = 0;
                     st.last_ok_at = Some(SystemTime::now());
-                    st.in_sync = desired.as_ref().is_some_and(|d| in_sync(&st.table, d));
+                    st.in_sync = desired.as_ref().is_some_and(|d| serving_sync(&st.table, d));
                 }
                 Err(e) => {
                     let msg = e.to_string();
@@ -439,8 +795,23 @@ impl AtlasReconciler {
             }
             st.desired = desired;
         });
+        // Sooner while a wanted backend waits for Atlas's checker, or when
+        // the rw alarm is due.
+        let now = Instant::now();
+        if let Some(at) = self.serving.next_read(now) {
+            delay = delay.min(at.saturating_duration_since(now));
+        }
         delay
     }
+}
+
+/// The table lists what is wanted and the rw backend serves (state `up`):
+/// what "in sync" means (with the `.cnf` persisted).
+pub fn serving_sync(table: &[Backend], desired: &Desired) -> bool {
+    in_sync(table, desired)
+        && table
+            .iter()
+            .any(|b| b.kind == Kind::Rw && b.address == desired.rw && b.state == State::Up)
 }
 
 /// Exponential backoff from [`FIRST_RETRY`], capped at the period.
@@ -513,6 +884,9 @@ mod tests {
                 connect: Duration::from_millis(100),
                 query: Duration::from_millis(100),
             },
+            admin_uid: 0,
+            ro_weights: BTreeMap::new(),
+            rw_not_up_alarm: Duration::from_secs(10),
         });
         let a = |s: &str| -> SocketAddrV4 { s.parse().unwrap() };
         let d = Desired {

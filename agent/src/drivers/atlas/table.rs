@@ -26,7 +26,7 @@ pub enum State {
 }
 
 /// What Atlas sends to a backend: writes (`rw`) or reads (`ro`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Unknown,
@@ -118,10 +118,36 @@ pub fn addresses(table: &[Backend]) -> (Vec<SocketAddrV4>, Vec<SocketAddrV4>) {
     (of(Kind::Rw), of(Kind::Ro))
 }
 
+/// Longest value quoted whole in an error message; longer ones are cut.
+const PREVIEW_CHARS: usize = 48;
+
+/// `value` quoted for an error message or a log line, cut to
+/// [`PREVIEW_CHARS`] characters with its full length in bytes: a reply can
+/// carry a megabyte-long value, which must not end up in every log line and
+/// in the status.
+pub fn preview(value: &str) -> String {
+    match value.char_indices().nth(PREVIEW_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
+    }
+}
+
+/// Column names as an error shows them: at most 8, each cut by [`preview`].
+pub fn preview_columns(columns: &[String]) -> Vec<String> {
+    const SHOWN: usize = 8;
+    let mut v: Vec<String> = columns.iter().take(SHOWN).map(|c| preview(c)).collect();
+    if columns.len() > SHOWN {
+        v.push(format!("... ({} columns)", columns.len()));
+    }
+    v
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TableError {
+    /// `found` is already cut for display ([`preview_columns`]).
     #[error(
-        "the reply has columns {found:?}, expected {COLUMNS:?} (is this an Atlas 2.x admin port?)"
+        "the reply has columns [{}], expected {COLUMNS:?} (is this an Atlas 2.x admin port?)",
+        .found.join(", ")
     )]
     Columns { found: Vec<String> },
     #[error("row {row}: {detail}")]
@@ -135,7 +161,7 @@ pub fn parse_backends(
 ) -> Result<Vec<Backend>, TableError> {
     if columns.len() != COLUMNS.len() || columns.iter().zip(COLUMNS).any(|(c, e)| c != e) {
         return Err(TableError::Columns {
-            found: columns.to_vec(),
+            found: preview_columns(columns),
         });
     }
     rows.iter()
@@ -155,9 +181,10 @@ fn parse_row(position: usize, row: &[Option<String>]) -> Result<Backend, String>
             .as_deref()
             .ok_or_else(|| format!("{} is NULL", COLUMNS[i]))
     };
-    let ndx: u32 = field(0)?
+    let ndx_text = field(0)?;
+    let ndx: u32 = ndx_text
         .parse()
-        .map_err(|_| format!("backend_ndx {:?} is not a number", field(0).unwrap_or("")))?;
+        .map_err(|_| format!("backend_ndx {} is not a number", preview(ndx_text)))?;
     // REMOVE BACKEND n removes the n-th entry: if Atlas numbered rows any
     // other way, removing "by ndx" could hit the wrong backend.
     if ndx as usize != position {
@@ -167,12 +194,17 @@ fn parse_row(position: usize, row: &[Option<String>]) -> Result<Backend, String>
     }
     let addr = field(1)?;
     let address: SocketAddrV4 = addr.parse().map_err(|_| {
-        format!("address {addr:?} is not IPv4:port (configure Atlas's backends by IP address, not host name)")
+        format!(
+            "address {} is not IPv4:port (configure Atlas's backends by IP address, not host name)",
+            preview(addr)
+        )
     })?;
     let state_text = field(2)?;
-    let state = State::parse(state_text).ok_or_else(|| format!("unknown state {state_text:?}"))?;
+    let state =
+        State::parse(state_text).ok_or_else(|| format!("unknown state {}", preview(state_text)))?;
     let kind_text = field(3)?;
-    let kind = Kind::parse(kind_text).ok_or_else(|| format!("unknown type {kind_text:?}"))?;
+    let kind =
+        Kind::parse(kind_text).ok_or_else(|| format!("unknown type {}", preview(kind_text)))?;
     Ok(Backend {
         ndx,
         address,
@@ -248,6 +280,31 @@ mod tests {
             };
             assert!(detail.contains(want), "{r:?}: {detail}");
         }
+    }
+
+    #[test]
+    fn huge_values_are_cut_in_error_messages() {
+        // A 3 MiB address (what a hostile or broken server can send) must not
+        // be copied into the error, the log line and the status.
+        let huge = "x".repeat(3 << 20);
+        let r = vec![
+            Some("1".into()),
+            Some(huge),
+            Some("up".into()),
+            Some("rw".into()),
+        ];
+        let err = parse_backends(&cols(), &[r]).unwrap_err().to_string();
+        assert!(err.len() < 300, "{} bytes: {}", err.len(), &err[..300]);
+        assert!(err.contains("(3145728 bytes)"), "{err}");
+        let many: Vec<String> = (0..64)
+            .map(|i| format!("{i}{}", "c".repeat(1 << 16)))
+            .collect();
+        let err = parse_backends(&many, &[]).unwrap_err().to_string();
+        assert!(err.len() < 1000, "{} bytes", err.len());
+        assert!(err.contains("(64 columns)"), "{err}");
+        assert_eq!(preview("up"), "\"up\"");
+        // Cut on a character boundary.
+        assert!(preview(&"é".repeat(100)).ends_with("... (200 bytes)"));
     }
 
     #[test]
