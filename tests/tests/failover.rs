@@ -324,7 +324,8 @@ fn bad_config_is_rejected_with_the_field_named() -> Result<()> {
             );
         }
         Err(e) => ensure!(
-            format!("{e:#}").contains("exited at once") && format!("{e:#}").contains("node.priority"),
+            format!("{e:#}").contains("exited at once")
+                && format!("{e:#}").contains("node.priority"),
             "run: {e:#}"
         ),
     }

@@ -73,6 +73,8 @@ async fn run_inner(cfg: Arc<Config>) -> Result<()> {
                 services.sync(&view.borrow_and_update());
             }
             db = services.next_db_change() => {
+                // The proxy's wish depends on our replica's state too.
+                services.sync(&view.borrow());
                 let _ = to_election.send(Command::LocalDb(db)).await;
             }
             notice = notices.recv() => match notice {
