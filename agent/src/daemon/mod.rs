@@ -241,6 +241,10 @@ async fn run_inner(cfg: Config) -> Result<()> {
 
     // Operator commands: a task reads them so a slow client never blocks the loop.
     let (command_tx, mut command_rx) = mpsc::channel::<(String, oneshot::Sender<Reply>)>(8);
+    if let Some(m) = &agent.cfg.metrics {
+        // Metrics are made from a status snapshot asked through the same channel.
+        crate::operator::metrics::spawn(m.listen, command_tx.clone()).await?;
+    }
     tokio::spawn(serve_commands(listener, command_tx));
 
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -849,6 +853,8 @@ impl Agent {
             hooks,
             database: self.services.database_status(),
             atlas: self.services.atlas_status(),
+            // sender, false_alarms, transition_counts, hook_totals: not counted yet.
+            ..Default::default()
         }
     }
 }

@@ -24,6 +24,34 @@ pub struct AtlasSection {
     pub last_ok_at: Option<String>,
     pub consecutive_failures: u32,
     pub steps_applied: u64,
+    /// The table as last read, typed (for the metrics).
+    #[serde(default)]
+    pub backends: Vec<AtlasBackend>,
+    /// Reconciliations finished (ok or not) since start.
+    #[serde(default)]
+    pub rounds: u64,
+    /// Reconciliations that failed since start (absent until counted).
+    #[serde(default)]
+    pub failures_total: Option<u64>,
+}
+
+/// One row of Atlas's backend table.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AtlasBackend {
+    pub address: String,
+    /// `rw`, `ro` or `unknown`.
+    pub kind: String,
+    /// `up`, `down`, `unknown` or `offline`.
+    pub state: String,
+}
+
+impl AtlasSection {
+    /// Atlas can take writes: it lists an rw backend that is up.
+    pub fn serving(&self) -> bool {
+        self.backends
+            .iter()
+            .any(|b| b.kind == "rw" && b.state == "up")
+    }
 }
 
 impl AtlasSection {
@@ -44,6 +72,17 @@ impl AtlasSection {
             last_ok_at: s.last_ok_at.map(crate::operator::status::rfc3339),
             consecutive_failures: s.consecutive_failures,
             steps_applied: s.steps_applied,
+            backends: s
+                .table
+                .iter()
+                .map(|b| AtlasBackend {
+                    address: b.address.to_string(),
+                    kind: b.kind.as_str().to_string(),
+                    state: b.state.as_str().to_string(),
+                })
+                .collect(),
+            rounds: s.rounds,
+            failures_total: None,
         }
     }
 

@@ -16,8 +16,8 @@ use tokio::net::UnixStream;
 pub use atlas::AtlasSection;
 pub use database::DatabaseStatus;
 
-/// Everything `ha-agent status` shows.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Everything `ha-agent status` shows (and the metrics are made from).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub node: String,
     pub state: String,
@@ -40,6 +40,61 @@ pub struct Status {
     /// The local Atlas proxy (absent without `[atlas]`).
     #[serde(default)]
     pub atlas: Option<AtlasSection>,
+    /// The probe sender's timing (absent until the sender reports it).
+    #[serde(default)]
+    pub sender: Option<SenderStatus>,
+    /// Peer-down detections since start that proved false: the peer was
+    /// heard again, in the same session and without having taken over.
+    #[serde(default)]
+    pub false_alarms: Option<u64>,
+    /// Role changes since start, counted by from, to and reason (`reason`
+    /// a short fixed label, not the free text of `transitions`).
+    #[serde(default)]
+    pub transition_counts: Vec<TransitionCount>,
+    /// Hook commands run since start, and how many failed, by state.
+    #[serde(default)]
+    pub hook_totals: Vec<HookTotal>,
+}
+
+/// The real-time probe sender.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SenderStatus {
+    /// Probes sent since start (all links).
+    pub probes_sent: u64,
+    /// Sends that failed (full socket buffer, no route, ...).
+    pub send_failures: u64,
+    /// How late the sender woke for each scheduled probe.
+    pub lateness: HistogramStatus,
+}
+
+/// A histogram as counts per bucket (not cumulative): `counts[i]` holds the
+/// observations above `bounds_us[i - 1]` and at most `bounds_us[i]`; the
+/// last entry, `counts[bounds_us.len()]`, holds those above every bound.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HistogramStatus {
+    /// Upper bounds in microseconds, ascending.
+    pub bounds_us: Vec<u64>,
+    /// One more entry than `bounds_us`.
+    pub counts: Vec<u64>,
+    /// Sum of all observations, in microseconds.
+    pub sum_us: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TransitionCount {
+    pub from: String,
+    pub to: String,
+    /// A short fixed label ("peer_silent", "operator", ...).
+    pub reason: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HookTotal {
+    /// MASTER, BACKUP, FAULT or STOP.
+    pub state: String,
+    pub runs: u64,
+    pub failures: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -350,6 +405,7 @@ mod tests {
             hooks: vec![],
             database: None,
             atlas: None,
+            ..Default::default()
         };
         let json = serde_json::to_string(&Reply::Status(Box::new(s.clone()))).unwrap();
         match serde_json::from_str::<Reply>(&json).unwrap() {
@@ -423,6 +479,7 @@ mod tests {
                 table: vec!["1 203.0.113.100:3306 rw up".into()],
                 ..Default::default()
             }),
+            ..Default::default()
         };
         let json = serde_json::to_string(&Reply::Status(Box::new(s.clone()))).unwrap();
         match serde_json::from_str::<Reply>(&json).unwrap() {
