@@ -138,7 +138,7 @@ fn imported_seed_config_passes_check_config() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("review: line 13: advert_int 1 s"));
+    assert!(text(&out.stderr).contains("review: lines 13, 30: advert_int 1 s"));
     let check = bin().arg("check-config").arg(&out_file).output().unwrap();
     assert!(check.status.success(), "{}", text(&check.stderr));
     assert!(text(&check.stdout).contains("ok (node server1, 2 link(s), 2 VIP(s))"));

@@ -667,44 +667,52 @@ impl<'a> Translator<'a> {
                     ));
                 }
             }
+        }
+        // One note per distinct setting, naming every line it is on.
+        let mut adverts: BTreeMap<String, (Vec<usize>, Vec<&str>, f64)> = BTreeMap::new();
+        let mut auths: BTreeMap<String, (Vec<usize>, Vec<&str>)> = BTreeMap::new();
+        for i in instances {
             if let Some(a) = &i.advert_int {
                 let prio = f64::from(i.priority.as_ref().map_or(100, |p| p.value));
-                let detect = 3.0 * a.value + (256.0 - prio) / 256.0 * a.value;
-                self.notes.push(format!(
-                    "line {}: advert_int {} s (vrrp_instance {}): as backup, keepalived declared the master dead {:.0} ms after its last advert (3 adverts + skew); ha-agent probes every 4 ms on every link and takes over after 12 ms of silence on all of them (link interval_ms and multiplier)",
-                    a.line, a.value, i.name, detect * 1000.0
+                let detect_ms = (3.0 * a.value + (256.0 - prio) / 256.0 * a.value) * 1000.0;
+                let e = adverts.entry(format!("{} s", a.value)).or_insert((
+                    Vec::new(),
+                    Vec::new(),
+                    detect_ms,
                 ));
+                e.0.push(a.line);
+                e.1.push(&i.name);
             }
             if let Some(a) = &i.auth {
-                self.notes.push(format!(
-                    "line {}: authentication {} (vrrp_instance {}): the VRRP password is not carried over; ha-agent signs every probe (HMAC-SHA256) with the key in node.key_file: create it once and copy it to both servers (see the comment in [node])",
-                    a.line, a.value.0, i.name
-                ));
+                let e = auths.entry(a.value.0.clone()).or_default();
+                e.0.push(a.line);
+                e.1.push(&i.name);
             }
+        }
+        let lines = |l: &[usize]| {
+            let l: Vec<String> = l.iter().map(usize::to_string).collect();
+            format!(
+                "line{} {}",
+                if l.len() > 1 { "s" } else { "" },
+                l.join(", ")
+            )
+        };
+        for (value, (l, names, detect_ms)) in &adverts {
+            self.notes.push(format!(
+                "{}: advert_int {value} (vrrp_instance {}): as backup, keepalived declared the master dead {detect_ms:.0} ms after its last advert (3 adverts + skew); ha-agent probes every 4 ms on every link and takes over after 12 ms of silence on all of them (link interval_ms and multiplier)",
+                lines(l),
+                names.join(", ")
+            ));
+        }
+        for (kind, (l, names)) in &auths {
+            self.notes.push(format!(
+                "{}: authentication {kind} (vrrp_instance {}): the VRRP password is not carried over; ha-agent signs every probe (HMAC-SHA256) with the key in node.key_file: create it once and copy it to both servers (see the comment in [node])",
+                lines(l),
+                names.join(", ")
+            ));
         }
 
-        let header = format!(
-            "# ha-agent config imported by `ha-agent import-keepalived` from {}{}.\n# Check it with: ha-agent check-config FILE\n",
-            ka.file.display(),
-            self.peer
-                .map(|p| format!(" (peer: {})", p.file.display()))
-                .unwrap_or_default()
-        );
-        t.push_str(&header);
-        if !self.notes.is_empty() {
-            t.push_str("#\n# Review:\n");
-            for n in &self.notes {
-                let _ = writeln!(t, "#  - {n}");
-            }
-        }
-        if !self.untranslated.is_empty() {
-            t.push_str("#\n# Not translated (no ha-agent equivalent):\n");
-            for n in &self.untranslated {
-                let _ = writeln!(t, "#  - {n}");
-            }
-        }
-
-        t.push_str("\n[node]\n");
+        t.push_str("[node]\n");
         let _ = writeln!(t, "name = {}", toml_str(&name));
         let _ = writeln!(t, "priority = {priority}");
         if nopreempt {
@@ -777,6 +785,30 @@ impl<'a> Translator<'a> {
         self.garp(&mut t, instances);
         self.hooks(&mut t, instances);
         t.push_str(SERVICES_TEMPLATE);
+        // The header last: the sections above add notes.
+        format!("{}\n{t}", self.header())
+    }
+
+    fn header(&self) -> String {
+        let mut t = format!(
+            "# ha-agent config imported by `ha-agent import-keepalived` from {}{}.\n# Check it with: ha-agent check-config FILE\n",
+            self.ka.file.display(),
+            self.peer
+                .map(|p| format!(" (peer: {})", p.file.display()))
+                .unwrap_or_default()
+        );
+        if !self.notes.is_empty() {
+            t.push_str("#\n# Review:\n");
+            for n in &self.notes {
+                let _ = writeln!(t, "#  - {n}");
+            }
+        }
+        if !self.untranslated.is_empty() {
+            t.push_str("#\n# Not translated (no ha-agent equivalent):\n");
+            for n in &self.untranslated {
+                let _ = writeln!(t, "#  - {n}");
+            }
+        }
         t
     }
 
