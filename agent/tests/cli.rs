@@ -183,3 +183,41 @@ fn missing_addresses_without_a_terminal_name_the_options() {
     let err = text(&out.stderr);
     assert!(err.contains("--local-ip eth1=ADDRESS"), "{err}");
 }
+
+/// On a terminal (a pty from script(1)) the log has colours, unless
+/// NO_COLOR is set.
+#[test]
+fn colours_only_on_a_terminal_and_never_with_no_color() {
+    let dir = tmpdir("tty");
+    let (_, _) = failing_run(&dir, false); // writes agent.toml
+    let config = dir.join("agent.toml");
+    let on_tty = |no_color: bool| -> String {
+        let inner = format!(
+            "{} run --config {}",
+            env!("CARGO_BIN_EXE_ha-agent"),
+            config.display()
+        );
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &inner, "/dev/null"])
+            .stdin(Stdio::null())
+            .env_remove("NO_COLOR");
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        }
+        let out = cmd.output().expect("script(1) from bsdutils");
+        text(&out.stdout)
+    };
+    let coloured = on_tty(false);
+    assert!(coloured.contains("ha-agent starting"), "{coloured:?}");
+    assert!(
+        coloured.contains('\x1b'),
+        "no colours on a terminal: {coloured:?}"
+    );
+    let plain = on_tty(true);
+    assert!(plain.contains("ha-agent starting"), "{plain:?}");
+    assert!(
+        !plain.contains('\x1b'),
+        "colours despite NO_COLOR: {plain:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
