@@ -301,13 +301,28 @@ pub fn install_test(root: &Path) -> Result<()> {
         ensure!(bash.contains("import-keepalived"), "bash completion");
         Ok(())
     })();
-    // Always remove, also after a failed check.
+    // Always remove, also after a failed check; then purge the record dpkg
+    // keeps because of the postrm (state config-files, no files).
     let removed = out(Command::new("dpkg").args(["-r", PACKAGE]));
+    let after_remove = dpkg_status(PACKAGE);
+    let listed = Command::new("dpkg").args(["-L", PACKAGE]).output();
+    let purged = out(Command::new("dpkg").args(["-P", PACKAGE]));
     result?;
     removed?;
     ensure!(
+        after_remove.as_deref() == Some("config-files"),
+        "after dpkg -r: {after_remove:?}"
+    );
+    let listed = listed?;
+    ensure!(
+        !String::from_utf8_lossy(&listed.stdout).contains('/'),
+        "dpkg -L after dpkg -r still lists files: {}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
+    purged?;
+    ensure!(
         dpkg_status(PACKAGE).is_none_or(|s| s == "not-installed"),
-        "dpkg still knows {PACKAGE} after dpkg -r: {:?}",
+        "dpkg still knows {PACKAGE} after dpkg -P: {:?}",
         dpkg_status(PACKAGE)
     );
     for gone in [
@@ -325,7 +340,7 @@ pub fn install_test(root: &Path) -> Result<()> {
             "/etc/ha-agent (empty) is left after dpkg -r"
         );
     }
-    println!("xtask:   dpkg -r ha-agent: removed, nothing left");
+    println!("xtask:   dpkg -r ha-agent: every file removed (dpkg keeps a config-files record for the postrm; dpkg -P clears it)");
     println!("xtask: {TEST_NAME} ... ok");
     Ok(())
 }

@@ -36,7 +36,12 @@ enum Cmd {
     Build,
     /// Build target/deb/ha-agent_<version>_amd64.deb (binary, unit, examples,
     /// man pages, completions).
-    Deb,
+    Deb {
+        /// Then install it here, check it and remove it (root; what
+        /// `cargo xtask test` runs).
+        #[arg(long)]
+        test: bool,
+    },
     /// Setup, build, the unprivileged tests, then the privileged (namespace) tests.
     Test {
         /// Skip the prerequisite check/installation.
@@ -217,7 +222,8 @@ fn main() -> ExitCode {
         Cmd::Setup { check } => setup::setup(check),
         Cmd::BuildEbpf => ebpf::build_ebpf(&root).map(|p| println!("{}", p.display())),
         Cmd::Build => build(&root).map(|_| ()),
-        Cmd::Deb => deb::build(&root).map(|_| ()),
+        Cmd::Deb { test: false } => deb::build(&root).map(|_| ()),
+        Cmd::Deb { test: true } => deb::install_test(&root),
         Cmd::Test { no_setup, filter } => test(&root, no_setup, filter.as_deref()),
         Cmd::Lab {
             no_setup,
