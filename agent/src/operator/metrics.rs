@@ -19,7 +19,7 @@ use std::time::Duration;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
-use prometheus::core::Collector;
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::proto::{self, MetricFamily};
 use prometheus::{CounterVec, Encoder, GaugeVec, Opts, TextEncoder};
 use tokio::net::TcpListener;
@@ -151,24 +151,39 @@ impl Metrics {
             .unwrap_or_default()
     }
 
-    fn gauge(&mut self, name: &str, help: &str, samples: impl IntoIterator<Item = (Labels, f64)>) {
-        let samples: Vec<(Labels, f64)> = samples.into_iter().collect();
+    /// One family of `vec`'s type, `set` putting each sample's value in.
+    fn family<B: MetricVecBuilder>(
+        &mut self,
+        make: fn(Opts, &[&str]) -> prometheus::Result<MetricVec<B>>,
+        name: String,
+        help: &str,
+        samples: Vec<(Labels, f64)>,
+        set: fn(&B::M, f64),
+    ) {
         if samples.is_empty() {
             return;
         }
-        let Ok(vec) = GaugeVec::new(
-            Opts::new(format!("{PREFIX}{name}"), help),
-            &Self::names(&samples),
-        ) else {
+        let Ok(vec) = make(Opts::new(name, help), &Self::names(&samples)) else {
             return;
         };
         for (labels, v) in &samples {
             let values: Vec<&str> = labels.iter().map(|(_, v)| v.as_str()).collect();
-            if let Ok(g) = vec.get_metric_with_label_values(&values) {
-                g.set(*v);
+            if let Ok(m) = vec.get_metric_with_label_values(&values) {
+                set(&m, *v);
             }
         }
         self.families.extend(vec.collect());
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, samples: impl IntoIterator<Item = (Labels, f64)>) {
+        let samples = samples.into_iter().collect();
+        self.family(
+            GaugeVec::new,
+            format!("{PREFIX}{name}"),
+            help,
+            samples,
+            |g, v| g.set(v),
+        );
     }
 
     /// `name` without `_total`: added here, as Prometheus names counters.
@@ -178,23 +193,14 @@ impl Metrics {
         help: &str,
         samples: impl IntoIterator<Item = (Labels, u64)>,
     ) {
-        let samples: Vec<(Labels, u64)> = samples.into_iter().collect();
-        if samples.is_empty() {
-            return;
-        }
-        let Ok(vec) = CounterVec::new(
-            Opts::new(format!("{PREFIX}{name}_total"), help),
-            &Self::names(&samples),
-        ) else {
-            return;
-        };
-        for (labels, v) in &samples {
-            let values: Vec<&str> = labels.iter().map(|(_, v)| v.as_str()).collect();
-            if let Ok(c) = vec.get_metric_with_label_values(&values) {
-                c.inc_by(*v as f64);
-            }
-        }
-        self.families.extend(vec.collect());
+        let samples = samples.into_iter().map(|(l, v)| (l, v as f64)).collect();
+        self.family(
+            CounterVec::new,
+            format!("{PREFIX}{name}_total"),
+            help,
+            samples,
+            |c, v| c.inc_by(v),
+        );
     }
 
     fn one(&mut self, name: &str, help: &str, v: f64) {
