@@ -185,7 +185,7 @@ fn import_keepalived(
             Ok(i) => break i,
             Err(ImportError::MissingAddresses(missing)) if interactive => {
                 for m in missing {
-                    let ip = prompt_ip(&m.to_string())?;
+                    let ip = prompt_ip(&m.question())?;
                     let map: &mut BTreeMap<String, Ipv4Addr> = if m.local {
                         &mut opts.local_ips
                     } else {
@@ -231,14 +231,14 @@ fn import_keepalived(
 fn prompt_ip(what: &str) -> Result<Ipv4Addr> {
     let stdin = std::io::stdin();
     for _ in 0..3 {
-        eprint!("{what}\n  address: ");
+        eprint!("{what}");
         let mut line = String::new();
         if stdin.lock().read_line(&mut line)? == 0 {
             break;
         }
         match line.trim().parse() {
             Ok(ip) => return Ok(ip),
-            Err(_) => eprintln!("  {:?} is not an IPv4 address", line.trim()),
+            Err(_) => eprintln!("{:?} is not an IPv4 address", line.trim()),
         }
     }
     anyhow::bail!("no address given for: {what}")

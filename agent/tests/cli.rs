@@ -221,3 +221,52 @@ fn colours_only_on_a_terminal_and_never_with_no_color() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// On a terminal, the addresses keepalived.conf lacks are asked for.
+#[test]
+fn missing_addresses_are_asked_for_on_a_terminal() {
+    let dir = tmpdir("prompt");
+    let out_file = dir.join("server1.toml");
+    let inner = format!(
+        "{} import-keepalived {} --name server1 --witness eth0=10.96.153.1 -o {}",
+        env!("CARGO_BIN_EXE_ha-agent"),
+        data("seed-server1.conf").display(),
+        out_file.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("script(1) from bsdutils");
+    // One answer per question: eth1 (inside_network) first, then eth0; a
+    // wrong answer is asked again.
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        b"192.168.1.100\nnot-an-ip\n192.168.1.101\n10.96.153.110\n10.96.153.114\n",
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let screen = text(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        screen.contains("this server's address on eth1 (vrrp_instance inside_network)? "),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("\"not-an-ip\" is not an IPv4 address"),
+        "{screen}"
+    );
+    let toml = std::fs::read_to_string(&out_file).unwrap();
+    for want in [
+        "local_ip = \"192.168.1.100\"",
+        "peer_ip = \"192.168.1.101\"",
+        "local_ip = \"10.96.153.110\"",
+        "peer_ip = \"10.96.153.114\"",
+    ] {
+        assert!(toml.contains(want), "{want} missing:\n{toml}");
+    }
+    let check = bin().arg("check-config").arg(&out_file).output().unwrap();
+    assert!(check.status.success(), "{}", text(&check.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -44,6 +44,21 @@ pub struct MissingAddress {
     pub local: bool,
 }
 
+impl MissingAddress {
+    /// The question asked on a terminal.
+    pub fn question(&self) -> String {
+        let whose = if self.local {
+            "this server's"
+        } else {
+            "the peer's"
+        };
+        format!(
+            "{whose} address on {} (vrrp_instance {})? ",
+            self.interface, self.instance
+        )
+    }
+}
+
 impl fmt::Display for MissingAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (whose, flag, kw) = if self.local {
