@@ -57,9 +57,19 @@ pub async fn spawn(listen: SocketAddr, commands: Commands) -> Result<(), Metrics
     Ok(())
 }
 
+/// Scrapes served at once; more connections wait (Prometheus scrapes one
+/// at a time per target).
+const MAX_SCRAPES: usize = 4;
+/// A client that has not sent its request head by then is dropped.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Accepts scrapers until the runtime stops.
 pub async fn serve(listener: TcpListener, commands: Commands) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -70,12 +80,15 @@ pub async fn serve(listener: TcpListener, commands: Commands) {
         };
         let commands = commands.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let commands = commands.clone();
                 async move { Ok::<_, Infallible>(answer(req, &commands).await) }
             });
             // A scraper that hangs up early is not worth a log line.
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;
         });

@@ -230,6 +230,10 @@ fn http_endpoint_serves_the_snapshot() {
         });
     });
     let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    // Clients that never send a request do not block a scrape.
+    let _silent: Vec<_> = (0..MAX_SCRAPES - 1)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
     let ok = get(addr, "/metrics");
     assert!(
         ok.starts_with("HTTP/1.0 200") || ok.starts_with("HTTP/1.1 200"),
