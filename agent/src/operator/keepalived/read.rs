@@ -445,10 +445,18 @@ impl Reader<'_> {
         while let Some(w) = rest.next() {
             match w {
                 "dev" => dev = rest.next().map(str::to_string),
+                // keepalived.conf(5): options without a value.
+                flag
+                @ ("home" | "-nodad" | "nodad" | "noprefixroute" | "autojoin" | "no_track") => {
+                    self.out.untranslated.push(format!(
+                        "line {}: VIP {addr} option `{flag}`: ha-agent adds plain addresses",
+                        s.line
+                    ))
+                }
                 other => {
                     let value = rest.next().unwrap_or("");
                     self.out.untranslated.push(format!(
-                        "line {}: VIP {addr} option `{other} {value}`: ha-agent adds plain addresses (no label, scope or broadcast options)",
+                        "line {}: VIP {addr} option `{other} {value}`: ha-agent adds plain addresses (no label, scope, peer or broadcast options)",
                         s.line
                     ));
                 }

@@ -303,3 +303,35 @@ fn both_files_must_describe_the_same_vips() {
         "{p:?}"
     );
 }
+
+#[test]
+fn vip_options_with_and_without_values() {
+    let text = SEED1.replacen(
+        "192.168.1.150/24\n",
+        "192.168.1.150/24 no_track brd 192.168.1.255 dev eth1 label eth1:vip noprefixroute\n",
+        1,
+    );
+    let i = import(src("s1.conf", &text), None, &seed_options(1)).unwrap();
+    let c = parse(&i);
+    assert_eq!(c.vips()[0].interface, "eth1");
+    let u = i.untranslated.join("\n");
+    for want in [
+        "`no_track`",
+        "`brd 192.168.1.255`",
+        "`label eth1:vip`",
+        "`noprefixroute`",
+    ] {
+        assert!(u.contains(want), "{want} missing in:\n{u}");
+    }
+}
+
+#[test]
+fn a_vip_off_the_links_is_refused() {
+    let text = SEED1.replacen("192.168.1.150/24\n", "192.168.1.150/24 dev eth5\n", 1);
+    let p = refused(import(src("s1.conf", &text), None, &seed_options(1)));
+    assert!(
+        p.iter()
+            .any(|p| p.line == 19 && p.message.contains("on eth5, where no vrrp_instance runs")),
+        "{p:?}"
+    );
+}
