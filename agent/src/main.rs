@@ -1,89 +1,35 @@
-//! The `ha-agent` command line.
+//! The `ha-agent` binary: dispatches the command line (defined in
+//! `ha_agent::operator::cli`) and sets up logging.
 
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use ha_agent::operator::cli::{Cli, Command, Target};
 use ha_agent::operator::config::Config;
+use ha_agent::operator::keepalived::{self, ImportError, ImportOptions, Source};
 use ha_agent::operator::status::{self, Reply};
-
-#[derive(Parser)]
-#[command(
-    name = "ha-agent",
-    version,
-    about = "Sub-second, data-safe failover for a two-server web + MySQL stack"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the agent (as root or with the capabilities of config/ha-agent.service).
-    Run {
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Log as JSON lines instead of text.
-        #[arg(long)]
-        json_logs: bool,
-    },
-    /// Check a config file; every bad field is named with the reason.
-    CheckConfig { file: PathBuf },
-    /// Show the running agent's state.
-    Status {
-        #[command(flatten)]
-        target: Target,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Hand the VIPs to the peer now (on the holder), or ask for them (on the backup).
-    Switchover {
-        #[command(flatten)]
-        target: Target,
-    },
-    /// On a BACKUP whose database refuses to replicate from the MASTER
-    /// because it holds transactions the MASTER lacks (errant GTIDs): give
-    /// them up and replicate. Prints what was discarded. The agent rejoins
-    /// on its own otherwise; save the transactions first (mysqlbinlog).
-    Rejoin {
-        /// Required: discard this server's errant transactions.
-        #[arg(long, required = true)]
-        force: bool,
-        #[command(flatten)]
-        target: Target,
-    },
-}
 
 /// A forced rejoin may wait for connections and replication threads.
 const REJOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(clap::Args)]
-struct Target {
-    /// The agent's status socket.
-    #[arg(long, conflicts_with = "config")]
-    socket: Option<PathBuf>,
-    /// Read the status socket's path from this config file.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-}
-
-impl Target {
-    fn socket(&self) -> Result<PathBuf> {
-        if let Some(s) = &self.socket {
-            return Ok(s.clone());
-        }
-        let path = self
-            .config
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("/etc/ha-agent/ha-agent.toml"));
-        if !path.exists() && self.config.is_none() {
-            return Ok(PathBuf::from("/run/ha-agent/ha-agent.sock"));
-        }
-        Ok(Config::load(&path)?.node.status_socket)
+fn socket_of(target: &Target) -> Result<PathBuf> {
+    if let Some(s) = &target.socket {
+        return Ok(s.clone());
     }
+    let path = target
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/etc/ha-agent/ha-agent.toml"));
+    if !path.exists() && target.config.is_none() {
+        return Ok(PathBuf::from("/run/ha-agent/ha-agent.sock"));
+    }
+    Ok(Config::load(&path)?.node.status_socket)
 }
 
 fn main() -> ExitCode {
@@ -91,27 +37,46 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ha-agent: {e:#}");
+            eprintln!("ha-agent: {}", one_line(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes on one line, each said once: most of our
+/// errors already include their cause's text ("cannot connect to ...: No
+/// such file or directory"), and `{:#}` would repeat it.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn real_main(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run { config, json_logs } => {
             init_logging(json_logs);
-            let cfg = Config::load(&config)?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            rt.block_on(ha_agent::daemon::run(cfg))?;
-            Ok(ExitCode::SUCCESS)
+            // From here on everything is reported through the log (journald
+            // under systemd), once.
+            match run(&config) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    tracing::error!(error = %one_line(&e), "ha-agent stopped on an error");
+                    Ok(ExitCode::from(1))
+                }
+            }
         }
         Command::CheckConfig { file } => check_config(&file),
         Command::Status { target, json } => {
-            let reply = ask(&target.socket()?, "status")?;
+            let reply = ask(&socket_of(&target)?, "status")?;
             match reply {
                 Reply::Status(s) => {
                     if json {
@@ -124,7 +89,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 other => answer(other),
             }
         }
-        Command::Switchover { target } => answer(ask(&target.socket()?, "switchover")?),
+        Command::Switchover { target } => answer(ask(&socket_of(&target)?, "switchover")?),
         Command::Rejoin { force, target } => {
             // clap requires --force; this only documents why.
             anyhow::ensure!(
@@ -132,12 +97,45 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 "rejoin needs --force (the agent rejoins on its own otherwise)"
             );
             answer(ask_within(
-                &target.socket()?,
+                &socket_of(&target)?,
                 "rejoin-force",
                 REJOIN_TIMEOUT,
             )?)
         }
+        Command::ImportKeepalived {
+            file,
+            peer_config,
+            output,
+            name,
+            local_ip,
+            peer_ip,
+            witness,
+        } => {
+            let mut opts = ImportOptions {
+                name,
+                hostname: hostname(),
+                ..Default::default()
+            };
+            ImportOptions::add_addresses(&mut opts.local_ips, "--local-ip", &local_ip)?;
+            ImportOptions::add_addresses(&mut opts.peer_ips, "--peer-ip", &peer_ip)?;
+            ImportOptions::add_addresses(&mut opts.witnesses, "--witness", &witness)?;
+            import_keepalived(&file, peer_config.as_deref(), output.as_deref(), opts)
+        }
     }
+}
+
+fn run(config: &Path) -> Result<()> {
+    let cfg = Config::load(config)?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config.display(),
+        "ha-agent starting"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(ha_agent::daemon::run(cfg))
 }
 
 fn check_config(file: &Path) -> Result<ExitCode> {
@@ -162,6 +160,96 @@ fn check_config(file: &Path) -> Result<ExitCode> {
             Ok(ExitCode::from(2))
         }
     }
+}
+
+fn import_keepalived(
+    file: &Path,
+    peer: Option<&Path>,
+    output: Option<&Path>,
+    mut opts: ImportOptions,
+) -> Result<ExitCode> {
+    let text = Source::load(file)?;
+    let peer_text = peer.map(Source::load).transpose()?;
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let imported = loop {
+        let result = keepalived::import(
+            Source {
+                path: file,
+                text: &text,
+            },
+            peer.zip(peer_text.as_deref())
+                .map(|(path, text)| Source { path, text }),
+            &opts,
+        );
+        match result {
+            Ok(i) => break i,
+            Err(ImportError::MissingAddresses(missing)) if interactive => {
+                for m in missing {
+                    let ip = prompt_ip(&m.question())?;
+                    let map: &mut BTreeMap<String, Ipv4Addr> = if m.local {
+                        &mut opts.local_ips
+                    } else {
+                        &mut opts.peer_ips
+                    };
+                    map.insert(m.interface, ip);
+                }
+            }
+            Err(e @ (ImportError::Refused(_) | ImportError::MissingAddresses(_))) => {
+                eprintln!("ha-agent import-keepalived: {e}");
+                return Ok(ExitCode::from(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    match output {
+        Some(path) => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .with_context(|| {
+                    format!(
+                        "cannot create {} (an existing file is never overwritten)",
+                        path.display()
+                    )
+                })?;
+            f.write_all(imported.toml.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{}", imported.toml),
+    }
+    for n in &imported.notes {
+        eprintln!("review: {n}");
+    }
+    for n in &imported.untranslated {
+        eprintln!("not translated: {n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn prompt_ip(what: &str) -> Result<Ipv4Addr> {
+    let stdin = std::io::stdin();
+    for _ in 0..3 {
+        eprint!("{what}");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        match line.trim().parse() {
+            Ok(ip) => return Ok(ip),
+            Err(_) => eprintln!("{:?} is not an IPv4 address", line.trim()),
+        }
+    }
+    anyhow::bail!("no address given for: {what}")
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "server".into())
 }
 
 fn ask(socket: &Path, command: &str) -> Result<Reply> {
@@ -195,16 +283,54 @@ fn answer(reply: Reply) -> Result<ExitCode> {
     }
 }
 
+/// Logs to stderr: colours only on a terminal and without NO_COLOR
+/// (journald and log files get plain text), JSON lines with `--json-logs`.
 fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("HA_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = use_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false);
     if json {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// Colours only for a person at a terminal: never into a file, a pipe or
+/// journald, and never when NO_COLOR is set to anything (no-color.org).
+fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(use_colour(true, None));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(use_colour(true, Some(OsStr::new(""))));
+    }
+
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let text = io.to_string();
+        let e = anyhow::Error::new(io).context(format!("cannot connect to /x.sock: {text}"));
+        let line = one_line(&e);
+        assert_eq!(line.matches(&text).count(), 1, "{line}");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(one_line(&e), "outer: inner");
     }
 }

@@ -49,6 +49,8 @@ pub const SETTLE: Duration = Duration::from_secs(20);
 /// Bound for a failover step; the targets are far lower.
 pub const STEP: Duration = Duration::from_secs(10);
 pub const MYSQL_PORT: u16 = 3306;
+/// The agents' `[metrics] listen`, inside each server's namespace.
+pub const METRICS_LISTEN: &str = "127.0.0.1:9405";
 
 pub fn inside(s: Server) -> SocketAddrV4 {
     SocketAddrV4::new(s.ip(Link::Inside), MYSQL_PORT)
@@ -194,7 +196,8 @@ impl Stack {
             .set("atlas.persist", "save_config")
             .set("atlas.cnf_path", path(&cnf))
             .set("atlas.period_ms", 200)
-            .set("mysql.semisync", self.opts.semisync))
+            .set("mysql.semisync", self.opts.semisync)
+            .set("metrics.listen", METRICS_LISTEN))
     }
 
     pub fn start_agent(&mut self, s: Server) -> Result<()> {

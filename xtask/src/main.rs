@@ -1,6 +1,7 @@
 //! `cargo xtask`: setup, build, test and the failover lab.
 
 mod bench;
+mod deb;
 mod demo;
 mod ebpf;
 mod setup;
@@ -33,6 +34,14 @@ enum Cmd {
     BuildEbpf,
     /// Build the eBPF object, then the release agent with it embedded.
     Build,
+    /// Build target/deb/ha-agent_<version>_amd64.deb (binary, unit, examples,
+    /// man pages, completions).
+    Deb {
+        /// Then install it here, check it and remove it (root; what
+        /// `cargo xtask test` runs).
+        #[arg(long)]
+        test: bool,
+    },
     /// Setup, build, the unprivileged tests, then the privileged (namespace) tests.
     Test {
         /// Skip the prerequisite check/installation.
@@ -144,7 +153,14 @@ fn test(root: &Path, no_setup: bool, filter: Option<&str>) -> Result<()> {
         println!("xtask: removed leftover lab namespaces of dead runs: {stale:?}");
     }
     println!("xtask: privileged tests (one at a time)");
-    let failed = privileged_tests(root, &bin, filter)?;
+    let mut failed = privileged_tests(root, &bin, filter)?;
+    // The package test installs the .deb on this machine and removes it.
+    if filter.is_none_or(|f| deb::TEST_NAME.contains(f)) {
+        if let Err(e) = deb::install_test(root) {
+            println!("xtask: {} ... FAILED: {e:#}", deb::TEST_NAME);
+            failed.push(deb::TEST_NAME.to_string());
+        }
+    }
     if !failed.is_empty() {
         // No retry: on this 2-core machine a failed timing test has so far
         // always been a product fault (a false takeover, lost writes).
@@ -206,6 +222,8 @@ fn main() -> ExitCode {
         Cmd::Setup { check } => setup::setup(check),
         Cmd::BuildEbpf => ebpf::build_ebpf(&root).map(|p| println!("{}", p.display())),
         Cmd::Build => build(&root).map(|_| ()),
+        Cmd::Deb { test: false } => deb::build(&root).map(|_| ()),
+        Cmd::Deb { test: true } => deb::install_test(&root),
         Cmd::Test { no_setup, filter } => test(&root, no_setup, filter.as_deref()),
         Cmd::Lab {
             no_setup,

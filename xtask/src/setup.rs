@@ -21,6 +21,11 @@ pub const APT_PACKAGES: &[&str] = &[
     "mariadb-server",
     // mariadb-binlog: the forced rejoin's undo of errant transactions.
     "mariadb-client",
+    // promtool: the metrics test validates what the agents serve.
+    "prometheus",
+    // The package test: man -w, systemd-analyze verify (dpkg-deb is in dpkg).
+    "man-db",
+    "systemd",
 ];
 
 pub const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";

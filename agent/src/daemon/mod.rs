@@ -19,7 +19,7 @@ use crate::drivers::boot;
 use crate::drivers::hooks::HookRunner;
 use crate::operator::config::Config;
 use crate::operator::status::server::{group_id, Request, StatusServer};
-use crate::operator::status::{HookStatus, Reply};
+use crate::operator::status::{HookStatus, HookTotal, Reply};
 use crate::protocol::Key;
 use election_loop::{Command, ElectionThread, ElectionView, Notice};
 use services::Services;
@@ -54,6 +54,10 @@ async fn run_inner(cfg: Arc<Config>) -> Result<()> {
     let election = ElectionThread::spawn(cfg.clone(), key, boot, commands, view_tx, notice_tx)?;
     let server = StatusServer::bind(&cfg.node.status_socket, status_group)?;
     let (request_tx, mut requests) = mpsc::channel::<(Request, oneshot::Sender<Reply>)>(8);
+    if let Some(m) = &cfg.metrics {
+        // Metrics are made from a status snapshot asked like the socket does.
+        crate::operator::metrics::spawn(m.listen, request_tx.clone()).await?;
+    }
     tokio::spawn(server.serve(move |req| {
         let request_tx = request_tx.clone();
         async move {
@@ -121,6 +125,15 @@ async fn answer(
                 let _ = reply.send(stopping());
                 return;
             }
+            let hook_totals = hooks
+                .totals()
+                .into_iter()
+                .map(|(state, runs, failures)| HookTotal {
+                    state: state.to_string(),
+                    runs,
+                    failures,
+                })
+                .collect();
             let (hooks, database, atlas, warnings) = (
                 hook_status(hooks),
                 services.database_status(),
@@ -131,6 +144,7 @@ async fn answer(
                 let answer = match rx.await {
                     Ok(mut s) => {
                         s.hooks = hooks;
+                        s.hook_totals = hook_totals;
                         s.database = database;
                         s.atlas = atlas;
                         s.warnings.extend(warnings);

@@ -51,7 +51,7 @@ use timers::{Timer, TimerTable};
 /// Transitions kept for `ha-agent status`.
 const HISTORY: usize = 32;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Role {
     Init,
@@ -217,6 +217,7 @@ pub struct Transition {
     pub from: Role,
     pub to: Role,
     pub epoch: u64,
+    pub cause: Cause,
     pub reason: String,
     /// Whether the notify hooks run for it now. A provisional takeover runs
     /// them at [`Output::TakeoverConfirmed`]; leaving it (a false alarm)
@@ -252,6 +253,54 @@ impl fmt::Display for Refusal {
                 f,
                 "the peer's epoch {theirs} is implausibly far ahead of the newest known ({known}): epochs grow by one per takeover"
             ),
+        }
+    }
+}
+
+/// Why a transition happened, as a fixed label (for counters and metrics;
+/// the transition's reason says it in words).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    Startup,
+    FirstAlone,
+    PeerHolds,
+    PeerSilent,
+    Contest,
+    NewerHolder,
+    FalseAlarm,
+    WitnessReach,
+    PeerAsked,
+    Operator,
+    DatabaseDown,
+    Shutdown,
+    Isolated,
+    FenceTimeout,
+    NoCarrier,
+    PeerBack,
+    WitnessBack,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Startup => "startup",
+            Cause::FirstAlone => "first_alone",
+            Cause::PeerHolds => "peer_holds",
+            Cause::PeerSilent => "peer_silent",
+            Cause::Contest => "contest",
+            Cause::NewerHolder => "newer_holder",
+            Cause::FalseAlarm => "false_alarm",
+            Cause::WitnessReach => "witness_reach",
+            Cause::PeerAsked => "peer_asked",
+            Cause::Operator => "operator",
+            Cause::DatabaseDown => "database_down",
+            Cause::Shutdown => "shutdown",
+            Cause::Isolated => "isolated",
+            Cause::FenceTimeout => "fence_timeout",
+            Cause::NoCarrier => "no_carrier",
+            Cause::PeerBack => "peer_back",
+            Cause::WitnessBack => "witness_back",
         }
     }
 }
@@ -325,6 +374,8 @@ pub struct Election {
     advertised: Option<Control>,
     outputs: VecDeque<Output>,
     history: VecDeque<Transition>,
+    /// Transitions since start by (from, to, cause).
+    counts: std::collections::BTreeMap<(Role, Role, Cause), u64>,
     false_alarms: u64,
 }
 
@@ -357,6 +408,7 @@ impl Election {
             advertised: None,
             outputs: VecDeque::new(),
             history: VecDeque::new(),
+            counts: Default::default(),
             false_alarms: 0,
             cfg,
         };
@@ -412,6 +464,10 @@ impl Election {
     }
     pub fn fencing_at(&self) -> Option<Instant> {
         self.timers.get(Timer::Fence)
+    }
+    /// Transitions since start, by from, to and cause.
+    pub fn transition_counts(&self) -> impl Iterator<Item = (Role, Role, Cause, u64)> + '_ {
+        self.counts.iter().map(|((f, t, c), n)| (*f, *t, *c, *n))
     }
     /// Takeovers handed back inside the reclaim window since start.
     pub fn false_alarms(&self) -> u64 {
@@ -576,7 +632,7 @@ impl Election {
                 if !(peer.eligible && peer.reach_ok() && peer.role == Role::Backup) {
                     return Err(SwitchoverError::PeerNotCandidate(peer.role));
                 }
-                self.yield_to_peer("switchover requested by the operator", now);
+                self.yield_to_peer(Cause::Operator, "switchover requested by the operator", now);
             }
             Role::Backup => {
                 if peer.role != Role::Master {
@@ -664,6 +720,7 @@ impl Election {
                 }));
             }
             self.yield_to_peer(
+                Cause::FalseAlarm,
                 "the holder we replaced was only briefly silent: handing the VIPs back (false alarm)",
                 now,
             );
@@ -688,6 +745,7 @@ impl Election {
         self.epoch = self.epoch.max(control.epoch);
         self.enter(
             Role::Backup,
+            Cause::NewerHolder,
             format!(
                 "peer holds the VIPs with a more recent takeover (epoch {} > ours {ours})",
                 control.epoch
@@ -748,6 +806,7 @@ impl Election {
                 // Still holding: evaluate_master found no peer to hand over to.
                 self.enter(
                     Role::Backup,
+                    Cause::Shutdown,
                     "shutting down: no peer able to take the VIPs".into(),
                     now,
                 );
@@ -766,12 +825,18 @@ impl Election {
         // whole init timeout so witness states settle before an election.
         if self.peer_now().is_some_and(|p| p.role == Role::Master) {
             self.timers.stop(Timer::Init);
-            self.enter(Role::Backup, "the peer holds the VIPs".into(), now);
+            self.enter(
+                Role::Backup,
+                Cause::PeerHolds,
+                "the peer holds the VIPs".into(),
+                now,
+            );
         } else if self.timers.expired(Timer::Init, now) {
             self.timers.stop(Timer::Init);
             if self.peer_alive() {
                 self.enter(
                     Role::Backup,
+                    Cause::Startup,
                     "heard the peer; nobody holds the VIPs".into(),
                     now,
                 );
@@ -779,6 +844,7 @@ impl Election {
             } else if self.reach_ok() {
                 self.enter(
                     Role::Backup,
+                    Cause::Startup,
                     "peer not heard on any link during start-up".into(),
                     now,
                 );
@@ -786,6 +852,7 @@ impl Election {
             } else {
                 self.enter(
                     Role::Fault,
+                    Cause::Isolated,
                     "neither the peer nor any witness answers: refusing to take the VIPs".into(),
                     now,
                 );
@@ -799,17 +866,16 @@ impl Election {
         }
         if !self.peer_alive() {
             if self.reach_ok() {
-                self.take_over(
-                    if self.peer.is_some() {
-                        "peer silent on all links"
-                    } else {
-                        "no peer: first start alone"
-                    },
-                    now,
-                );
+                let (cause, reason) = if self.peer.is_some() {
+                    (Cause::PeerSilent, "peer silent on all links")
+                } else {
+                    (Cause::FirstAlone, "no peer: first start alone")
+                };
+                self.take_over(cause, reason, now);
             } else {
                 self.enter(
                     Role::Fault,
+                    Cause::Isolated,
                     "peer silent on all links and no witness answers: we may be the isolated one"
                         .into(),
                     now,
@@ -855,7 +921,7 @@ impl Election {
         } else {
             "nobody holds the VIPs and we are the better candidate"
         };
-        self.take_over(reason, now);
+        self.take_over(Cause::Contest, reason, now);
     }
 
     fn evaluate_master(&mut self, now: Instant) {
@@ -875,18 +941,23 @@ impl Election {
             };
             let peer_candidate = peer.eligible && peer.reach_ok() && peer.role == Role::Backup;
             if self.timers.is_set(Timer::Shutdown) && peer_candidate {
-                self.yield_to_peer("shutting down: handing the VIPs to the peer", now);
+                self.yield_to_peer(
+                    Cause::Shutdown,
+                    "shutting down: handing the VIPs to the peer",
+                    now,
+                );
             } else if peer_candidate && peer.witness_reach > self.witness_reach() {
                 let reason = format!(
                     "the peer reaches {} witness(es), we reach {}",
                     peer.witness_reach,
                     self.witness_reach()
                 );
-                self.yield_to_peer(&reason, now);
+                self.yield_to_peer(Cause::WitnessReach, &reason, now);
             } else if peer_candidate && peer.want_takeover {
-                self.yield_to_peer("the peer asked for the VIPs", now);
+                self.yield_to_peer(Cause::PeerAsked, "the peer asked for the VIPs", now);
             } else if peer_candidate && !self.db_fit {
                 self.yield_to_peer(
+                    Cause::DatabaseDown,
                     "the local database is down: handing the VIPs to the peer, whose database is fit",
                     now,
                 );
@@ -901,6 +972,7 @@ impl Election {
             self.timers.stop(Timer::Fence);
             self.enter(
                 Role::Fault,
+                Cause::NoCarrier,
                 "no carrier on any link: nobody can reach us, dropping the VIPs".into(),
                 now,
             );
@@ -913,6 +985,7 @@ impl Election {
             self.timers.stop(Timer::Fence);
             self.enter(
                 Role::Fault,
+                Cause::FenceTimeout,
                 "isolated: neither the peer nor any witness answered for the fence timeout".into(),
                 now,
             );
@@ -921,7 +994,12 @@ impl Election {
 
     fn evaluate_fault(&mut self, now: Instant) {
         if self.peer_alive() {
-            self.enter(Role::Backup, "the peer is reachable again".into(), now);
+            self.enter(
+                Role::Backup,
+                Cause::PeerBack,
+                "the peer is reachable again".into(),
+                now,
+            );
             self.evaluate_backup(now);
         } else if self.reach_ok() {
             // Listen for the peer before deciding: if it took over while we
@@ -929,6 +1007,7 @@ impl Election {
             self.timers.set(Timer::Init, now + self.cfg.init_timeout);
             self.enter(
                 Role::Init,
+                Cause::WitnessBack,
                 "a witness answers again: listening for the peer".into(),
                 now,
             );
@@ -957,7 +1036,7 @@ impl Election {
         }
     }
 
-    fn take_over(&mut self, reason: &str, now: Instant) {
+    fn take_over(&mut self, cause: Cause, reason: &str, now: Instant) {
         let peer = self.peer.clone();
         let peer_epoch = peer.as_ref().map_or(0, |p| p.control.epoch);
         // Bounded by MAX_EPOCH_JUMP on the way in: saturation is unreachable
@@ -989,19 +1068,20 @@ impl Election {
         self.timers.stop(Timer::Preempt);
         self.preempt_ready = false;
         self.timers.stop(Timer::Contest);
-        self.enter(Role::Master, reason.to_string(), now);
+        self.enter(Role::Master, cause, reason.to_string(), now);
     }
 
-    fn yield_to_peer(&mut self, reason: &str, now: Instant) {
+    fn yield_to_peer(&mut self, cause: Cause, reason: &str, now: Instant) {
         self.timers.set(Timer::Yield, now + self.cfg.handover_hold);
-        self.enter(Role::Backup, reason.to_string(), now);
+        self.enter(Role::Backup, cause, reason.to_string(), now);
     }
 
-    fn enter(&mut self, to: Role, reason: String, now: Instant) {
+    fn enter(&mut self, to: Role, cause: Cause, reason: String, now: Instant) {
         let from = self.role;
         if from == to {
             return;
         }
+        *self.counts.entry((from, to, cause)).or_default() += 1;
         // A provisional takeover runs the hooks when confirmed; leaving it
         // before that (a false alarm) runs none.
         let hooks = if to == Role::Master {
@@ -1028,6 +1108,7 @@ impl Election {
             from,
             to,
             epoch: self.epoch,
+            cause,
             reason,
             hooks,
             at: now,

@@ -211,6 +211,21 @@ struct Shared {
     recent: Mutex<VecDeque<HookOutcome>>,
     /// Transitions handed to `notify` so far.
     queued: AtomicU64,
+    /// Commands run and failed since start, by state (MASTER, BACKUP, FAULT, STOP).
+    runs: [AtomicU64; 4],
+    failures: [AtomicU64; 4],
+}
+
+impl HookState {
+    const ALL: [HookState; 4] = [
+        HookState::Master,
+        HookState::Backup,
+        HookState::Fault,
+        HookState::Stop,
+    ];
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// Runs the hooks of queued transitions on a background task.
@@ -235,6 +250,8 @@ impl HookRunner {
         let shared = Arc::new(Shared {
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
             queued: AtomicU64::new(0),
+            runs: Default::default(),
+            failures: Default::default(),
         });
         let task = Task {
             cfg,
@@ -262,6 +279,21 @@ impl HookRunner {
     /// The last outcomes, oldest first (at most [`RECENT`]), for `ha-agent status`.
     pub fn recent(&self) -> Vec<HookOutcome> {
         lock(&self.shared.recent).iter().cloned().collect()
+    }
+
+    /// Commands run and failed since start, by state: (state, runs, failures).
+    pub fn totals(&self) -> Vec<(HookState, u64, u64)> {
+        HookState::ALL
+            .iter()
+            .map(|s| {
+                (
+                    *s,
+                    self.shared.runs[s.index()].load(Ordering::Relaxed),
+                    self.shared.failures[s.index()].load(Ordering::Relaxed),
+                )
+            })
+            .filter(|(_, runs, _)| *runs > 0)
+            .collect()
     }
 
     /// Waits until the hooks of every transition queued before this call have
@@ -303,6 +335,10 @@ impl Task {
             ) {
                 let outcome = execute(p, state, timeout).await;
                 log(&outcome);
+                self.shared.runs[state.index()].fetch_add(1, Ordering::Relaxed);
+                if !outcome.succeeded() {
+                    self.shared.failures[state.index()].fetch_add(1, Ordering::Relaxed);
+                }
                 let mut recent = lock(&self.shared.recent);
                 if recent.len() == RECENT {
                     recent.pop_front();

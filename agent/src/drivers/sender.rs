@@ -37,7 +37,7 @@ use agent_ebpf::SEQ_SHIFT;
 
 use crate::drivers::arp::ArpSocket;
 use crate::drivers::ebpf::{monotonic_now_ns, LeaseWriter};
-use crate::operator::status::{LatenessBucket, SenderStatus};
+use crate::operator::status::{HistogramStatus, SenderStatus};
 use crate::protocol::{lateness_units, Signer, Template, PROBE_LEN};
 
 pub use crate::operator::config::MAX_SENDERS;
@@ -148,6 +148,8 @@ pub struct SenderStats {
     /// Per-slot lateness of the best sender, by [`LATENESS_BUCKETS_US`].
     pub histogram: [AtomicU64; LATENESS_BUCKETS_US.len() + 1],
     pub max_late_us: AtomicU64,
+    /// Sum of the per-slot lateness (us), for the histogram's mean.
+    pub sum_late_us: AtomicU64,
     /// Worst lateness of the current and the previous second (us): what
     /// our probes report to the peer.
     window_late_us: AtomicU64,
@@ -173,6 +175,7 @@ impl SenderStats {
             .position(|b| us <= *b)
             .unwrap_or(LATENESS_BUCKETS_US.len());
         self.histogram[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_late_us.fetch_add(us, Ordering::Relaxed);
         self.max_late_us.fetch_max(us, Ordering::Relaxed);
         self.window_late_us.fetch_max(us, Ordering::Relaxed);
     }
@@ -227,15 +230,11 @@ impl SenderStats {
             pinned_threads: s.pinned_threads.load(Relaxed),
             slots: s.slots.load(Relaxed),
             missed_slots: s.missed.load(Relaxed),
-            lateness_buckets: s
-                .histogram
-                .iter()
-                .enumerate()
-                .map(|(i, c)| LatenessBucket {
-                    le_us: LATENESS_BUCKETS_US.get(i).copied(),
-                    count: c.load(Relaxed),
-                })
-                .collect(),
+            lateness: HistogramStatus {
+                bounds_us: LATENESS_BUCKETS_US.to_vec(),
+                counts: s.histogram.iter().map(|c| c.load(Relaxed)).collect(),
+                sum_us: s.sum_late_us.load(Relaxed),
+            },
             lateness_p50_us: s.quantile_us(0.5),
             lateness_p99_us: s.quantile_us(0.99),
             lateness_max_us: s.max_late_us.load(Relaxed),

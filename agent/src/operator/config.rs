@@ -75,6 +75,18 @@ pub struct Config {
     /// Fence, promote and rejoin the local MySQL/MariaDB (absent: not managed).
     #[serde(default)]
     pub mysql: Option<MysqlConfig>,
+    /// Serve Prometheus metrics (absent: no listener).
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `[metrics]`: the Prometheus endpoint (`GET /metrics`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address and port to listen on, e.g. "127.0.0.1:9405" (no TLS, no
+    /// authentication: keep it on loopback or a management network).
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -851,6 +863,12 @@ impl Config {
         }
         if let Some(mysql) = &self.mysql {
             mysql.problems(&mut bad);
+        }
+        if self.metrics.as_ref().is_some_and(|m| m.listen.port() == 0) {
+            bad(
+                "metrics.listen".into(),
+                "must have a port (e.g. 127.0.0.1:9405)",
+            );
         }
         errs
     }

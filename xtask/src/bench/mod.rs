@@ -16,6 +16,7 @@ mod arp;
 mod checks;
 mod contender;
 mod database;
+mod plot;
 mod report;
 mod rest;
 mod soak;
@@ -44,6 +45,17 @@ pub enum BenchCmd {
     Rest(RestArgs),
     /// MySQL and Atlas through failover and rejoin (semi-sync on).
     Database(DatabaseArgs),
+    /// Draw a failover run's JSON (from `bench failover --json`) as SVG.
+    Plot(PlotArgs),
+}
+
+#[derive(Args)]
+pub struct PlotArgs {
+    /// A `bench failover --json` file.
+    json: PathBuf,
+    /// Where to write the SVG (default: the JSON's path with .svg).
+    #[arg(long)]
+    svg: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -95,7 +107,8 @@ pub struct FailoverArgs {
         default_value = "ha-agent,keepalived-seed,keepalived-tuned"
     )]
     contenders: Vec<String>,
-    /// Also write the results (table and every trial) as JSON here.
+    /// Also write the results (table and every trial) as JSON here, and
+    /// their picture beside it (same name, .svg).
     #[arg(long)]
     json: Option<PathBuf>,
     /// The client's ping interval during trials, in ms (1 or 2).
@@ -151,6 +164,12 @@ pub fn main(root: &Path, cmd: BenchCmd) -> Result<()> {
         BenchCmd::Failover(a) => failover(root, a),
         BenchCmd::Rest(a) => rest(root, a),
         BenchCmd::Database(a) => bench_database(root, a),
+        BenchCmd::Plot(a) => {
+            let svg = a.svg.unwrap_or_else(|| a.json.with_extension("svg"));
+            plot::from_file(&a.json, &svg)?;
+            println!("bench: picture written to {}", svg.display());
+            Ok(())
+        }
     }
 }
 
@@ -424,8 +443,12 @@ fn failover(root: &Path, a: FailoverArgs) -> Result<()> {
                 "log_dir": ctx.log_dir.display().to_string(),
             }),
         );
-        write_json(path, &report.json(meta))?;
+        let v = report.json(meta);
+        write_json(path, &v)?;
         println!("bench: JSON written to {}", path.display());
+        let svg = path.with_extension("svg");
+        plot::write(&v, &svg)?;
+        println!("bench: picture written to {}", svg.display());
     }
     Ok(())
 }

@@ -6,7 +6,8 @@ use std::time::{Instant, SystemTime};
 use crate::drivers::ebpf::monotonic_now_ns;
 use crate::operator::config::Vip;
 use crate::operator::status::{
-    self, FalseAlarmStatus, LinkStatus, PeerStatus, Status, TransitionStatus, VipStatus,
+    self, FalseAlarmStatus, LinkStatus, PeerStatus, Status, TransitionCount, TransitionStatus,
+    VipStatus,
 };
 
 impl super::ElectionLoop {
@@ -140,7 +141,18 @@ impl super::ElectionLoop {
                 .collect(),
             sender: Some(self.stats.snapshot()),
             probes_refused: self.rejected.values().sum::<u64>() + self.bad_probes,
+            transition_counts: self
+                .election
+                .transition_counts()
+                .map(|(from, to, cause, count)| TransitionCount {
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    reason: cause.as_str().to_string(),
+                    count,
+                })
+                .collect(),
             hooks: Vec::new(),
+            hook_totals: Vec::new(),
             database: None,
             atlas: None,
         }

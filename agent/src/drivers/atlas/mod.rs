@@ -251,6 +251,8 @@ pub struct AtlasStatus {
     pub consecutive_failures: u32,
     /// Reconciliations finished (ok or not) since start.
     pub rounds: u64,
+    /// Rounds that failed since start.
+    pub failures_total: u64,
     /// The last few commands sent to change or persist the table, oldest first.
     pub recent: VecDeque<SentCommand>,
 }
@@ -787,6 +789,7 @@ impl AtlasReconciler {
                         tracing::debug!("atlas: {msg}");
                     }
                     st.consecutive_failures = st.consecutive_failures.saturating_add(1);
+                    st.failures_total = st.failures_total.saturating_add(1);
                     st.last_error = Some(msg);
                     st.last_error_at = Some(SystemTime::now());
                     st.in_sync = false;

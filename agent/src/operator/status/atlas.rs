@@ -42,6 +42,15 @@ pub struct AtlasSection {
     /// Times the `.cnf` was brought up to date since start.
     #[serde(default)]
     pub persists: u64,
+    /// The table as last read, typed (for the metrics).
+    #[serde(default)]
+    pub backends: Vec<AtlasBackend>,
+    /// Reconciliations finished (ok or not) since start.
+    #[serde(default)]
+    pub rounds: u64,
+    /// Reconciliations that failed since start (absent until counted).
+    #[serde(default)]
+    pub failures_total: Option<u64>,
 }
 
 /// One wanted backend, listed or not, serving or not.
@@ -59,7 +68,24 @@ pub struct ServingLine {
     pub time_to_serving_ms: Option<f64>,
 }
 
+/// One row of Atlas's backend table.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AtlasBackend {
+    pub address: String,
+    /// `rw`, `ro` or `unknown`.
+    pub kind: String,
+    /// `up`, `down`, `unknown` or `offline`.
+    pub state: String,
+}
+
 impl AtlasSection {
+    /// Atlas can take writes: it lists an rw backend that is up.
+    pub fn rw_serving(&self) -> bool {
+        self.backends
+            .iter()
+            .any(|b| b.kind == "rw" && b.state == "up")
+    }
+
     pub fn new(admin_address: String, s: &AtlasStatus) -> AtlasSection {
         AtlasSection {
             admin_address,
@@ -95,6 +121,17 @@ impl AtlasSection {
             rw_not_up_since: s.rw_not_up_since.map(crate::operator::status::rfc3339),
             cnf_warnings: s.cnf_warnings.clone(),
             persists: s.persists,
+            backends: s
+                .table
+                .iter()
+                .map(|b| AtlasBackend {
+                    address: b.address.to_string(),
+                    kind: b.kind.as_str().to_string(),
+                    state: b.state.as_str().to_string(),
+                })
+                .collect(),
+            rounds: s.rounds,
+            failures_total: Some(s.failures_total),
         }
     }
 

@@ -17,8 +17,8 @@ use tokio::net::UnixStream;
 pub use atlas::AtlasSection;
 pub use database::DatabaseStatus;
 
-/// Everything `ha-agent status` shows.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Everything `ha-agent status` shows (and the metrics are made from).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub node: String,
     pub state: String,
@@ -61,6 +61,43 @@ pub struct Status {
     /// The local Atlas proxy (absent without `[atlas]`).
     #[serde(default)]
     pub atlas: Option<AtlasSection>,
+    /// Role changes since start, counted by from, to and reason (`reason`
+    /// a short fixed label, not the free text of `transitions`).
+    #[serde(default)]
+    pub transition_counts: Vec<TransitionCount>,
+    /// Hook commands run since start, and how many failed, by state.
+    #[serde(default)]
+    pub hook_totals: Vec<HookTotal>,
+}
+
+/// A histogram as counts per bucket (not cumulative): `counts[i]` holds the
+/// observations above `bounds_us[i - 1]` and at most `bounds_us[i]`; the
+/// last entry, `counts[bounds_us.len()]`, holds those above every bound.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HistogramStatus {
+    /// Upper bounds in microseconds, ascending.
+    pub bounds_us: Vec<u64>,
+    /// One more entry than `bounds_us`.
+    pub counts: Vec<u64>,
+    /// Sum of all observations, in microseconds.
+    pub sum_us: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TransitionCount {
+    pub from: String,
+    pub to: String,
+    /// A short fixed label ("peer_silent", "operator", ...).
+    pub reason: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HookTotal {
+    /// MASTER, BACKUP, FAULT or STOP.
+    pub state: String,
+    pub runs: u64,
+    pub failures: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -122,7 +159,7 @@ pub struct FalseAlarmStatus {
 }
 
 /// The probe senders' counters.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SenderStatus {
     pub threads: u64,
     pub realtime_threads: u64,
@@ -130,9 +167,8 @@ pub struct SenderStatus {
     /// Slots sent, and slots no thread sent in time.
     pub slots: u64,
     pub missed_slots: u64,
-    /// Per-slot lateness of the best sender: bucket upper bounds (us) and
-    /// counts; the last bucket (`le_us` = None) holds everything later.
-    pub lateness_buckets: Vec<LatenessBucket>,
+    /// Per-slot lateness of the best sender.
+    pub lateness: HistogramStatus,
     pub lateness_p50_us: Option<u64>,
     pub lateness_p99_us: Option<u64>,
     pub lateness_max_us: u64,
@@ -141,12 +177,6 @@ pub struct SenderStatus {
     pub lease_errors: u64,
     /// Wakes at which the decision loop looked hung (nothing sent).
     pub loop_stale: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LatenessBucket {
-    pub le_us: Option<u64>,
-    pub count: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -442,6 +472,7 @@ mod tests {
             hooks: vec![],
             database: None,
             atlas: None,
+            ..Default::default()
         };
         let json = serde_json::to_string(&Reply::Status(Box::new(s.clone()))).unwrap();
         match serde_json::from_str::<Reply>(&json).unwrap() {
@@ -521,6 +552,7 @@ mod tests {
                 table: vec!["1 203.0.113.100:3306 rw up".into()],
                 ..Default::default()
             }),
+            ..Default::default()
         };
         let json = serde_json::to_string(&Reply::Status(Box::new(s.clone()))).unwrap();
         match serde_json::from_str::<Reply>(&json).unwrap() {
