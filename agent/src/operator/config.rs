@@ -573,8 +573,13 @@ fn default_group() -> String {
 fn default_rt_priority() -> u8 {
     50
 }
+/// Probe interval on a link unless set.
+pub const DEFAULT_INTERVAL_MS: u64 = 2;
+/// Probes missed in a row before the peer is down on a link, unless set.
+pub const DEFAULT_MULTIPLIER: u32 = 3;
+
 fn default_interval_ms() -> u64 {
-    2
+    DEFAULT_INTERVAL_MS
 }
 /// 2 ms x 3: 6 ms of silence. A false death needs every link silent for
 /// three probe slots from every sender thread (one per CPU, real-time); a
@@ -582,7 +587,7 @@ fn default_interval_ms() -> u64 {
 /// soaks (idle, and both cores saturated with 2% loss) decide whether the
 /// margin holds (bench/RESULTS.md). Raise it on hosts with worse jitter.
 fn default_peer_multiplier() -> u32 {
-    3
+    DEFAULT_MULTIPLIER
 }
 /// 16 ms x 5 = 80 ms, under the 100 ms uplink-loss target. Each exchange
 /// crosses the link twice (request, reply), so it fails about twice as

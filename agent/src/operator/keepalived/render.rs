@@ -93,9 +93,11 @@ impl<'a> Translator<'a> {
                 l.join(", ")
             )
         };
+        use crate::operator::config::{DEFAULT_INTERVAL_MS, DEFAULT_MULTIPLIER};
+        let silence_ms = DEFAULT_INTERVAL_MS * u64::from(DEFAULT_MULTIPLIER);
         for (value, (l, names, detect_ms)) in &adverts {
             self.notes.push(format!(
-                "{}: advert_int {value} (vrrp_instance {}): as backup, keepalived declared the master dead {detect_ms:.0} ms after its last advert (3 adverts + skew); ha-agent probes every 4 ms on every link and takes over after 12 ms of silence on all of them (link interval_ms and multiplier)",
+                "{}: advert_int {value} (vrrp_instance {}): as backup, keepalived declared the master dead {detect_ms:.0} ms after its last advert (3 adverts + skew); ha-agent probes every {DEFAULT_INTERVAL_MS} ms on every link and takes over after {silence_ms} ms of silence on all of them (link interval_ms and multiplier)",
                 lines(l),
                 names.join(", ")
             ));
