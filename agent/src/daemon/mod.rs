@@ -31,7 +31,7 @@ use crate::decisions::election::{
     Control, Election, ElectionConfig, Input, Output, Role, Transition,
 };
 use crate::drivers::arp::ArpSocket;
-use crate::drivers::ebpf::{kernel_link_config, monotonic_now_ns, Liveness, XdpMode};
+use crate::drivers::ebpf::{kernel_link_config, monotonic_now_ns, Liveness};
 use crate::drivers::hooks::{HookRunner, HookState};
 use crate::drivers::sender::{Sender, SenderLink, Witness};
 use crate::drivers::vip::VipDriver;
@@ -80,8 +80,9 @@ pub async fn run(cfg: Config) -> Result<()> {
 }
 
 async fn run_inner(cfg: Config) -> Result<()> {
+    // The same checks as `check-config`, before anything else.
+    let key = cfg.read_files()?.key;
     crate::drivers::privileges::check()?;
-    let key = Key::load(&cfg.node.key_file)?;
     let vips = cfg.vips();
     let token = random_token()?;
     let started = Instant::now();
@@ -104,10 +105,7 @@ async fn run_inner(cfg: Config) -> Result<()> {
         interfaces.push(info);
     }
 
-    let mode = match cfg.ebpf.xdp_mode.as_deref() {
-        Some(m) => m.parse::<XdpMode>().map_err(anyhow::Error::msg)?,
-        None => XdpMode::Native,
-    };
+    let mode = cfg.ebpf.xdp_mode;
     let mut liveness = Liveness::load(cfg.ebpf.object.as_deref())?;
     for (i, l) in cfg.links.iter().enumerate() {
         let kcfg = kernel_link_config(l, cfg.node.port, PASS_EVERY);
