@@ -570,7 +570,7 @@ pub struct VipAddress {
 impl VipAddress {
     fn mask(&self) -> u32 {
         u32::MAX
-            .checked_shl(32 - u32::from(self.prefix_len))
+            .checked_shl(32u32.saturating_sub(self.prefix_len.into()))
             .unwrap_or(0)
     }
     /// Whether `ip` is in this address's network.
