@@ -25,6 +25,8 @@ pub const APT_PACKAGES: &[&str] = &[
 
 pub const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// `cargo xtask fuzz` runs the fuzz targets with it (and the nightly toolchain).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// PATH with ~/.cargo/bin (or $CARGO_HOME/bin) and LLVM 22's bin added.
 pub fn tool_path() -> std::ffi::OsString {
@@ -234,7 +236,17 @@ pub fn setup(check_only: bool) -> Result<()> {
         }
     }
 
-    // 4. Kernel features the lab uses (report only).
+    // 4. cargo-fuzz, for `cargo xtask fuzz`.
+    match cargo_fuzz_version() {
+        Some(v) => println!("setup: {v}: installed"),
+        None if check_only => {
+            println!("setup: cargo-fuzz: missing");
+            missing_report.push("cargo-fuzz".into());
+        }
+        None => install_cargo_fuzz()?,
+    }
+
+    // 5. Kernel features the lab uses (report only).
     if !Path::new("/proc/sys/net").exists() {
         println!("setup: warning: /proc/sys/net not found (network namespaces unusable?)");
     }
@@ -249,5 +261,47 @@ pub fn setup(check_only: bool) -> Result<()> {
         );
     }
     println!("setup: everything is in place");
+    Ok(())
+}
+
+fn cargo_fuzz_version() -> Option<String> {
+    Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .env("PATH", tool_path())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+fn install_cargo_fuzz() -> Result<()> {
+    println!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (a minute or two)");
+    run_visible(
+        Command::new("cargo")
+            .args([
+                "install",
+                "cargo-fuzz",
+                "--version",
+                CARGO_FUZZ_VERSION,
+                "--locked",
+            ])
+            .env("PATH", tool_path())
+            .env_remove("CARGO_TARGET_DIR"),
+    )?;
+    match cargo_fuzz_version() {
+        Some(v) => {
+            println!("setup: {v}: installed");
+            Ok(())
+        }
+        None => bail!("setup: cargo-fuzz still not found after cargo install"),
+    }
+}
+
+/// Installs cargo-fuzz if it is missing (for `cargo xtask fuzz` alone).
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    if cargo_fuzz_version().is_none() {
+        install_cargo_fuzz()?;
+    }
     Ok(())
 }
