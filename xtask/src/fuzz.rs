@@ -169,17 +169,7 @@ fn cargo_fuzz(root: &Path, sub: &str) -> Command {
         // Overflow checks on: an overflow is a crash, as in the tests.
         .arg("--debug-assertions")
         .env("PATH", setup::tool_path());
-    for var in [
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "RUSTUP_TOOLCHAIN",
-        "CARGO_TARGET_DIR",
-    ] {
-        cmd.env_remove(var);
-    }
+    setup::clear_outer_toolchain(&mut cmd);
     cmd
 }
 
