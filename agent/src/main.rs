@@ -138,15 +138,25 @@ fn run(config: &Path) -> Result<()> {
     rt.block_on(ha_agent::daemon::run(cfg))
 }
 
+/// Everything `run` checks before touching the network: the config, the
+/// key and password files, the status socket's path, the hook commands.
+/// Exit code 2 when anything is wrong, every problem named.
 fn check_config(file: &Path) -> Result<ExitCode> {
-    match Config::load(file) {
-        Ok(cfg) => {
+    use ha_agent::operator::config::Checked;
+    match Checked::load(file) {
+        Ok(Checked {
+            config: cfg,
+            secrets,
+        }) => {
+            let passwords =
+                secrets.mysql.as_ref().map_or(0, |_| 2) + secrets.atlas.as_ref().map_or(0, |_| 1);
             println!(
-                "{}: ok (node {}, {} link(s), {} VIP(s){})",
+                "{}: ok (node {}, {} link(s), {} VIP(s); key file, {passwords} password file(s) and {} hook command(s) checked{})",
                 file.display(),
                 cfg.node.name,
                 cfg.links.len(),
                 cfg.vips.len(),
+                cfg.hooks.commands().count(),
                 if cfg.witnesses_configured() {
                     ""
                 } else {

@@ -30,9 +30,6 @@
 //! changes; the real-time senders only stamp `seq` and `lateness` and sign
 //! ([`Signer::finish`]): no allocation, no lock.
 
-use std::fs;
-use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use agent_ebpf::siphash::siphash24;
@@ -41,6 +38,7 @@ use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::decisions::election::{Control, Role};
+use crate::operator::secret_file::{self, SecretFileError};
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
@@ -100,42 +98,57 @@ impl std::fmt::Debug for Key {
     }
 }
 
+/// Length of the shared key: 32 bytes, written as 64 hex digits.
+pub const KEY_LEN: usize = 32;
+
+/// How to make a key file; part of the key errors.
+const MAKE_KEY: &str = "(umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > FILE), the same file on both servers";
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read key file {path}: {source} (create it with: head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {path}; chmod 600 {path})")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("key file {path} is readable or writable by group/other (mode {mode:o}): run chmod 600 {path}")]
-    Permissions { path: PathBuf, mode: u32 },
-    #[error(
-        "key file {path} holds {len} bytes; at least 16 are needed (32 random bytes recommended)"
-    )]
-    TooShort { path: PathBuf, len: usize },
+    #[error("key file {path} does not exist: make one with: {MAKE_KEY}")]
+    Missing { path: PathBuf },
+    #[error("key file: {0}")]
+    File(SecretFileError),
+    #[error("key file {path} must hold {} hex digits (a {KEY_LEN}-byte key) and nothing else, but {found}; make one with: {MAKE_KEY}", KEY_LEN * 2)]
+    NotHex { path: PathBuf, found: String },
+    #[error("key file {path} holds the same byte {KEY_LEN} times, which is not a random key; make one with: {MAKE_KEY}")]
+    NotRandom { path: PathBuf },
 }
 
 impl Key {
-    /// Reads the key file, refusing one that group or other may read.
+    /// Reads the key file: 64 hex digits (surrounding whitespace ignored),
+    /// in a root-only file (see [`crate::operator::secret_file`]).
     pub fn load(path: &Path) -> Result<Key, KeyError> {
-        let read_err = |source| KeyError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let meta = fs::metadata(path).map_err(read_err)?;
-        let mode = meta.mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KeyError::Permissions {
+        let bytes = secret_file::read(path).map_err(|e| {
+            if e.is_missing() {
+                KeyError::Missing {
+                    path: path.to_owned(),
+                }
+            } else {
+                KeyError::File(e)
+            }
+        })?;
+        let text = bytes.trim_ascii();
+        let mut key = vec![0u8; KEY_LEN];
+        if let Err(e) = hex::decode_to_slice(text, &mut key) {
+            let found = match e {
+                hex::FromHexError::InvalidHexCharacter { index, .. } => {
+                    format!("character {} is not a hex digit", index + 1)
+                }
+                _ => format!("it holds {} characters", text.len()),
+            };
+            return Err(KeyError::NotHex {
                 path: path.to_owned(),
-                mode,
+                found,
             });
         }
-        let bytes = fs::read(path).map_err(read_err)?;
-        let trimmed = bytes.trim_ascii();
-        if trimmed.len() < 16 {
-            return Err(KeyError::TooShort {
+        if key.iter().all(|b| *b == key[0]) {
+            return Err(KeyError::NotRandom {
                 path: path.to_owned(),
-                len: trimmed.len(),
             });
         }
-        Ok(Key(trimmed.to_vec()))
+        Ok(Key(key))
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Key {
@@ -354,7 +367,6 @@ pub fn lateness_units(late: std::time::Duration) -> u16 {
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
-    use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
 
     fn control() -> Control {
@@ -488,27 +500,47 @@ mod tests {
     }
 
     #[test]
-    fn key_file_permissions_are_enforced() {
-        let dir = std::env::temp_dir().join(format!("ha-key-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("key");
-        fs::write(&path, "00112233445566778899aabbccddeeff\n").unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(
-            Key::load(&path),
-            Err(KeyError::Permissions { mode: 0o644, .. })
-        ));
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(Key::load(&path).unwrap().0.len(), 32, "newline trimmed");
-        fs::write(&path, "short").unwrap();
-        assert!(matches!(
-            Key::load(&path),
-            Err(KeyError::TooShort { len: 5, .. })
-        ));
-        assert!(matches!(
-            Key::load(&dir.join("missing")),
-            Err(KeyError::Read { .. })
-        ));
-        fs::remove_dir_all(&dir).unwrap();
+    fn key_file_is_64_hex_digits_in_a_root_only_file() {
+        let d = crate::operator::secret_file::tests::Dir::new("key");
+        let hex = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
+        let path = d.file("key", format!("{hex}\n").as_bytes(), 0o600);
+        let key = Key::load(&path).unwrap();
+        assert_eq!(key.0.len(), 32, "hex decoded");
+        assert_eq!(key.0[..4], [0x00, 0x11, 0x22, 0x33]);
+        assert_eq!(key.0[31], 0xFF);
+        assert_eq!(format!("{key:?}"), "Key(<redacted>)");
+        // Whitespace around it is fine.
+        let path = d.file("key", format!("  {hex}\r\n\n").as_bytes(), 0o400);
+        assert_eq!(Key::load(&path).unwrap().0, key.0);
+
+        let path = d.file("key", hex.as_bytes(), 0o644);
+        let e = Key::load(&path).unwrap_err();
+        assert!(
+            matches!(e, KeyError::File(SecretFileError::Mode { mode: 0o644, .. })),
+            "{e}"
+        );
+        for (bad, says) in [
+            ("a".repeat(16), "16 characters"),
+            ("correct horse battery staple".to_string(), "28 characters"),
+            (format!("{hex}00"), "66 characters"),
+            (hex[..63].to_string(), "63 characters"),
+            (format!("{} {}", &hex[..32], &hex[32..]), "65 characters"),
+            (
+                format!("{}  {}", &hex[..31], &hex[33..]),
+                "character 32 is not a hex digit",
+            ),
+            (hex.replace('0', "g"), "character 1 is not a hex digit"),
+        ] {
+            let path = d.file("key", bad.as_bytes(), 0o600);
+            let e = Key::load(&path).unwrap_err();
+            assert!(matches!(e, KeyError::NotHex { .. }), "{bad:?}: {e}");
+            assert!(e.to_string().contains(says), "{bad:?}: {e}");
+            assert!(!e.to_string().contains(&bad), "the key is never shown: {e}");
+        }
+        let path = d.file("key", "a".repeat(64).as_bytes(), 0o600);
+        assert!(matches!(Key::load(&path), Err(KeyError::NotRandom { .. })));
+        let e = Key::load(&d.0.join("missing")).unwrap_err();
+        assert!(matches!(&e, KeyError::Missing { .. }), "{e}");
+        assert!(e.to_string().contains("head -c 32 /dev/urandom"), "{e}");
     }
 }

@@ -139,9 +139,9 @@ fn imported_seed_config_passes_check_config() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("review: lines 13, 30: advert_int 1 s"));
-    let check = bin().arg("check-config").arg(&out_file).output().unwrap();
+    let check = check_imported(&dir, &out_file);
     assert!(check.status.success(), "{}", text(&check.stderr));
-    assert!(text(&check.stdout).contains("ok (node server1, 2 link(s), 2 VIP(s))"));
+    assert!(text(&check.stdout).contains("ok (node server1, 2 link(s), 2 VIP(s)"));
     // Never overwrites.
     let again = bin()
         .arg("import-keepalived")
@@ -266,7 +266,36 @@ fn missing_addresses_are_asked_for_on_a_terminal() {
     ] {
         assert!(toml.contains(want), "{want} missing:\n{toml}");
     }
-    let check = bin().arg("check-config").arg(&out_file).output().unwrap();
+    let check = check_imported(&dir, &out_file);
     assert!(check.status.success(), "{}", text(&check.stderr));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// check-config on an imported file, on a host like the one it came from:
+/// check-config reads the key file and looks for the hook scripts, so the
+/// key (which the importer says to create) and the seed's notify script
+/// are made in `dir` and the file is pointed at them.
+fn check_imported(dir: &std::path::Path, toml: &std::path::Path) -> Output {
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.join("key");
+    std::fs::write(
+        &key,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let scripts = dir.join("sh");
+    std::fs::create_dir_all(&scripts).unwrap();
+    let mut text = std::fs::read_to_string(toml).unwrap();
+    text = text.replace("/etc/ha-agent/key", key.to_str().unwrap());
+    text = text.replace("/data/sh/", &format!("{}/", scripts.display()));
+    for word in text.split(['"', ' ']) {
+        if let Some(name) = word.strip_prefix(&format!("{}/", scripts.display())) {
+            let script = scripts.join(name);
+            std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    std::fs::write(toml, text).unwrap();
+    bin().arg("check-config").arg(toml).output().unwrap()
 }

@@ -56,18 +56,7 @@ pub fn build_ebpf(workspace_root: &Path) -> anyhow::Result<PathBuf> {
             "CARGO_ENCODED_RUSTFLAGS",
             "-Cdebuginfo=2\x1f-Clink-arg=--btf",
         );
-    // Don't inherit the outer (stable) cargo's compiler or flags.
-    for var in [
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "RUSTUP_TOOLCHAIN",
-        "CARGO_TARGET_DIR",
-    ] {
-        cmd.env_remove(var);
-    }
+    crate::setup::clear_outer_toolchain(&mut cmd);
     let status = cmd
         .status()
         .with_context(|| format!("cannot run {cmd:?}"))?;

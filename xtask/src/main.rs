@@ -4,6 +4,7 @@ mod bench;
 mod deb;
 mod demo;
 mod ebpf;
+mod fuzz;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -70,6 +71,15 @@ enum Cmd {
     /// Benchmarks (root): `bench failover` runs ha-agent and keepalived side by side.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Runs every fuzz target (fuzz/, cargo-fuzz on nightly; installs
+    /// cargo-fuzz if missing) one after another; fails on a crash.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
+    },
 }
 
 fn workspace_root() -> PathBuf {
@@ -246,6 +256,7 @@ fn main() -> ExitCode {
             demo::run(&bin, self_test)
         })(),
         Cmd::Bench(cmd) => bench::main(&root, cmd),
+        Cmd::Fuzz { secs, targets } => fuzz::run(&root, secs, &targets),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -30,6 +30,8 @@ pub const APT_PACKAGES: &[&str] = &[
 
 pub const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// `cargo xtask fuzz` runs the fuzz targets with it (and the nightly toolchain).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// PATH with ~/.cargo/bin (or $CARGO_HOME/bin) and LLVM 22's bin added.
 pub fn tool_path() -> std::ffi::OsString {
@@ -45,6 +47,22 @@ pub fn tool_path() -> std::ffi::OsString {
         dirs.extend(std::env::split_paths(&path));
     }
     std::env::join_paths(dirs).unwrap_or_default()
+}
+
+/// Keeps a nested `cargo +nightly` from inheriting the outer (stable)
+/// cargo's compiler, flags and target directory.
+pub fn clear_outer_toolchain(cmd: &mut Command) {
+    for var in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO_TARGET_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
 }
 
 fn is_root() -> bool {
@@ -239,7 +257,17 @@ pub fn setup(check_only: bool) -> Result<()> {
         }
     }
 
-    // 4. Kernel features the lab uses (report only).
+    // 4. cargo-fuzz, for `cargo xtask fuzz`.
+    match cargo_fuzz_version() {
+        Some(v) => println!("setup: {v}: installed"),
+        None if check_only => {
+            println!("setup: cargo-fuzz: missing");
+            missing_report.push("cargo-fuzz".into());
+        }
+        None => install_cargo_fuzz()?,
+    }
+
+    // 5. Kernel features the lab uses (report only).
     if !Path::new("/proc/sys/net").exists() {
         println!("setup: warning: /proc/sys/net not found (network namespaces unusable?)");
     }
@@ -254,5 +282,47 @@ pub fn setup(check_only: bool) -> Result<()> {
         );
     }
     println!("setup: everything is in place");
+    Ok(())
+}
+
+fn cargo_fuzz_version() -> Option<String> {
+    Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .env("PATH", tool_path())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+fn install_cargo_fuzz() -> Result<()> {
+    println!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (a minute or two)");
+    run_visible(
+        Command::new("cargo")
+            .args([
+                "install",
+                "cargo-fuzz",
+                "--version",
+                CARGO_FUZZ_VERSION,
+                "--locked",
+            ])
+            .env("PATH", tool_path())
+            .env_remove("CARGO_TARGET_DIR"),
+    )?;
+    match cargo_fuzz_version() {
+        Some(v) => {
+            println!("setup: {v}: installed");
+            Ok(())
+        }
+        None => bail!("setup: cargo-fuzz still not found after cargo install"),
+    }
+}
+
+/// Installs cargo-fuzz if it is missing (for `cargo xtask fuzz` alone).
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    if cargo_fuzz_version().is_none() {
+        install_cargo_fuzz()?;
+    }
     Ok(())
 }

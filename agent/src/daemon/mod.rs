@@ -20,7 +20,6 @@ use crate::drivers::hooks::HookRunner;
 use crate::operator::config::Config;
 use crate::operator::status::server::{group_id, Request, StatusServer};
 use crate::operator::status::{HookStatus, HookTotal, Reply};
-use crate::protocol::Key;
 use election_loop::{Command, ElectionThread, ElectionView, Notice};
 use services::Services;
 
@@ -31,8 +30,9 @@ pub async fn run(cfg: Config) -> Result<()> {
 }
 
 async fn run_inner(cfg: Arc<Config>) -> Result<()> {
+    // The same reading and checks as check-config, before anything else.
+    let key = cfg.read_files()?.key;
     crate::drivers::privileges::check()?;
-    let key = Key::load(&cfg.node.key_file)?;
     let status_group = cfg.node.status_group.as_deref().map(group_id).transpose()?;
     let (boot, previous) = boot::next(&cfg.node.state_dir)?;
     if previous == boot::Previous::Unreadable {

@@ -112,8 +112,9 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> EbpfError {
     }
 }
 
-/// How to attach the XDP program.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How to attach the XDP program (`ebpf.xdp_mode` in the config).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// Driver (native) XDP; falls back to generic XDP where the driver has none.
     #[default]

@@ -2,20 +2,42 @@
 //!
 //! Every problem is reported with the field's path (`link[1].peer_ip`) and the
 //! reason, all at once, so an operator fixes a file in one pass.
+//!
+//! Two steps, one path for `run` and `check-config`:
+//! - [`Config::load`] / [`Config::parse`]: the file alone, typed at parse
+//!   time (VIPs, XDP mode) and validated; touches no other file, so the CLI
+//!   clients (`status`) use it too;
+//! - [`Config::read_files`]: what start-up reads besides the config (the key
+//!   and password files, the status socket's path, hook executables).
+//!   [`Checked::load`] does both and reports every problem at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::ops::RangeInclusive;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::drivers::atlas::Password;
+pub use crate::drivers::ebpf::XdpMode;
+use crate::drivers::hooks::split_command;
+use crate::drivers::mysql::credentials::{read_password_file, Secret};
+use crate::protocol::Key;
 
 /// Probe sender threads at most (one per CPU).
 pub const MAX_SENDERS: usize = 4;
 
 /// Default UDP port of the probes between the two agents.
 pub const DEFAULT_PORT: u16 = 7405;
+
+/// The longest node name: the probe carries 16 bytes of it.
+pub const NODE_NAME_MAX: usize = 16;
+
+/// A Unix socket path must fit `sun_path` (108 bytes with its NUL).
+const SOCKET_PATH_MAX: usize = 107;
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +80,9 @@ fn list(errors: &[FieldError]) -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The file it was read from (for messages).
+    #[serde(skip)]
+    path: PathBuf,
     pub node: NodeConfig,
     #[serde(rename = "link", default)]
     pub links: Vec<LinkConfig>,
@@ -167,8 +192,8 @@ pub struct LinkConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VipConfig {
-    /// Address with prefix length, e.g. "10.96.153.239/24".
-    pub address: String,
+    /// Address with the link's prefix length, e.g. "10.96.153.239/24".
+    pub address: VipAddress,
     pub interface: String,
     /// Name given to hooks as INSTANCE (keepalived's vrrp_instance name).
     #[serde(default)]
@@ -228,9 +253,10 @@ impl Default for HooksConfig {
 pub struct EbpfConfig {
     /// eBPF object to load instead of the one built into the binary.
     pub object: Option<PathBuf>,
-    /// "native" (driver XDP, fall back to generic), or "generic" (skb mode).
+    /// "native" (driver XDP, fall back to generic; the default), or
+    /// "generic" (skb mode).
     #[serde(default)]
-    pub xdp_mode: Option<String>,
+    pub xdp_mode: XdpMode,
 }
 
 /// `[atlas]`: the local Atlas proxy, reconciled through its admin port.
@@ -611,6 +637,47 @@ fn default_hook_timeout_ms() -> u64 {
     10_000
 }
 
+/// An IPv4 address with its prefix length, as `[[vip]] address` is written
+/// ("10.96.153.239/24"; a bare address is /32, which validation refuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct VipAddress {
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl VipAddress {
+    fn mask(&self) -> u32 {
+        u32::MAX
+            .checked_shl(32u32.saturating_sub(self.prefix_len.into()))
+            .unwrap_or(0)
+    }
+    /// Whether `ip` is in this address's network.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.ip) & self.mask()
+    }
+    /// The network, e.g. 10.96.153.0/24.
+    pub fn network(&self) -> VipAddress {
+        VipAddress {
+            ip: Ipv4Addr::from(u32::from(self.ip) & self.mask()),
+            prefix_len: self.prefix_len,
+        }
+    }
+}
+
+impl TryFrom<String> for VipAddress {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        parse_cidr(&s).map(|(ip, prefix_len)| VipAddress { ip, prefix_len })
+    }
+}
+
+impl fmt::Display for VipAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.ip, self.prefix_len)
+    }
+}
+
 /// A VIP after validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vip {
@@ -637,30 +704,126 @@ impl LinkConfig {
 }
 
 impl Config {
-    /// Reads, parses and validates a config file.
+    /// Reads, parses and validates a config file (no other file is read).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&read_config(path)?, path)
     }
 
     /// Parses and validates config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        let config = Self::parse_unchecked(text, path)?;
+        invalid_unless_empty(path, config.problems())?;
+        Ok(config)
+    }
+
+    /// TOML to typed fields, without the checks across fields.
+    fn parse_unchecked(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        let errors = config.problems();
-        if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                errors,
+        config.path = path.to_owned();
+        Ok(config)
+    }
+
+    /// The file this config was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads and checks every file start-up reads besides the config: the
+    /// key, the password files, the status socket's path (it must not name
+    /// anything but a stale socket) and the hooks' executables. Each problem
+    /// names its field.
+    pub fn read_files(&self) -> Result<Secrets, ConfigError> {
+        let mut errors = Vec::new();
+        let secrets = self.read_files_into(&mut errors);
+        invalid_unless_empty(&self.path, errors)?;
+        Ok(secrets.expect("every secret was read when there is no error"))
+    }
+
+    /// Like [`Config::read_files`]; the secrets only when all were read.
+    fn read_files_into(&self, errors: &mut Vec<FieldError>) -> Option<Secrets> {
+        let mut bad = |field: &str, reason: String| {
+            errors.push(FieldError {
+                field: field.to_string(),
+                reason,
             })
+        };
+        let key = match Key::load(&self.node.key_file) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                bad("node.key_file", e.to_string());
+                None
+            }
+        };
+        let mut password = |field: &str, path: &Path| match read_password_file(path) {
+            Ok(pw) => Some(pw),
+            Err(e) => {
+                bad(field, e.to_string());
+                None
+            }
+        };
+        // None: no [mysql]; Some(None): a password file failed.
+        let mysql = self.mysql.as_ref().map(|m| {
+            let admin = password("mysql.password_file", &m.password_file);
+            let replication = password(
+                "mysql.replication_password_file",
+                &m.replication_password_file,
+            );
+            Some(MysqlPasswords {
+                admin: admin?,
+                replication: replication?,
+            })
+        });
+        let atlas = self
+            .atlas
+            .as_ref()
+            .map(|a| match Password::load(&a.password_file) {
+                Ok(pw) => Some(pw),
+                Err(e) => {
+                    bad("atlas.password_file", e.to_string());
+                    None
+                }
+            });
+        match std::fs::symlink_metadata(&self.node.status_socket) {
+            Ok(meta) if !meta.file_type().is_socket() => bad(
+                "node.status_socket",
+                format!(
+                    "{} exists and is not a socket; the agent only replaces a stale socket of its own: choose another path (default {})",
+                    self.node.status_socket.display(),
+                    default_status_socket().display()
+                ),
+            ),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => bad(
+                "node.status_socket",
+                format!("cannot check {}: {e}", self.node.status_socket.display()),
+            ),
         }
+        for (name, cmd) in self.hooks.commands() {
+            let Ok(argv) = split_command(cmd) else {
+                continue; // named by problems()
+            };
+            let program = Path::new(&argv[0]);
+            if !program.is_absolute() {
+                continue; // looked up in PATH when it runs
+            }
+            match std::fs::metadata(program) {
+                Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {}
+                Ok(_) => bad(
+                    name,
+                    format!("{} is not an executable file", program.display()),
+                ),
+                Err(e) => bad(name, format!("cannot run {}: {e}", program.display())),
+            }
+        }
+        Some(Secrets {
+            key: key?,
+            mysql: mysql.map(|m| m.ok_or(())).transpose().ok()?,
+            atlas: atlas.map(|a| a.ok_or(())).transpose().ok()?,
+        })
     }
 
     /// Every problem in the file (empty when valid).
@@ -675,6 +838,20 @@ impl Config {
         let n = &self.node;
         if n.name.trim().is_empty() {
             bad("node.name".into(), "must not be empty");
+        } else if n.name.len() > NODE_NAME_MAX {
+            bad(
+                "node.name".into(),
+                &format!(
+                    "is {} bytes; at most {NODE_NAME_MAX} fit in a probe (the peer would see it cut)",
+                    n.name.len()
+                ),
+            );
+        }
+        if n.name.chars().any(char::is_control) {
+            bad(
+                "node.name".into(),
+                "must not hold control characters (NUL, newline, ...)",
+            );
         }
         if n.priority == 0 || n.priority == 255 {
             bad(
@@ -685,10 +862,20 @@ impl Config {
         if n.port == 0 {
             bad("node.port".into(), "must not be 0");
         }
-        if n.fence_timeout_ms == 0 {
-            bad(
-                "node.fence_timeout_ms".into(),
-                "must be > 0: an isolated holder must keep its VIPs at least through a blip",
+        check_ms(
+            &mut bad,
+            "node.fence_timeout_ms",
+            n.fence_timeout_ms,
+            FENCE_TIMEOUT_MS,
+            "an isolated holder must keep its VIPs at least through a blip, and drop them within a minute",
+        );
+        if let Some(ms) = n.init_timeout_ms {
+            check_ms(
+                &mut bad,
+                "node.init_timeout_ms",
+                ms,
+                INIT_TIMEOUT_MS,
+                "how long a starting agent listens for its peer",
             );
         }
         if n.rt_priority > 99 {
@@ -697,9 +884,13 @@ impl Config {
                 "must be 0 (normal scheduling) or 1..=99 (SCHED_FIFO)",
             );
         }
-        if !n.nopreempt && n.preempt_delay_ms > 3_600_000 {
-            bad("node.preempt_delay_ms".into(), "must be at most one hour");
-        }
+        check_ms(
+            &mut bad,
+            "node.preempt_delay_ms",
+            n.preempt_delay_ms,
+            PREEMPT_DELAY_MS,
+            "at most one hour",
+        );
         if n.group.trim().is_empty() {
             bad("node.group".into(), "must not be empty");
         }
@@ -728,6 +919,14 @@ impl Config {
                     "is not a group on this host (check /etc/group)",
                 );
             }
+        }
+        check_absolute(&mut bad, "node.key_file", &n.key_file);
+        let socket = n.status_socket.as_os_str().len();
+        if !n.status_socket.is_absolute() || socket > SOCKET_PATH_MAX {
+            bad(
+                "node.status_socket".into(),
+                &format!("must be an absolute path of at most {SOCKET_PATH_MAX} bytes (a Unix socket's address)"),
+            );
         }
         if self.links.is_empty() {
             bad(
@@ -763,9 +962,13 @@ impl Config {
             if l.local_ip == l.peer_ip {
                 bad(f("peer_ip"), "must differ from local_ip");
             }
-            if l.interval_ms == 0 || l.interval_ms > 10_000 {
-                bad(f("interval_ms"), "must be between 1 and 10000");
-            }
+            check_ms(
+                &mut bad,
+                &f("interval_ms"),
+                l.interval_ms,
+                INTERVAL_MS,
+                "the probe interval",
+            );
             if !(2..=100).contains(&l.multiplier) {
                 bad(
                     f("multiplier"),
@@ -782,10 +985,29 @@ impl Config {
                         "must be a third host (the gateway), not one of the two servers",
                     );
                 }
+                // A witness is reached by ARP: it must be on the link's subnet.
+                for (j, v) in self.vips.iter().enumerate() {
+                    if v.interface == l.interface
+                        && v.address.prefix_len < 32
+                        && !v.address.contains(w)
+                    {
+                        bad(
+                            f("witness"),
+                            &format!(
+                                "{w} is not in the link's subnet {} (from vip[{j}]): ARP cannot reach it, so the witness would always look dead",
+                                v.address.network()
+                            ),
+                        );
+                    }
+                }
             }
-            if l.witness_interval_ms == 0 || l.witness_interval_ms > 10_000 {
-                bad(f("witness_interval_ms"), "must be between 1 and 10000");
-            }
+            check_ms(
+                &mut bad,
+                &f("witness_interval_ms"),
+                l.witness_interval_ms,
+                INTERVAL_MS,
+                "the witness ARP interval",
+            );
             if !(2..=100).contains(&l.witness_multiplier) {
                 bad(f("witness_multiplier"), "must be between 2 and 100");
             }
@@ -802,26 +1024,54 @@ impl Config {
         let mut addrs = BTreeSet::new();
         for (i, v) in self.vips.iter().enumerate() {
             let f = |name: &str| format!("vip[{i}].{name}");
-            match parse_cidr(&v.address) {
-                Ok((ip, _)) => {
-                    if !addrs.insert(ip) {
-                        bad(f("address"), "is listed twice");
-                    }
-                    if self
-                        .links
-                        .iter()
-                        .any(|l| l.local_ip == ip || l.peer_ip == ip)
-                    {
-                        bad(
-                            f("address"),
-                            "is a server's own address; a VIP must be a separate address",
-                        );
-                    }
+            let a = v.address;
+            if !addrs.insert(a.ip) {
+                bad(f("address"), "is listed twice");
+            }
+            if self
+                .links
+                .iter()
+                .any(|l| l.local_ip == a.ip || l.peer_ip == a.ip)
+            {
+                bad(
+                    f("address"),
+                    "is a server's own address; a VIP must be a separate address",
+                );
+            }
+            for (j, l) in self.links.iter().enumerate() {
+                if l.witness == Some(a.ip) {
+                    bad(
+                        f("address"),
+                        &format!("is link[{j}].witness (the gateway): the holder would take over the gateway's address"),
+                    );
                 }
-                Err(reason) => bad(f("address"), &reason),
+            }
+            let link = self.links.iter().find(|l| l.interface == v.interface);
+            if let Some(l) = link {
+                if a.prefix_len == 32 {
+                    bad(
+                        f("address"),
+                        &format!("{a} has no prefix length (or /32): write the link's subnet prefix (e.g. {}/24), so the VIP is added like the servers' own addresses and can be checked against the link", a.ip),
+                    );
+                } else if !a.contains(l.local_ip) || !a.contains(l.peer_ip) {
+                    bad(
+                        f("address"),
+                        &format!(
+                            "{a} is not on link {:?}'s subnet: its local_ip {} and peer_ip {} must both be in {} (a VIP lives on its link's subnet, with the link's prefix)",
+                            l.name, l.local_ip, l.peer_ip, a.network()
+                        ),
+                    );
+                } else if a.prefix_len <= 30
+                    && (a.ip == a.network().ip || (u32::from(a.ip) | !a.mask()) == u32::from(a.ip))
+                {
+                    bad(
+                        f("address"),
+                        &format!("{a} is the subnet's network or broadcast address"),
+                    );
+                }
             }
             check_ifname(&v.interface, &f("interface"), &mut bad);
-            if !v.interface.is_empty() && !self.links.iter().any(|l| l.interface == v.interface) {
+            if !v.interface.is_empty() && link.is_none() {
                 bad(
                     f("interface"),
                     "is not the interface of any [[link]]: a VIP must live on a monitored link",
@@ -831,43 +1081,77 @@ impl Config {
         if self.garp.count == 0 || self.garp.count > 100 {
             bad("garp.count".into(), "must be between 1 and 100");
         }
-        if self.garp.spacing_ms > 10_000 {
-            bad("garp.spacing_ms".into(), "must be at most 10000");
-        }
-        if self.garp.refresh_ms != 0 && self.garp.refresh_ms < 100 {
-            bad(
-                "garp.refresh_ms".into(),
-                "must be 0 (off) or at least 100 ms",
+        check_ms(
+            &mut bad,
+            "garp.spacing_ms",
+            self.garp.spacing_ms,
+            GARP_SPACING_MS,
+            "the spacing of a takeover's ARPs",
+        );
+        if self.garp.refresh_ms != 0 {
+            check_ms(
+                &mut bad,
+                "garp.refresh_ms",
+                self.garp.refresh_ms,
+                GARP_REFRESH_MS,
+                "0 turns the refresh off",
             );
         }
-        if self.hooks.timeout_ms == 0 {
-            bad("hooks.timeout_ms".into(), "must be > 0");
-        }
-        for (name, cmd) in [
-            ("hooks.notify_master", &self.hooks.notify_master),
-            ("hooks.notify_backup", &self.hooks.notify_backup),
-            ("hooks.notify_fault", &self.hooks.notify_fault),
-            ("hooks.notify", &self.hooks.notify),
-        ] {
-            if let Some(c) = cmd {
-                if c.split_whitespace().next().is_none() {
-                    bad(name.into(), "must not be empty (leave it out instead)");
-                }
-            }
-        }
-        if let Some(mode) = &self.ebpf.xdp_mode {
-            if mode != "native" && mode != "generic" {
-                bad("ebpf.xdp_mode".into(), "must be \"native\" or \"generic\"");
+        check_ms(
+            &mut bad,
+            "hooks.timeout_ms",
+            self.hooks.timeout_ms,
+            HOOK_TIMEOUT_MS,
+            "hooks run one at a time: a hung one holds back the next",
+        );
+        for (name, cmd) in self.hooks.commands() {
+            if let Err(e) = split_command(cmd) {
+                bad(name.into(), &e.to_string());
             }
         }
         if let Some(atlas) = &self.atlas {
             atlas.problems(&mut bad);
+            if !atlas.password_file.as_os_str().is_empty() {
+                check_absolute(&mut bad, "atlas.password_file", &atlas.password_file);
+            }
             if let Err(e) = crate::decisions::proxy::ProxyAddresses::from_config(self) {
                 bad("atlas.rw_backend".into(), &e.to_string());
             }
         }
         if let Some(mysql) = &self.mysql {
             mysql.problems(&mut bad);
+            for (field, path) in [
+                ("mysql.password_file", &mysql.password_file),
+                (
+                    "mysql.replication_password_file",
+                    &mysql.replication_password_file,
+                ),
+            ] {
+                if !path.as_os_str().is_empty() {
+                    check_absolute(&mut bad, field, path);
+                }
+            }
+            for (i, v) in self.vips.iter().enumerate() {
+                for (field, addr) in [
+                    ("mysql.peer_address", mysql.peer_address),
+                    ("mysql.address", mysql.address),
+                ] {
+                    if addr.ip() == IpAddr::V4(v.address.ip) {
+                        bad(
+                            field.into(),
+                            &format!("is vip[{i}]: whoever holds the VIPs answers there (this server or the peer); use the server's own address"),
+                        );
+                    }
+                }
+            }
+            for (j, l) in self.links.iter().enumerate() {
+                if mysql.peer_address.ip() == IpAddr::V4(l.local_ip) {
+                    bad(
+                        "mysql.peer_address".into(),
+                        &format!("is this server's own address (link[{j}].local_ip): it must be the peer's"),
+                    );
+                }
+            }
         }
         if self.metrics.as_ref().is_some_and(|m| m.listen.port() == 0) {
             bad(
@@ -878,12 +1162,11 @@ impl Config {
         errs
     }
 
-    /// The VIPs, parsed (call on a validated config).
+    /// The VIPs, typed (on a validated config).
     pub fn vips(&self) -> Vec<Vip> {
         self.vips
             .iter()
-            .filter_map(|v| {
-                let (address, prefix_len) = parse_cidr(&v.address).ok()?;
+            .map(|v| {
                 let instance = v.instance.clone().unwrap_or_else(|| {
                     self.links
                         .iter()
@@ -891,12 +1174,12 @@ impl Config {
                         .map(|l| format!("{}_network", l.name))
                         .unwrap_or_else(|| v.interface.clone())
                 });
-                Some(Vip {
-                    address,
-                    prefix_len,
+                Vip {
+                    address: v.address.ip,
+                    prefix_len: v.address.prefix_len,
                     interface: v.interface.clone(),
                     instance,
-                })
+                }
             })
             .collect()
     }
@@ -945,6 +1228,114 @@ impl Config {
 
     pub fn witnesses_configured(&self) -> bool {
         self.links.iter().any(|l| l.witness.is_some())
+    }
+}
+
+/// The secrets a config names, read and checked by [`Config::read_files`].
+#[derive(Debug)]
+pub struct Secrets {
+    pub key: Key,
+    /// With `[mysql]`.
+    pub mysql: Option<MysqlPasswords>,
+    /// With `[atlas]`: its admin password.
+    pub atlas: Option<Password>,
+}
+
+#[derive(Debug)]
+pub struct MysqlPasswords {
+    pub admin: Secret,
+    pub replication: Secret,
+}
+
+/// A config checked as start-up checks it, short of touching the network:
+/// what `check-config` reports and `run` starts from.
+#[derive(Debug)]
+pub struct Checked {
+    pub config: Config,
+    pub secrets: Secrets,
+}
+
+impl Checked {
+    /// [`Config::load`] and [`Config::read_files`], every problem reported at once.
+    pub fn load(path: &Path) -> Result<Checked, ConfigError> {
+        let config = Config::parse_unchecked(&read_config(path)?, path)?;
+        let mut errors = config.problems();
+        let secrets = config.read_files_into(&mut errors);
+        invalid_unless_empty(path, errors)?;
+        Ok(Checked {
+            config,
+            secrets: secrets.expect("every secret was read when there is no error"),
+        })
+    }
+}
+
+impl HooksConfig {
+    /// Each configured command with its field name.
+    pub fn commands(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("hooks.notify_master", &self.notify_master),
+            ("hooks.notify_backup", &self.notify_backup),
+            ("hooks.notify_fault", &self.notify_fault),
+            ("hooks.notify", &self.notify),
+        ]
+        .into_iter()
+        .filter_map(|(name, cmd)| Some((name, cmd.as_deref()?)))
+    }
+}
+
+fn read_config(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn invalid_unless_empty(path: &Path, errors: Vec<FieldError>) -> Result<(), ConfigError> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            errors,
+        })
+    }
+}
+
+// Bounds of the `*_ms` fields: every timeout is finite and sane.
+const FENCE_TIMEOUT_MS: RangeInclusive<u64> = 1..=60_000;
+const INIT_TIMEOUT_MS: RangeInclusive<u64> = 1..=600_000;
+const PREEMPT_DELAY_MS: RangeInclusive<u64> = 0..=3_600_000;
+const INTERVAL_MS: RangeInclusive<u64> = 1..=10_000;
+const GARP_SPACING_MS: RangeInclusive<u64> = 0..=10_000;
+const GARP_REFRESH_MS: RangeInclusive<u64> = 100..=3_600_000;
+const HOOK_TIMEOUT_MS: RangeInclusive<u64> = 1..=600_000;
+
+/// Refuses a duration outside `range`, saying the bound and why.
+fn check_ms(
+    bad: &mut impl FnMut(String, &str),
+    field: &str,
+    ms: u64,
+    range: RangeInclusive<u64>,
+    why: &str,
+) {
+    if !range.contains(&ms) {
+        bad(
+            field.to_string(),
+            &format!(
+                "is {ms}; must be between {} and {} ms ({why})",
+                range.start(),
+                range.end()
+            ),
+        );
+    }
+}
+
+fn check_absolute(bad: &mut impl FnMut(String, &str), field: &str, path: &Path) {
+    if !path.is_absolute() {
+        bad(
+            field.to_string(),
+            "must be an absolute path (the agent's working directory is not the operator's)",
+        );
     }
 }
 
@@ -1050,7 +1441,7 @@ instance = "inside_network"
         let text = GOOD
             .replace("priority = 101", "priority = 0")
             .replace("\"10.96.153.114\"", "\"10.96.153.110\"")
-            .replace("192.168.1.150/24", "192.168.1.150/40")
+            .replace("192.168.1.150/24", "10.96.153.110/24")
             .replace(
                 "interface = \"eth1\"\ninstance",
                 "interface = \"eth7\"\ninstance",
@@ -1264,5 +1655,222 @@ peer_address = "192.168.1.101:3306"
         assert!(parse_cidr("10.0.0.1/0").is_err());
         assert!(parse_cidr("nonsense").is_err());
         assert!(parse_cidr("224.0.0.1/4").is_err());
+    }
+
+    /// Every section, every `*_ms` field written out.
+    fn full() -> String {
+        format!(
+            "{}{MYSQL}{ATLAS}",
+            GOOD.replace(
+                "key_file = \"/etc/ha-agent/key\"",
+                "key_file = \"/etc/ha-agent/key\"\npreempt_delay_ms = 0\nfence_timeout_ms = 300\ninit_timeout_ms = 100",
+            )
+            .replace(
+                "witness = \"10.96.153.1\"",
+                "witness = \"10.96.153.1\"\ninterval_ms = 4\nwitness_interval_ms = 16",
+            )
+            .replace(
+                "instance = \"inside_network\"",
+                "instance = \"inside_network\"\n\n[garp]\nspacing_ms = 10\nrefresh_ms = 1000\n\n[hooks]\nnotify = \"/usr/local/bin/notify 'a b'\"\ntimeout_ms = 10000\n\n[ebpf]\nxdp_mode = \"generic\"",
+            )
+        )
+        .replace(
+            "peer_address = \"192.168.1.101:3306\"",
+            "peer_address = \"192.168.1.101:3306\"\ncatchup_timeout_ms = 5000\ndown_handover_ms = 3000\ncheck_interval_ms = 200\ntimeout_ms = 2000",
+        )
+        .replace(
+            "password_file = \"/etc/ha-agent/atlas-password\"",
+            "password_file = \"/etc/ha-agent/atlas-password\"\nperiod_ms = 1000\nconnect_timeout_ms = 500\nquery_timeout_ms = 500",
+        )
+    }
+
+    #[test]
+    fn typed_at_parse_time() {
+        let c = parse(&full()).unwrap();
+        assert_eq!(c.ebpf.xdp_mode, XdpMode::Generic);
+        assert_eq!(parse(GOOD).unwrap().ebpf.xdp_mode, XdpMode::Native);
+        assert_eq!(
+            c.vips[0].address,
+            VipAddress {
+                ip: Ipv4Addr::new(10, 96, 153, 239),
+                prefix_len: 24
+            }
+        );
+        assert_eq!(c.vips[0].address.to_string(), "10.96.153.239/24");
+        assert_eq!(c.vips[0].address.network().to_string(), "10.96.153.0/24");
+        assert_eq!(c.path(), Path::new("test.toml"));
+        // A bad VIP or XDP mode is refused by the parser, at its line.
+        for (bad, says) in [
+            ("192.168.1.150/40", "prefix length"),
+            ("192.168.1.300/24", "not an IPv4 address"),
+            ("224.0.0.1/24", "not a unicast"),
+        ] {
+            match parse(&GOOD.replace("192.168.1.150/24", bad)) {
+                Err(ConfigError::Syntax { message, .. }) => {
+                    assert!(message.contains("address = "), "{message}");
+                    assert!(message.contains(says), "{message}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        match parse(&full().replace("\"generic\"", "\"turbo\"")) {
+            Err(ConfigError::Syntax { message, .. }) => {
+                assert!(message.contains("xdp_mode"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The dangerous configs of issue 11, each refused with its field named.
+    #[test]
+    fn dangerous_configs_are_refused_with_the_field_named() {
+        let cases: Vec<(&str, String, &str)> = vec![
+            (
+                "VIP outside its link's subnet",
+                full().replace("10.96.153.239/24", "10.96.154.239/24"),
+                "vip[0].address",
+            ),
+            (
+                "VIP prefix that leaves the peer out",
+                full().replace("10.96.153.239/24", "10.96.153.239/30"),
+                "vip[0].address",
+            ),
+            (
+                "VIP without a prefix (/32)",
+                full().replace("10.96.153.239/24", "10.96.153.239"),
+                "vip[0].address",
+            ),
+            (
+                "VIP is the subnet's broadcast address",
+                full().replace("10.96.153.239/24", "10.96.153.255/24"),
+                "vip[0].address",
+            ),
+            (
+                "VIP equal to the witness",
+                full().replace("10.96.153.239/24", "10.96.153.1/24"),
+                "vip[0].address",
+            ),
+            (
+                "witness outside the link's subnet",
+                full().replace("witness = \"10.96.153.1\"", "witness = \"10.96.154.1\""),
+                "link[0].witness",
+            ),
+            (
+                "mysql.peer_address equal to a VIP",
+                full().replace("192.168.1.101:3306", "192.168.1.150:3306"),
+                "mysql.peer_address",
+            ),
+            (
+                "mysql.peer_address is this server",
+                full().replace("192.168.1.101:3306", "192.168.1.100:3306"),
+                "mysql.peer_address",
+            ),
+            (
+                "mysql.address equal to a VIP",
+                full().replace("[mysql]\n", "[mysql]\naddress = \"192.168.1.150:3306\"\n"),
+                "mysql.address",
+            ),
+            (
+                "hook with an unterminated quote",
+                full().replace("'a b'", "'a b"),
+                "hooks.notify",
+            ),
+            (
+                "empty hook",
+                full().replace("\"/usr/local/bin/notify 'a b'\"", "\"  \""),
+                "hooks.notify",
+            ),
+            (
+                "unbounded fence timeout",
+                full().replace(
+                    "fence_timeout_ms = 300",
+                    "fence_timeout_ms = 18446744073709551615",
+                ),
+                "node.fence_timeout_ms",
+            ),
+            (
+                "29-byte node name",
+                full().replace(
+                    "name = \"server1\"",
+                    "name = \"server1.datacenter-east.lan\"",
+                ),
+                "node.name",
+            ),
+            (
+                "node name with a NUL",
+                full().replace("name = \"server1\"", "name = \"ser\\u0000ver1\""),
+                "node.name",
+            ),
+            (
+                "relative key file",
+                full().replace("\"/etc/ha-agent/key\"", "\"key\""),
+                "node.key_file",
+            ),
+            (
+                "relative status socket",
+                full().replace("[node]\n", "[node]\nstatus_socket = \"ha-agent.sock\"\n"),
+                "node.status_socket",
+            ),
+            (
+                "relative password file",
+                full().replace("\"/etc/ha-agent/atlas-password\"", "\"atlas-password\""),
+                "atlas.password_file",
+            ),
+        ];
+        for (what, text, field) in cases {
+            match parse(&text) {
+                Err(ConfigError::Invalid { errors, .. }) => {
+                    assert!(
+                        errors.iter().any(|e| e.field == field),
+                        "{what}: {field} not named in {errors:?}"
+                    );
+                }
+                other => panic!("{what}: expected {field} to be refused, got {other:?}"),
+            }
+        }
+    }
+
+    /// Every `*_ms` field is bounded: the largest TOML integer and u64::MAX
+    /// are refused, each naming its field and the bound.
+    #[test]
+    fn every_ms_field_is_bounded() {
+        let text = full();
+        parse(&text).unwrap();
+        let mut section = String::new();
+        let mut seen = Vec::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with('[') {
+                section = line.trim_matches(['[', ']']).to_string();
+                continue;
+            }
+            let Some((name, _)) = line.split_once(" = ") else {
+                continue;
+            };
+            if !name.ends_with("_ms") {
+                continue;
+            }
+            for huge in ["9223372036854775807", "18446744073709551615"] {
+                let changed = text.replacen(line, &format!("{name} = {huge}"), 1);
+                let errors = match parse(&changed) {
+                    Err(ConfigError::Invalid { errors, .. }) => errors,
+                    other => panic!("{section}.{name} = {huge}: accepted: {other:?}"),
+                };
+                let hit = errors
+                    .iter()
+                    .find(|e| {
+                        e.field.ends_with(name)
+                            && e.field.starts_with(section.split('.').next().unwrap())
+                    })
+                    .unwrap_or_else(|| panic!("{section}.{name}: not named in {errors:?}"));
+                assert!(
+                    hit.reason.contains("between") || hit.reason.contains("at most"),
+                    "{section}.{name}: the bound is said: {}",
+                    hit.reason
+                );
+            }
+            seen.push(format!("{section}.{name}"));
+        }
+        assert_eq!(seen.len(), 15, "{seen:?}");
     }
 }

@@ -16,7 +16,7 @@ use crate::decisions::election::{Control, Election, ElectionConfig, Input};
 use crate::decisions::session::{SessionConfig, Sessions};
 use crate::drivers::arp::ArpSocket;
 use crate::drivers::carrier::CarrierWatch;
-use crate::drivers::ebpf::{ip_to_kernel, kernel_link_config, Liveness, XdpMode};
+use crate::drivers::ebpf::{ip_to_kernel, kernel_link_config, Liveness};
 use crate::drivers::probe_socket::{receive_socket, send_socket};
 use crate::drivers::sender::{SenderConfig, SenderLink, SenderStats, Senders, Witness};
 use crate::drivers::vip::VipDriver;
@@ -56,10 +56,7 @@ impl ElectionLoop {
         }
         vip_driver.remember(&interfaces_of(&cfg, &interfaces));
 
-        let mode = match cfg.ebpf.xdp_mode.as_deref() {
-            Some(m) => m.parse::<XdpMode>().map_err(anyhow::Error::msg)?,
-            None => XdpMode::Native,
-        };
+        let mode = cfg.ebpf.xdp_mode;
         let mut liveness = Liveness::load(cfg.ebpf.object.as_deref())?;
         let (sip_k0, sip_k1) = signer.kernel_key();
         let router_id = cfg

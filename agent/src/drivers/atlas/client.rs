@@ -753,6 +753,41 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The packet parsers, reachable without a socket for the fuzz targets
+/// (`fuzz/`); the agent itself only uses them through [`AdminConnection`].
+#[doc(hidden)]
+pub mod parsers {
+    use super::{Column, Reader, ServerError};
+
+    /// A handshake v10 greeting: the server version and capabilities.
+    pub fn greeting(p: &[u8]) -> Result<(String, u32), String> {
+        super::parse_greeting(p).map(|g| (g.server_version, g.capabilities))
+    }
+    /// An OK packet's affected-rows count (after its 0x00 byte).
+    pub fn ok(p: &[u8]) -> Result<u64, String> {
+        Reader::new(p.get(1..).unwrap_or_default()).lenenc_int()
+    }
+    pub fn err(p: &[u8]) -> Result<ServerError, String> {
+        super::parse_err(p)
+    }
+    /// A result set's first packet: its column count.
+    pub fn column_count(p: &[u8]) -> Result<u64, String> {
+        let mut r = Reader::new(p);
+        let n = r.lenenc_int()?;
+        r.end("the column count packet")?;
+        Ok(n)
+    }
+    pub fn column(p: &[u8]) -> Result<Column, String> {
+        super::parse_column(p)
+    }
+    pub fn is_eof(p: &[u8]) -> bool {
+        super::is_eof(p)
+    }
+    pub fn row(p: &[u8], columns: usize) -> Result<Vec<Option<String>>, String> {
+        super::parse_row(p, columns)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,10 +2,9 @@
 //! of every log, error and status (its `Debug` is redacted, it has no
 //! `Display`).
 
-use std::fs;
-use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use crate::operator::secret_file::{self, SecretFileError};
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct Password(Vec<u8>);
@@ -18,37 +17,18 @@ impl std::fmt::Debug for Password {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordError {
-    #[error("cannot read the Atlas admin password file {path}: {source} (write Atlas's admin-password into it: printf %s 'PASSWORD' > {path}; chmod 600 {path})")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("Atlas admin password file {path} is readable or writable by group/other (mode {mode:o}): run chmod 600 {path}")]
-    Permissions { path: PathBuf, mode: u32 },
+    #[error("Atlas admin password file: {0} (write Atlas's admin-password into it: (umask 077; printf %s 'PASSWORD' > FILE))")]
+    File(#[from] SecretFileError),
     #[error("Atlas admin password file {path} is empty: write Atlas's admin-password into it")]
     Empty { path: PathBuf },
 }
 
 impl Password {
-    /// Reads the password file, refusing one that group or other may read
-    /// (like the HMAC key file). One trailing newline is not part of the
-    /// password (editors add it); other whitespace is.
+    /// Reads the password file (see [`crate::operator::secret_file`]). One
+    /// trailing newline is not part of the password (editors add it); other
+    /// whitespace is.
     pub fn load(path: &Path) -> Result<Password, PasswordError> {
-        let read_err = |source| PasswordError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let mode = fs::metadata(path).map_err(read_err)?.mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(PasswordError::Permissions {
-                path: path.to_owned(),
-                mode,
-            });
-        }
-        let mut bytes = fs::read(path).map_err(read_err)?;
-        if bytes.ends_with(b"\n") {
-            bytes.pop();
-            if bytes.ends_with(b"\r") {
-                bytes.pop();
-            }
-        }
+        let bytes = secret_file::password(secret_file::read(path)?);
         if bytes.is_empty() {
             // Atlas compares a scramble of its (non-empty) admin-password with
             // what the client sends; an empty one can never be right.
@@ -71,32 +51,35 @@ impl Password {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use crate::operator::secret_file::tests::Dir;
 
     #[test]
     fn password_file_mode_and_content_are_checked() {
-        let dir = std::env::temp_dir().join(format!("ha-agent-pw-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("pw");
-        fs::write(&path, "s3cret\n").unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let d = Dir::new("atlas-pw");
+        let path = d.file("pw", b"s3cret\n", 0o644);
         let err = Password::load(&path).unwrap_err();
         assert!(
-            matches!(err, PasswordError::Permissions { mode: 0o644, .. }),
+            matches!(
+                err,
+                PasswordError::File(SecretFileError::Mode { mode: 0o644, .. })
+            ),
             "{err}"
         );
         assert!(err.to_string().contains("chmod 600"), "{err}");
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        let path = d.file("pw", b"s3cret\n", 0o600);
         let pw = Password::load(&path).unwrap();
         assert_eq!(pw.expose(), b"s3cret");
         assert_eq!(format!("{pw:?}"), "Password(<redacted>)");
-        fs::write(&path, "\n").unwrap();
+        let path = d.file("pw", b"\n", 0o600);
         assert!(matches!(
             Password::load(&path),
             Err(PasswordError::Empty { .. })
         ));
-        let missing = Password::load(&dir.join("missing")).unwrap_err();
-        assert!(matches!(missing, PasswordError::Read { .. }), "{missing}");
-        fs::remove_dir_all(&dir).unwrap();
+        let missing = Password::load(&d.0.join("missing")).unwrap_err();
+        assert!(
+            matches!(&missing, PasswordError::File(f) if f.is_missing()),
+            "{missing}"
+        );
     }
 }

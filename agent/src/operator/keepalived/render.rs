@@ -173,7 +173,20 @@ impl<'a> Translator<'a> {
                         }
                     );
                     t.push_str("[[vip]]\n");
-                    let _ = writeln!(t, "address = \"{}/{}\"", v.address, v.prefix_len);
+                    let prefix = if v.explicit_prefix {
+                        v.prefix_len
+                    } else {
+                        // keepalived adds an address without /len as a /32;
+                        // ha-agent wants the link's subnet: the smallest one
+                        // that holds the VIP and both servers' addresses.
+                        let p = common_prefix(&[v.address, l.local_ip, l.peer_ip]).min(30);
+                        self.notes.push(format!(
+                            "line {}: VIP {} had no prefix (keepalived adds it as /32); written as {}/{p}, the smallest subnet holding it and both servers' addresses on {}: check it against `ip addr` there",
+                            v.line, v.address, v.address, l.interface
+                        ));
+                        p
+                    };
+                    let _ = writeln!(t, "address = \"{}/{prefix}\"", v.address);
                     let _ = writeln!(t, "interface = {}", toml_str(&dev));
                     let _ = writeln!(t, "instance = {}", toml_str(&i.name));
                 }
@@ -383,3 +396,14 @@ const SERVICES_TEMPLATE: &str = r#"
 # [metrics]
 # listen = "127.0.0.1:9405"
 "#;
+
+/// The longest prefix length all of `ips` share.
+fn common_prefix(ips: &[std::net::Ipv4Addr]) -> u8 {
+    let Some(first) = ips.first().map(|ip| u32::from(*ip)) else {
+        return 32;
+    };
+    let diff = ips
+        .iter()
+        .fold(0u32, |acc, ip| acc | (u32::from(*ip) ^ first));
+    diff.leading_zeros() as u8
+}

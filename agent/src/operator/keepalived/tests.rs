@@ -148,10 +148,12 @@ fn seed_server2_fixed_imports_with_the_peer_checked() {
     assert_eq!(c.node.priority, 100);
     // keepalived preempted on server2 (no nopreempt): said, not hidden.
     assert!(!c.node.nopreempt);
-    // server2 wrote the inside VIP without /24: keepalived's /32.
-    assert_eq!(c.vips()[0].prefix_len, 32);
+    // server2 wrote the inside VIP without /24 (keepalived's /32): it is
+    // written with the subnet both servers share, and said so.
+    assert_eq!(c.vips()[0].prefix_len, 24);
     let notes = i.notes.join("\n");
     assert!(notes.contains("192.168.1.150/32 here is /24"), "{notes}");
+    assert!(notes.contains("had no prefix"), "{notes}");
 }
 
 #[test]
