@@ -250,14 +250,27 @@ fn probe_seeds() -> Vec<Vec<u8>> {
     out
 }
 
-/// A shipped config with every optional section added.
+/// A shipped config with every optional section it lacks added.
 fn full_config(name: &str, text: &str) -> String {
     let peer = if name == "server1.toml" {
         "192.168.1.101"
     } else {
         "192.168.1.100"
     };
-    format!("{text}{}", CONFIG_SECTIONS.replace("PEER", peer))
+    let has = |header: &str| text.lines().any(|l| l.trim() == header);
+    let mut out = text.to_string();
+    for section in CONFIG_SECTIONS
+        .split("\n[")
+        .filter(|s| !s.trim().is_empty())
+    {
+        let section = format!("[{}", section.trim_start_matches('['));
+        let header = section.lines().next().unwrap_or_default().trim();
+        if !has(header) {
+            out.push('\n');
+            out.push_str(&section.replace("PEER", peer));
+        }
+    }
+    out
 }
 
 /// Every optional section, for the config seeds.
