@@ -63,7 +63,7 @@ pub enum BenchCmd {
     /// agents' false alarms and sender lateness, beside keepalived.
     Soak(SoakArgs),
     /// ha-agent's interval x multiplier settings: soak false alarms,
-    /// links-down detection, CPU and memory at rest, one column each.
+    /// detection when server1 dies, CPU and memory at rest, one column each.
     Tradeoff(tradeoff::TradeoffArgs),
     /// Takeover time with 2, 32 and 256 VIPs in the group.
     Scaling(scaling::ScalingArgs),
@@ -757,10 +757,11 @@ fn print_trial(r: &trial::TrialResult, n: usize) {
     );
     match &r.failure {
         None => println!(
-            "{head}: VIPs {} ms, GARP {} ms, reply {} ms, gap {} ms (from {} ms, {} request(s) sent in it){}",
+            "{head}: VIPs {} ms, GARP {} ms, reply {} ms, outage {} ms, gap {} ms (from {} ms, {} request(s) sent in it){}",
             f(r.vips_ms),
             f(r.garp_ms),
             f(r.reply_ms),
+            f(r.outage_ms),
             f(r.gap_ms),
             f(r.gap_start_ms),
             r.gap_requests.map_or("-".into(), |n| n.to_string()),

@@ -46,7 +46,7 @@ pub struct Report<'a> {
 /// One metric of the trials: its row title and how to read it from a trial.
 type Metric = (&'static str, &'static str, fn(&TrialResult) -> Option<f64>);
 
-const METRICS: [Metric; 5] = [
+const METRICS: [Metric; 6] = [
     ("both VIPs on server2 (ms)", "vips_ms", |t| t.vips_ms),
     ("first GARP from server2 at client (ms)", "garp_ms", |t| {
         t.garp_ms
@@ -55,6 +55,11 @@ const METRICS: [Metric; 5] = [
         t.reply_ms
     }),
     ("longest client reply gap (ms)", "gap_ms", |t| t.gap_ms),
+    (
+        "client outage: last reply before server2's first (ms)",
+        "outage_ms",
+        |t| t.outage_ms,
+    ),
     ("the fault command itself took (ms)", "fault_cmd_ms", |t| {
         t.fault_cmd_ms
     }),

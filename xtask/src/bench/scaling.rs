@@ -3,7 +3,8 @@
 //!
 //! For each size (2, 32, 256 by default; half the VIPs on each link, from
 //! `.100` up in each lab subnet, see `ha_lab::vips`), `--trials` trials of
-//! server1's death (both links down, or `--fault death`) on a fresh lab whose two agents carry
+//! server1's death (its daemon frozen, then both links down; or
+//! `--fault links_down`) on a fresh lab whose two agents carry
 //! that group, sizes interleaved (trial i of every size before trial i+1).
 //! Timed from the fault, with the monotonic clock: the first and the last
 //! of the group's VIPs on server2 (kernel address events, watched under
@@ -38,10 +39,12 @@ pub struct ScalingArgs {
     /// Trials per size.
     #[arg(long, default_value_t = 20)]
     trials: usize,
-    /// The fault on server1: links_down (both switch ports down, one
-    /// after the other), or death (daemon frozen at once, then links down: no
-    /// hand-over through the second port is possible).
-    #[arg(long, default_value = "links_down")]
+    /// The fault on server1: death (its daemon frozen, then both links
+    /// down: it cannot speak once the fault begins), or links_down (the two
+    /// switch ports down one after the other: server1 may see the first
+    /// carrier loss and hand over through the other port, which is not
+    /// detection).
+    #[arg(long, default_value = "death")]
     fault: String,
     /// The client's ping interval, in ms.
     #[arg(long, default_value_t = 2)]
@@ -53,7 +56,7 @@ pub struct ScalingArgs {
 }
 
 /// One row of the table: title, JSON key, how to read it from a trial.
-const METRICS: [Metric<TrialResult>; 7] = [
+const METRICS: [Metric<TrialResult>; 8] = [
     ("fault -> first VIP on server2 (ms)", "first_vip_ms", |t| {
         t.first_vip_ms
     }),
@@ -77,6 +80,11 @@ const METRICS: [Metric<TrialResult>; 7] = [
         "fault -> first client reply via server2 on the last VIP (ms)",
         "reply_ms",
         |t| t.reply_ms,
+    ),
+    (
+        "client outage on the last VIP: last reply before server2's first (ms)",
+        "outage_ms",
+        |t| t.outage_ms,
     ),
     (
         "longest client reply gap on the last VIP (ms)",
@@ -139,7 +147,7 @@ pub fn main(root: &Path, a: ScalingArgs) -> Result<()> {
             let f = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.1}"));
             match &r.failure {
                 None => println!(
-                    "bench scaling: {n:>3} VIPs {:>2}/{}: first {} ms, all {} ms (agent: {} ms), GARP {} ms, reply {} ms, gap {} ms (from {} ms, {} request(s) in it); server2: {}; load {}",
+                    "bench scaling: {n:>3} VIPs {:>2}/{}: first {} ms, all {} ms (agent: {} ms), GARP {} ms, reply {} ms, outage {} ms, gap {} ms (from {} ms, {} request(s) in it); server2: {}; load {}",
                     i + 1,
                     a.trials,
                     f(r.first_vip_ms),
@@ -147,6 +155,7 @@ pub fn main(root: &Path, a: ScalingArgs) -> Result<()> {
                     f(r.agent_add_us.map(|u| u / 1000.0)),
                     f(r.garp_ms),
                     f(r.reply_ms),
+                    f(r.outage_ms),
                     f(r.gap_ms),
                     f(r.gap_start_ms),
                     r.gap_requests.map_or("-".into(), |n| n.to_string()),

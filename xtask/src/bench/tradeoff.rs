@@ -1,10 +1,11 @@
 //! `cargo xtask bench tradeoff`: ha-agent's probe interval x multiplier
 //! settings side by side: what each costs in false alarms (soaks), what it
-//! buys in detection (server1 links down), what it costs at rest.
+//! buys in detection (server1 dies), what it costs at rest.
 //!
 //! For each setting (`--settings 1x3,2x3,2x4,4x3`: interval ms x slots of
-//! silence, both links, both servers): `--trials` links-down trials (or
-//! `--fault death`)
+//! silence, both links, both servers): `--trials` trials of server1's death
+//! (its daemon frozen, then its links down, so every takeover is a
+//! detection; `--fault links_down` for the links alone)
 //! (settings interleaved, trial i of every setting before trial i+1), then
 //! `bench rest`'s measurement over `--rest-secs`, then one soak of each
 //! `--soak-variants` over `--soak-secs` (the soaks of `bench soak`, so
@@ -34,7 +35,7 @@ pub struct TradeoffArgs {
     /// Comma-separated settings, INTERVALxMULTIPLIER (ms x probe slots).
     #[arg(long, value_delimiter = ',', default_value = "1x3,2x3,2x4,4x3")]
     settings: Vec<String>,
-    /// Links-down trials per setting (0: none).
+    /// Trials of the fault per setting (0: none).
     #[arg(long, default_value_t = 20)]
     trials: usize,
     /// Duration of each soak, in seconds (0: no soak).
@@ -46,10 +47,12 @@ pub struct TradeoffArgs {
     /// At-rest sampling per setting, in seconds (0: none).
     #[arg(long, default_value_t = 60)]
     rest_secs: u64,
-    /// The fault on server1: links_down (both switch ports down, one
-    /// after the other), or death (daemon frozen at once, then links down: no
-    /// hand-over through the second port is possible).
-    #[arg(long, default_value = "links_down")]
+    /// The fault on server1: death (its daemon frozen, then both links
+    /// down: it cannot speak once the fault begins), or links_down (the two
+    /// switch ports down one after the other: server1 may see the first
+    /// carrier loss and hand over through the other port, which is not
+    /// detection).
+    #[arg(long, default_value = "death")]
     fault: String,
     /// The client's ping interval during the trials, in ms.
     #[arg(long, default_value_t = 2)]
@@ -143,13 +146,14 @@ pub fn main(root: &Path, a: TradeoffArgs) -> Result<()> {
             let f = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.1}"));
             match &r.failure {
                 None => println!(
-                    "bench tradeoff: {:<5} {} {:>2}/{}: VIPs {} ms, reply {} ms, gap {} ms; server2: {}",
+                    "bench tradeoff: {:<5} {} {:>2}/{}: VIPs {} ms, reply {} ms, outage {} ms, gap {} ms; server2: {}",
                     s.timers.to_string(),
                     fault.name(),
                     i + 1,
                     a.trials,
                     f(r.vips_ms),
                     f(r.reply_ms),
+                    f(r.outage_ms),
                     f(r.gap_ms),
                     r.takeover_reason.as_deref().unwrap_or("?")
                 ),
@@ -267,6 +271,10 @@ fn rows(
             &|s| spread(&ok_values(s, |t| t.reply_ms)),
         ));
         rows.push(row(
+            format!("{}: client outage (ms)", fault.title()),
+            &|s| spread(&ok_values(s, |t| t.outage_ms)),
+        ));
+        rows.push(row(
             format!("{}: longest client reply gap (ms)", fault.title()),
             &|s| spread(&ok_values(s, |t| t.gap_ms)),
         ));
@@ -364,13 +372,14 @@ fn setting_json(s: &Setting) -> Value {
             "vips_ms": spread_json(&ok_values(s, |t| t.vips_ms)),
             "reply_ms": spread_json(&ok_values(s, |t| t.reply_ms)),
             "gap_ms": spread_json(&ok_values(s, |t| t.gap_ms)),
+            "outage_ms": spread_json(&ok_values(s, |t| t.outage_ms)),
             "trials": s.trials.len(),
             "failed": s.trials.iter().filter(|t| t.failure.is_some()).count(),
             "failures": s.trials.iter().filter_map(|t| t.failure.as_ref().map(|f| json!({
                 "index": t.index, "failure": f, "saved_logs": t.saved_logs,
             }))).collect::<Vec<_>>(),
             "raw": s.trials.iter().map(|t| json!({
-                "vips_ms": t.vips_ms, "reply_ms": t.reply_ms, "gap_ms": t.gap_ms,
+                "vips_ms": t.vips_ms, "reply_ms": t.reply_ms, "gap_ms": t.gap_ms, "outage_ms": t.outage_ms,
                 "takeover_reason": t.takeover_reason, "loadavg": t.loadavg,
             })).collect::<Vec<_>>(),
         },

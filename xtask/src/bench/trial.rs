@@ -116,6 +116,10 @@ pub struct TrialResult {
     pub reply_ms: Option<f64>,
     /// Longest interval without any reply, from the last reply before the fault.
     pub gap_ms: Option<f64>,
+    /// The client's outage around the takeover: from the last reply before
+    /// server2's first to that first (a stall of the client elsewhere in
+    /// the trial, which the longest gap also catches, does not count).
+    pub outage_ms: Option<f64>,
     /// Where that gap started (ms from the fault; negative: before it), and
     /// how many requests the client sent during it (none: the client
     /// itself stalled, not the service).
@@ -153,6 +157,7 @@ impl TrialResult {
             "garp_ms": self.garp_ms,
             "reply_ms": self.reply_ms,
             "gap_ms": self.gap_ms,
+            "outage_ms": self.outage_ms,
             "gap_start_ms": self.gap_start_ms,
             "gap_requests": self.gap_requests,
             "s1_released_ms": self.s1_released_ms,
@@ -211,6 +216,7 @@ pub fn run(ctx: &Ctx, c: Contender, fault: Fault, index: usize) -> Result<TrialR
         garp_ms: None,
         reply_ms: None,
         gap_ms: None,
+        outage_ms: None,
         gap_start_ms: None,
         gap_requests: None,
         s1_released_ms: None,
@@ -291,6 +297,16 @@ fn measure(ctx: &Ctx, lab: &Lab, r: &mut TrialResult) -> Result<()> {
     r.reply_ms = log
         .first_reply_from_after(&mac2, t0)
         .map(|x| since(x.received, t0));
+    if let Some(first) = log.first_reply_from_after(&mac2, t0) {
+        let before = log
+            .replies
+            .iter()
+            .map(|x| x.received)
+            .filter(|&t| t < first.received)
+            .max()
+            .unwrap_or(t0);
+        r.outage_ms = Some(ms(first.received.saturating_duration_since(before)));
+    }
     let gap = log.longest_gap(t0, end);
     r.gap_ms = Some(ms(gap.len()));
     r.gap_start_ms = Some(if gap.start >= t0 {
