@@ -157,7 +157,6 @@ pub fn main(root: &Path, a: LatencyArgs) -> Result<()> {
         log_dir(a.out.logs.clone(), "latency", &run),
     );
     ctx.timers = a.timers.clone();
-    ctx.realtime_watch = true;
     println!(
         "bench latency: {} trial(s) per side ({}); busy side: {} GTID domains and a writer; ha-agent: {}; load average {}; logs of failures in {}",
         a.trials,
@@ -370,14 +369,7 @@ fn busy(ctx: &Ctx, st: &mut Stack, domains: usize, t: &mut LatTrial) -> Result<(
     let app = Writer::start(&ns2, vip(), "a", WriterMode::APP, Duration::from_secs(300))?;
     app.wait_acks(50, Duration::from_secs(30))
         .with_context(|| st.logs())?;
-    let watch = VipWatch::start_with(
-        &st.lab,
-        Duration::from_secs(120),
-        WatchOptions {
-            realtime: true,
-            ..WatchOptions::default()
-        },
-    )?;
+    let watch = VipWatch::start_with(&st.lab, Duration::from_secs(120), WatchOptions::default())?;
     if !watch.current().sole(S1) {
         bail!(
             "before the fault server1 is not the sole holder: {}",

@@ -193,8 +193,6 @@ pub struct Ctx {
     timers: AgentTimers,
     /// A VIP group instead of the lab's two VIPs (ha-agent only).
     group: Option<Vec<(Link, Ipv4Addr)>>,
-    /// The VIP watch under SCHED_FIFO (see [`WatchOptions::realtime`]).
-    realtime_watch: bool,
 }
 
 impl Ctx {
@@ -205,7 +203,6 @@ impl Ctx {
             log_dir,
             timers: AgentTimers::default(),
             group: None,
-            realtime_watch: false,
         }
     }
 
@@ -220,10 +217,7 @@ impl Ctx {
 
     /// What the VIP watch follows: the group, or the lab's two VIPs.
     pub fn watch_options(&self) -> WatchOptions {
-        let mut o = WatchOptions {
-            realtime: self.realtime_watch,
-            ..WatchOptions::default()
-        };
+        let mut o = WatchOptions::default();
         if let Some(g) = &self.group {
             o.vips = g.iter().map(|(_, ip)| *ip).collect();
         }
@@ -248,9 +242,18 @@ impl Ctx {
     }
 
     /// Copies the lab's logs and configs to `<log dir>/<label>/` (before the
-    /// lab and its directory go); returns where, or None if nothing was saved.
+    /// lab and its directory go), the label prefixed with the agent's timers
+    /// and VIP group when they are not the defaults (one run may try
+    /// several); returns where, or None if nothing was saved.
     pub fn save_logs(&self, lab: &Lab, label: &str) -> Option<String> {
-        let dest = self.log_dir.join(label);
+        let mut prefix = String::new();
+        if self.timers != AgentTimers::default() {
+            prefix.push_str(&format!("{}-", self.timers).replace(' ', "-"));
+        }
+        if let Some(g) = &self.group {
+            prefix.push_str(&format!("{}vips-", g.len()));
+        }
+        let dest = self.log_dir.join(format!("{prefix}{label}"));
         std::fs::create_dir_all(&dest).ok()?;
         let mut n = 0;
         for e in std::fs::read_dir(lab.dir()).ok()?.flatten() {

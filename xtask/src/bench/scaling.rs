@@ -126,7 +126,6 @@ pub fn main(root: &Path, a: ScalingArgs) -> Result<()> {
             );
             c.timers = a.timers.clone();
             c.group = Some(g);
-            c.realtime_watch = true;
             c
         })
         .collect();

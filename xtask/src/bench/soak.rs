@@ -16,12 +16,13 @@
 //! false alarms and their causes, the probe senders' slots, missed slots
 //! and per-slot lateness of the best sender (histogram, p50/p99/max).
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 use ha_lab::{spawn_in, Lab, Pinger, Server};
 use serde_json::{json, Value};
 
+use super::agent_log::AgentLog;
 use super::arp::{ArpCapture, ArpFrame};
 use super::contender::{Contender, Pair};
 use super::trial::ms;
@@ -65,6 +66,46 @@ impl Variant {
             Some(v) => Ok(v),
             None => anyhow::bail!("unknown soak variant {s:?} (known: idle, hostile)"),
         }
+    }
+}
+
+/// What the agents logged about slots none of their senders could send in
+/// time ("probe slots no sender could send in time", at most one line per
+/// 20 ms tick). In the lab both servers share one VM: an episode on both at
+/// once is the whole VM stalled, which no number of senders can cover.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stalls {
+    pub server1: usize,
+    pub server2: usize,
+    /// server1's episodes with one of server2's within [`SAME_STALL`].
+    pub both: usize,
+}
+
+/// Two agents' reports this close are the same stall (the reports come
+/// from each agent's 20 ms tick).
+const SAME_STALL: Duration = Duration::from_millis(25);
+const MISSED_LINE: &str = "probe slots no sender could send in time";
+
+/// Counts the episodes in `[from, to]` of both agents' logs.
+pub fn stall_episodes(logs: &[AgentLog; 2], from: SystemTime, to: SystemTime) -> Stalls {
+    let times = |log: &AgentLog| -> Vec<SystemTime> {
+        log.lines
+            .iter()
+            .filter(|l| l.text.contains(MISSED_LINE))
+            .filter_map(|l| l.wall)
+            .filter(|&w| w >= from && w <= to)
+            .collect()
+    };
+    let (a, b) = (times(&logs[0]), times(&logs[1]));
+    let near = |x: SystemTime, y: SystemTime| {
+        x.duration_since(y)
+            .or_else(|_| y.duration_since(x))
+            .is_ok_and(|d| d <= SAME_STALL)
+    };
+    Stalls {
+        server1: a.len(),
+        server2: b.len(),
+        both: a.iter().filter(|&&x| b.iter().any(|&y| near(x, y))).count(),
     }
 }
 
@@ -122,6 +163,8 @@ pub struct SoakResult {
     pub adds: Vec<String>,
     /// ha-agent only: both agents' view (server1, server2).
     pub agents: Vec<AgentSoak>,
+    /// ha-agent only: episodes of missed probe slots from the agents' logs.
+    pub stalls: Option<Stalls>,
     pub loadavg_start: String,
     pub loadavg_end: String,
     pub failure: Option<String>,
@@ -144,6 +187,7 @@ pub fn run(ctx: &Ctx, c: Contender, secs: u64, variant: Variant) -> Result<SoakR
         events: Vec::new(),
         adds: Vec::new(),
         agents: Vec::new(),
+        stalls: None,
         loadavg_start: String::new(),
         loadavg_end: String::new(),
         failure: None,
@@ -213,7 +257,7 @@ fn soak(ctx: &Ctx, lab: &Lab, r: &mut SoakResult) -> Result<()> {
     let agent = r.contender == Contender::HaAgent;
     let before = if agent { Some(statuses(lab)?) } else { None };
     r.loadavg_start = super::loadavg();
-    let t_start = Instant::now();
+    let (t_start, wall_start) = (Instant::now(), SystemTime::now());
     let result = (|| -> Result<()> {
         while t_start.elapsed() < d {
             ha_lab::sleep(Duration::from_secs(1).min(d.saturating_sub(t_start.elapsed())))?;
@@ -222,7 +266,12 @@ fn soak(ctx: &Ctx, lab: &Lab, r: &mut SoakResult) -> Result<()> {
         Ok(())
     })();
     let t_end = Instant::now();
+    let wall_end = SystemTime::now();
     r.loadavg_end = super::loadavg();
+    if agent {
+        let logs = Server::ALL.map(|s| AgentLog::read(&lab.agent_log_path(s)));
+        r.stalls = Some(stall_episodes(&logs, wall_start, wall_end));
+    }
     // Read before anything changes: the pair is still under the soak's conditions.
     if let Some(before) = &before {
         match statuses(lab) {
@@ -437,6 +486,9 @@ pub fn json_of(s: &SoakResult) -> Value {
         "events": s.events,
         "adds": s.adds,
         "agents": s.agents.iter().map(agent_json).collect::<Vec<_>>(),
+        "stall_episodes": s.stalls.map(|x| json!({
+            "server1": x.server1, "server2": x.server2, "both_at_once": x.both,
+        })),
         "loadavg_start": s.loadavg_start,
         "loadavg_end": s.loadavg_end,
         "failure": s.failure,
@@ -527,6 +579,14 @@ pub fn rows(soaks: &[SoakResult]) -> Vec<(String, Vec<String>)> {
                     })
                     .collect::<Vec<_>>()
                     .join("; ")
+            },
+        ),
+        row(
+            "missed-slot episodes in the logs (server1 / server2 / both at once)",
+            &|s| {
+                s.stalls.map_or("-".into(), |x| {
+                    format!("{} / {} / {}", x.server1, x.server2, x.both)
+                })
             },
         ),
         row("probe send errors (server1 / server2)", &|s| {
@@ -661,6 +721,33 @@ pub fn summarize(timeline: &[(Instant, Holders)], from: Instant, to: Instant) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stalls_on_both_servers_at_once_are_counted() {
+        let line = |t: &str| {
+            format!("{t}  WARN agent{{node=x}}: {MISSED_LINE} (every sender thread was late): the peer saw silence slots=3 worst_ms=9.1\n")
+        };
+        let s1 = AgentLog::parse(
+            &(line("2026-12-02T06:23:35.347048Z") + &line("2026-12-02T06:23:40.000000Z")),
+        );
+        let s2 = AgentLog::parse(
+            &(line("2026-12-02T06:23:35.347832Z") + &line("2026-12-02T06:23:50.000000Z")),
+        );
+        let t = |s: &str| humantime::parse_rfc3339(s).unwrap();
+        let st = stall_episodes(
+            &[s1, s2],
+            t("2026-12-02T06:23:30Z"),
+            t("2026-12-02T06:23:45Z"),
+        );
+        assert_eq!(
+            st,
+            Stalls {
+                server1: 2,
+                server2: 1,
+                both: 1
+            }
+        );
+    }
 
     #[test]
     fn the_window_is_the_difference_of_two_statuses() {

@@ -320,6 +320,16 @@ fn rows(
             })
         }));
         rows.push(row(
+            title("missed-slot episodes: on both servers at once / in all"),
+            &|s| {
+                cell(s, &|r| {
+                    r.stalls.map_or("-".into(), |x| {
+                        format!("{} / {}", x.both, x.server1 + x.server2 - x.both)
+                    })
+                })
+            },
+        ));
+        rows.push(row(
             title("best sender's lateness p99 / max (us, worse server)"),
             &|s| {
                 cell(s, &|r| {
@@ -378,10 +388,7 @@ fn setting_json(s: &Setting) -> Value {
             "failures": s.trials.iter().filter_map(|t| t.failure.as_ref().map(|f| json!({
                 "index": t.index, "failure": f, "saved_logs": t.saved_logs,
             }))).collect::<Vec<_>>(),
-            "raw": s.trials.iter().map(|t| json!({
-                "vips_ms": t.vips_ms, "reply_ms": t.reply_ms, "gap_ms": t.gap_ms, "outage_ms": t.outage_ms,
-                "takeover_reason": t.takeover_reason, "loadavg": t.loadavg,
-            })).collect::<Vec<_>>(),
+            "raw": s.trials.iter().map(TrialResult::json).collect::<Vec<_>>(),
         },
         "rest": s.rest.iter().map(|r| json!({
             "server": r.server.name(),
