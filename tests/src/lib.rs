@@ -36,6 +36,7 @@ pub mod process;
 pub mod selftest;
 pub mod stack;
 pub mod topology;
+pub mod vips;
 pub mod wait;
 pub mod writer;
 

@@ -88,7 +88,7 @@ pub fn run(ctx: &Ctx, c: Contender, check: Check) -> Result<CheckResult> {
             return Ok(r);
         }
     };
-    match run_on(&lab, &mut r) {
+    match run_on(ctx, &lab, &mut r) {
         Ok(()) => {}
         Err(e) if ha_lab::interrupted() => return Err(e),
         Err(e) => {
@@ -113,9 +113,9 @@ fn with_sep(s: &str) -> String {
     }
 }
 
-fn run_on(lab: &Lab, r: &mut CheckResult) -> Result<()> {
+fn run_on(ctx: &Ctx, lab: &Lab, r: &mut CheckResult) -> Result<()> {
     let watch = VipWatch::start(lab, CHECK_MAX)?;
-    let mut pair = Pair::start(lab, r.contender, &watch)?;
+    let mut pair = Pair::start(lab, r.contender, &watch, &ctx.agent_overrides())?;
     let t0 = Instant::now();
     let result = match r.check {
         Check::InsideCut => inside_cut(lab, &watch, &mut pair, t0, r),
@@ -231,7 +231,7 @@ fn outside_uplink(
     lab.drop_uplink(Server::S1, Link::Outside)?;
     let stable = wait_stable(watch, pair, MOVE_BOUND, STABLE, |h| h.sole(Server::S2))?;
     let took = watch
-        .first_at_or_after(t0, |h| h.holds_both(Server::S2))
+        .first_at_or_after(t0, |h| h.holds_all(Server::S2))
         .map(|t| ms(t - t0));
     match stable {
         Some(s) => {
@@ -288,14 +288,14 @@ fn return_after_death(
 ) -> Result<()> {
     lab.links_down(Server::S1)?;
     pair.kill(Server::S1)?;
-    if !watch.wait_for(MOVE_BOUND, |h| h.holds_both(Server::S2))? {
+    if !watch.wait_for(MOVE_BOUND, |h| h.holds_all(Server::S2))? {
         bail!(
             "server2 never took the VIPs after server1's death: {}",
             watch.current().describe()
         );
     }
     let took = watch
-        .first_at_or_after(t0, |h| h.holds_both(Server::S2))
+        .first_at_or_after(t0, |h| h.holds_all(Server::S2))
         .map_or(f64::NAN, |t| ms(t - t0));
     simulate_reboot(lab, Server::S1)?;
     ha_lab::sleep(Duration::from_secs(1))?;
@@ -303,7 +303,7 @@ fn return_after_death(
     pair.restart(lab, Server::S1)?;
     let t_back = Instant::now();
     let bad = holds_throughout(watch, pair, STILL, t0, |h| {
-        h.holds_both(Server::S2) && !h.holds_any(Server::S1)
+        h.holds_all(Server::S2) && !h.holds_any(Server::S1)
     })?;
     match bad {
         None => {
@@ -335,12 +335,12 @@ fn partition_heal(
 ) -> Result<()> {
     lab.cut_between_servers(Link::Outside)?;
     lab.cut_between_servers(Link::Inside)?;
-    let s2_took = watch.wait_for(MOVE_BOUND, |h| h.holds_both(Server::S2))?;
+    let s2_took = watch.wait_for(MOVE_BOUND, |h| h.holds_all(Server::S2))?;
     let during = if s2_took {
         // Let the partition last a moment after the takeover, as a real one would.
         ha_lab::sleep(Duration::from_secs(1))?;
         let took = watch
-            .first_at_or_after(t0, |h| h.holds_both(Server::S2))
+            .first_at_or_after(t0, |h| h.holds_all(Server::S2))
             .map_or(f64::NAN, |t| ms(t - t0));
         format!(
             "partitioned: server2 took both VIPs at +{took:.0} ms ({})",

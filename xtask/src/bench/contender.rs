@@ -79,9 +79,11 @@ pub enum Daemon {
 }
 
 impl Daemon {
-    pub fn start(lab: &Lab, c: Contender, server: Server) -> Result<Daemon> {
+    /// Starts `c` on `server`; ha-agent with the lab's config plus `agent`
+    /// (keepalived ignores it).
+    pub fn start(lab: &Lab, c: Contender, server: Server, agent: &Overrides) -> Result<Daemon> {
         Ok(match c {
-            Contender::HaAgent => Daemon::Agent(lab.start_agent_with(server, &Overrides::new())?),
+            Contender::HaAgent => Daemon::Agent(lab.start_agent_with(server, agent)?),
             Contender::Keepalived(v) => Daemon::Keepalived(lab.start_keepalived(server, v)?),
         })
     }
@@ -137,6 +139,8 @@ impl Daemon {
 pub struct Pair {
     pub contender: Contender,
     daemons: [Option<Daemon>; 2],
+    /// ha-agent's config changes (timers, VIP group), for restarts.
+    agent: Overrides,
 }
 
 fn slot(s: Server) -> usize {
@@ -144,14 +148,16 @@ fn slot(s: Server) -> usize {
 }
 
 impl Pair {
-    /// Starts server1, waits until it holds both VIPs alone, starts server2
-    /// and waits until the pair is settled with server1 the sole holder.
-    pub fn start(lab: &Lab, c: Contender, watch: &VipWatch) -> Result<Pair> {
+    /// Starts server1, waits until it holds every watched VIP alone, starts
+    /// server2 and waits until the pair is settled with server1 the sole
+    /// holder. ha-agent runs the lab's config plus `agent` on both servers.
+    pub fn start(lab: &Lab, c: Contender, watch: &VipWatch, agent: &Overrides) -> Result<Pair> {
         let mut pair = Pair {
             contender: c,
             daemons: [None, None],
+            agent: agent.clone(),
         };
-        pair.daemons[0] = Some(Daemon::start(lab, c, Server::S1)?);
+        pair.daemons[0] = Some(Daemon::start(lab, c, Server::S1, agent)?);
         let t = Instant::now();
         if !watch.wait_for(STARTUP, |h| h.sole(Server::S1))? {
             bail!(
@@ -161,7 +167,7 @@ impl Pair {
             );
         }
         let claimed = t.elapsed();
-        pair.daemons[1] = Some(Daemon::start(lab, c, Server::S2)?);
+        pair.daemons[1] = Some(Daemon::start(lab, c, Server::S2, agent)?);
         if c == Contender::HaAgent {
             ha_lab::wait_until_ok(Duration::from_secs(10), "server2 in BACKUP", || {
                 Ok(lab.agent_state(Server::S2)? == "BACKUP")
@@ -202,7 +208,7 @@ impl Pair {
     /// Starts `s`'s daemon again (after [`Pair::kill`]).
     pub fn restart(&mut self, lab: &Lab, s: Server) -> Result<()> {
         self.kill(s)?;
-        self.daemons[slot(s)] = Some(Daemon::start(lab, self.contender, s)?);
+        self.daemons[slot(s)] = Some(Daemon::start(lab, self.contender, s, &self.agent)?);
         Ok(())
     }
 

@@ -2,36 +2,51 @@
 //! and a tuned VRRPv3 one) side by side, in one run, on the same lab.
 //!
 //! For each contender: `--trials` trials of each fault on server1 (links
-//! down, silent isolation, daemon SIGSTOP), each on a fresh lab with a
-//! settled pair; then a soak under CPU saturation and packet loss counting
-//! false failovers; then the behaviour checks. Trials are interleaved
-//! (trial i of every fault and contender before trial i+1) so a change in
-//! the machine's background load hits every contender alike.
+//! down, silent isolation, daemon SIGSTOP, outside cable unplugged), each
+//! on a fresh lab with a settled pair; then a soak under CPU saturation and
+//! packet loss counting false failovers; then the behaviour checks. Trials
+//! are interleaved (trial i of every fault and contender before trial i+1)
+//! so a change in the machine's background load hits every contender alike.
+//!
+//! The other benchmarks: `soak` (idle and hostile soaks, ha-agent beside
+//! keepalived), `rest` (CPU and memory at rest), `database`, `tradeoff`
+//! (ha-agent's interval x multiplier settings: false alarms, detection,
+//! cost), `scaling` (takeover time with 2 to 256 VIPs) and `latency`
+//! (kernel event to VIP added, with a busy database side).
 //!
 //! Every lab is removed after its trial, on error and on Ctrl-C; every
 //! daemon, pinger and stress-ng is killed by pid (and the lab's teardown
 //! kills whatever is left in its namespaces).
 
+mod agent_log;
 mod arp;
 mod checks;
 mod contender;
 mod database;
+mod latency;
 mod plot;
 mod report;
 mod rest;
+mod scaling;
 mod soak;
+mod table;
+mod timers;
+mod tradeoff;
 mod trial;
 mod watch;
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use ha_lab::Lab;
+use ha_lab::{Lab, Link, Overrides};
 use serde_json::{json, Value};
 
 use contender::Contender;
+use timers::AgentTimers;
+use watch::WatchOptions;
 
 /// Bench labs use their own prefix base, so `ip netns` tells them apart
 /// from the tests' labs (and a crashed bench's leftovers are found).
@@ -47,6 +62,16 @@ pub enum BenchCmd {
     Database(DatabaseArgs),
     /// Draw a failover run's JSON (from `bench failover --json`) as SVG.
     Plot(PlotArgs),
+    /// Settled pairs left alone (idle, hostile): every VIP move, the
+    /// agents' false alarms and sender lateness, beside keepalived.
+    Soak(SoakArgs),
+    /// ha-agent's interval x multiplier settings: soak false alarms,
+    /// detection when server1 dies, CPU and memory at rest, one column each.
+    Tradeoff(tradeoff::TradeoffArgs),
+    /// Takeover time with 2, 32 and 256 VIPs in the group.
+    Scaling(scaling::ScalingArgs),
+    /// Kernel event to VIP added on server2, database side quiet or busy.
+    Latency(latency::LatencyArgs),
 }
 
 #[derive(Args)]
@@ -56,6 +81,43 @@ pub struct PlotArgs {
     /// Where to write the SVG (default: the JSON's path with .svg).
     #[arg(long)]
     svg: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct SoakArgs {
+    /// Duration of each soak, in seconds.
+    #[arg(long, default_value_t = 1800)]
+    secs: u64,
+    /// Comma-separated: idle (no load at all), hostile (stress-ng --cpu 2,
+    /// 2% loss on every server port, a client pinging every 10 ms).
+    #[arg(long, value_delimiter = ',', default_value = "idle,hostile")]
+    variants: Vec<String>,
+    /// Comma-separated contenders (see `bench failover --help`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ha-agent,keepalived-tuned"
+    )]
+    contenders: Vec<String>,
+    #[command(flatten)]
+    out: RunArgs,
+    #[command(flatten)]
+    timers: AgentTimers,
+}
+
+/// What every newer bench takes about its run.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Also write the results (table and every run) as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Do not build; use $HA_AGENT_BIN or the existing release binary.
+    #[arg(long)]
+    no_build: bool,
+    /// Where to keep the lab logs of failed runs and of soaks that moved a
+    /// VIP (default: a new directory under the temp dir).
+    #[arg(long)]
+    logs: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -89,6 +151,8 @@ pub struct RestArgs {
     /// Do not build; use $HA_AGENT_BIN or the existing release binary.
     #[arg(long)]
     no_build: bool,
+    #[command(flatten)]
+    timers: AgentTimers,
 }
 
 #[derive(Args)]
@@ -124,6 +188,13 @@ pub struct FailoverArgs {
     /// (default: a new directory under the temp dir).
     #[arg(long)]
     logs: Option<PathBuf>,
+    /// Only these faults (comma-separated: links_down, isolate, hang,
+    /// outside_carrier; default all four; also death: server1's daemon
+    /// frozen at once, then its links down).
+    #[arg(long, value_delimiter = ',')]
+    faults: Vec<String>,
+    #[command(flatten)]
+    timers: AgentTimers,
 }
 
 /// What every trial needs.
@@ -131,9 +202,50 @@ pub struct Ctx {
     agent_bin: Option<PathBuf>,
     ping_interval: Duration,
     log_dir: PathBuf,
+    /// ha-agent's timers on both servers.
+    timers: AgentTimers,
+    /// A VIP group instead of the lab's two VIPs (ha-agent only).
+    group: Option<Vec<(Link, Ipv4Addr)>>,
 }
 
 impl Ctx {
+    pub fn new(agent_bin: Option<PathBuf>, ping_interval: Duration, log_dir: PathBuf) -> Ctx {
+        Ctx {
+            agent_bin,
+            ping_interval,
+            log_dir,
+            timers: AgentTimers::default(),
+            group: None,
+        }
+    }
+
+    /// ha-agent's config changes for both servers: the VIP group, the timers.
+    pub fn agent_overrides(&self) -> Overrides {
+        let base = match &self.group {
+            Some(g) => ha_lab::vips::vip_overrides(Overrides::new(), g),
+            None => Overrides::new(),
+        };
+        self.timers.overrides(base)
+    }
+
+    /// What the VIP watch follows: the group, or the lab's two VIPs.
+    pub fn watch_options(&self) -> WatchOptions {
+        let mut o = WatchOptions::default();
+        if let Some(g) = &self.group {
+            o.vips = g.iter().map(|(_, ip)| *ip).collect();
+        }
+        o
+    }
+
+    /// The VIP the client pings: the group's last outside VIP (the last in
+    /// its config), or the lab's outside VIP.
+    pub fn client_vip(&self) -> Ipv4Addr {
+        self.group
+            .as_ref()
+            .and_then(|g| g.iter().rev().find(|(l, _)| *l == Link::Outside))
+            .map_or(Link::Outside.vip(), |(_, ip)| *ip)
+    }
+
     pub fn new_lab(&self) -> Result<Lab> {
         let mut lab = Lab::with_base(LAB_BASE)?;
         if let Some(b) = &self.agent_bin {
@@ -143,9 +255,18 @@ impl Ctx {
     }
 
     /// Copies the lab's logs and configs to `<log dir>/<label>/` (before the
-    /// lab and its directory go); returns where, or None if nothing was saved.
+    /// lab and its directory go), the label prefixed with the agent's timers
+    /// and VIP group when they are not the defaults (one run may try
+    /// several); returns where, or None if nothing was saved.
     pub fn save_logs(&self, lab: &Lab, label: &str) -> Option<String> {
-        let dest = self.log_dir.join(label);
+        let mut prefix = String::new();
+        if self.timers != AgentTimers::default() {
+            prefix.push_str(&format!("{}-", self.timers).replace(' ', "-"));
+        }
+        if let Some(g) = &self.group {
+            prefix.push_str(&format!("{}vips-", g.len()));
+        }
+        let dest = self.log_dir.join(format!("{prefix}{label}"));
         std::fs::create_dir_all(&dest).ok()?;
         let mut n = 0;
         for e in std::fs::read_dir(lab.dir()).ok()?.flatten() {
@@ -170,7 +291,134 @@ pub fn main(root: &Path, cmd: BenchCmd) -> Result<()> {
             println!("bench: picture written to {}", svg.display());
             Ok(())
         }
+        BenchCmd::Soak(a) => bench_soak(root, a),
+        BenchCmd::Tradeoff(a) => tradeoff::main(root, a),
+        BenchCmd::Scaling(a) => scaling::main(root, a),
+        BenchCmd::Latency(a) => latency::main(root, a),
     }
+}
+
+fn bench_soak(root: &Path, a: SoakArgs) -> Result<()> {
+    ha_lab::install_interrupt_handler();
+    if !(10..=86_400).contains(&a.secs) {
+        bail!("--secs must be between 10 and 86400");
+    }
+    a.timers.check()?;
+    let variants: Vec<soak::Variant> = a
+        .variants
+        .iter()
+        .map(|v| soak::Variant::parse(v))
+        .collect::<Result<_>>()?;
+    if variants.is_empty() {
+        bail!("no soak variant given");
+    }
+    let contenders = parse_contenders(&a.contenders)?;
+    let mut tools = vec!["nft", "ip"];
+    if variants.contains(&soak::Variant::Hostile) {
+        tools.push("stress-ng");
+    }
+    if contenders
+        .iter()
+        .any(|c| matches!(c, Contender::Keepalived(_)))
+    {
+        tools.push("keepalived");
+    }
+    require(&tools)?;
+    let agent_bin = agent_bin(root, &contenders, a.out.no_build)?;
+    Lab::cleanup_orphans(LAB_BASE)?;
+    let run = Run::start();
+    let mut ctx = Ctx::new(
+        agent_bin.clone(),
+        Duration::from_millis(10),
+        log_dir(a.out.logs.clone(), "soak", &run),
+    );
+    ctx.timers = a.timers.clone();
+    println!(
+        "bench soak: {} s x {} variant(s) x {} contender(s) (about {:.0} min); ha-agent: {}; load average {}; logs of soaks that moved a VIP in {}",
+        a.secs,
+        variants.len(),
+        contenders.len(),
+        (a.secs as f64 + 15.0) * (variants.len() * contenders.len()) as f64 / 60.0,
+        ctx.timers,
+        run.load_start,
+        ctx.log_dir.display()
+    );
+    let mut soaks = Vec::new();
+    for &v in &variants {
+        for &c in &contenders {
+            println!("bench soak: {} / {c}: {} s ...", v.title(), a.secs);
+            let s = soak::run(&ctx, c, a.secs, v)?;
+            println!(
+                "bench soak: {} / {c}: {} VIP address(es) added, {} holder change(s), dual {} ms{}",
+                v.name(),
+                s.vip_adds.map_or("?".into(), |m| m.to_string()),
+                s.moves.map_or("?".into(), |m| m.to_string()),
+                s.dual_ms.map_or("?".into(), |x| format!("{x:.1}")),
+                s.failure
+                    .as_ref()
+                    .map_or(String::new(), |f| format!("; FAILED: {}", first_line(f)))
+            );
+            soaks.push(s);
+        }
+    }
+    println!();
+    print!("{}", soak::table(&soaks));
+    println!();
+    for s in &soaks {
+        print!("{}", soak::details(s));
+    }
+    let load_end = run.done("soak");
+    if let Some(path) = &a.out.json {
+        let meta = run.meta(
+            root,
+            agent_bin.as_deref(),
+            &load_end,
+            json!({"keepalived": keepalived_version(), "agent_timers": a.timers.json()}),
+        );
+        let v = json!({
+            "meta": meta,
+            "table": table_json(&soak::rows(&soaks), &soaks.iter().map(|s| format!("{}/{}", s.variant.name(), s.contender)).collect::<Vec<_>>()),
+            "soaks": soaks.iter().map(soak::json_of).collect::<Vec<_>>(),
+        });
+        write_json(path, &v)?;
+        println!("bench soak: JSON written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// A table's rows as JSON objects, `{"metric": ..., <column>: <cell>, ...}`.
+fn table_json(rows: &[(String, Vec<String>)], columns: &[String]) -> Value {
+    Value::Array(
+        rows.iter()
+            .map(|(m, cells)| {
+                let mut o = serde_json::Map::new();
+                o.insert("metric".into(), json!(m));
+                for (c, cell) in columns.iter().zip(cells) {
+                    o.insert(c.clone(), json!(cell));
+                }
+                Value::Object(o)
+            })
+            .collect(),
+    )
+}
+
+/// Fails naming the first tool that is not installed.
+fn require(tools: &[&str]) -> Result<()> {
+    for tool in tools {
+        if which(tool).is_none() {
+            bail!("{tool} is not installed: run cargo xtask setup");
+        }
+    }
+    Ok(())
+}
+
+/// `--logs`, or a new directory under the temp dir, created.
+fn log_dir(given: Option<PathBuf>, what: &str, run: &Run) -> PathBuf {
+    let d = given.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("ha-bench-{what}-{}", run.date.replace(':', "")))
+    });
+    let _ = std::fs::create_dir_all(&d);
+    d
 }
 
 fn bench_database(root: &Path, a: DatabaseArgs) -> Result<()> {
@@ -236,17 +484,20 @@ fn rest(root: &Path, a: RestArgs) -> Result<()> {
     if !(5..=3600).contains(&a.secs) {
         bail!("--secs must be between 5 and 3600");
     }
+    a.timers.check()?;
     let contenders = parse_contenders(&a.contenders)?;
     let agent_bin = agent_bin(root, &contenders, a.no_build)?;
     Lab::cleanup_orphans(LAB_BASE)?;
-    let ctx = Ctx {
+    let mut ctx = Ctx::new(
         agent_bin,
-        ping_interval: Duration::from_millis(10),
-        log_dir: std::env::temp_dir().join(format!("ha-bench-rest-{}", std::process::id())),
-    };
+        Duration::from_millis(10),
+        std::env::temp_dir().join(format!("ha-bench-rest-{}", std::process::id())),
+    );
+    ctx.timers = a.timers.clone();
     println!(
-        "bench rest: {} s per contender; load average {} (the figures need an idle machine)",
+        "bench rest: {} s per contender; ha-agent: {}; load average {} (the figures need an idle machine)",
         a.secs,
+        ctx.timers,
         loadavg()
     );
     let mut all = Vec::new();
@@ -301,12 +552,17 @@ fn failover(root: &Path, a: FailoverArgs) -> Result<()> {
     if !(1..=100).contains(&a.ping_interval_ms) {
         bail!("--ping-interval-ms must be between 1 and 100");
     }
+    a.timers.check()?;
     let contenders = parse_contenders(&a.contenders)?;
-    for tool in ["keepalived", "stress-ng", "nft", "ip"] {
-        if which(tool).is_none() {
-            bail!("{tool} is not installed: run cargo xtask setup");
-        }
-    }
+    let faults: Vec<trial::Fault> = if a.faults.is_empty() {
+        trial::Fault::ALL.to_vec()
+    } else {
+        a.faults
+            .iter()
+            .map(|f| trial::Fault::parse(f))
+            .collect::<Result<_>>()?
+    };
+    require(&["keepalived", "stress-ng", "nft", "ip"])?;
     let agent_bin = agent_bin(root, &contenders, a.no_build)?;
     let stale = Lab::cleanup_orphans(LAB_BASE)?;
     if !stale.is_empty() {
@@ -318,25 +574,28 @@ fn failover(root: &Path, a: FailoverArgs) -> Result<()> {
     });
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("cannot create {}", log_dir.display()))?;
-    let ctx = Ctx {
-        agent_bin: agent_bin.clone(),
-        ping_interval: Duration::from_millis(a.ping_interval_ms),
+    let mut ctx = Ctx::new(
+        agent_bin.clone(),
+        Duration::from_millis(a.ping_interval_ms),
         log_dir,
-    };
+    );
+    ctx.timers = a.timers.clone();
     println!(
-        "bench: {} trial(s) x {} fault(s) x {} contender(s), soak {} s each, checks {}; ping every {} ms; logs of failures in {}",
+        "bench: {} trial(s) x {} fault(s) x {} contender(s), soak {} s each, checks {}; ping every {} ms; ha-agent: {}; load average {}; logs of failures in {}",
         a.trials,
-        trial::Fault::ALL.len(),
+        faults.len(),
         contenders.len(),
         a.soak_secs,
         if a.no_checks { "off" } else { "on" },
         a.ping_interval_ms,
+        ctx.timers,
+        run.load_start,
         ctx.log_dir.display()
     );
 
     let mut trials = Vec::new();
     for i in 0..a.trials {
-        for fault in trial::Fault::ALL {
+        for &fault in &faults {
             for &c in &contenders {
                 let r = trial::run(&ctx, c, fault, i)?;
                 print_trial(&r, a.trials);
@@ -348,10 +607,11 @@ fn failover(root: &Path, a: FailoverArgs) -> Result<()> {
     if a.soak_secs > 0 {
         for &c in &contenders {
             println!("bench: {c}: soak for {} s ...", a.soak_secs);
-            let s = soak::run(&ctx, c, a.soak_secs)?;
+            let s = soak::run(&ctx, c, a.soak_secs, soak::Variant::Hostile)?;
             println!(
-                "bench: {c}: soak: {} move(s), dual {:?} ms, orphan {:?} ms, answered {:?}/{:?}{}",
+                "bench: {c}: soak: {} move(s), {} VIP address(es) added, dual {:?} ms, orphan {:?} ms, answered {:?}/{:?}{}",
                 s.moves.map_or("?".into(), |m| m.to_string()),
+                s.vip_adds.map_or("?".into(), |m| m.to_string()),
                 s.dual_ms.map(|x| x.round()),
                 s.orphan_ms.map(|x| x.round()),
                 s.pings_answered,
@@ -366,6 +626,7 @@ fn failover(root: &Path, a: FailoverArgs) -> Result<()> {
                     s.longest_gap_ms.map(|x| x.round())
                 );
             }
+            print!("{}", soak::details(&s));
             soaks.push(s);
         }
     }
@@ -441,6 +702,7 @@ fn failover(root: &Path, a: FailoverArgs) -> Result<()> {
                 "keepalived": keepalived_version(),
                 "ping_interval_ms": a.ping_interval_ms,
                 "log_dir": ctx.log_dir.display().to_string(),
+                "agent_timers": a.timers.json(),
             }),
         );
         let v = report.json(meta);
@@ -469,6 +731,19 @@ impl Run {
             load_start: loadavg(),
             started: Instant::now(),
         }
+    }
+
+    /// Prints "bench WHAT: done in ...; load average ..."; returns the load
+    /// average now.
+    fn done(&self, what: &str) -> String {
+        let load_end = loadavg();
+        println!(
+            "\nbench {what}: done in {:.0} s; load average {} at the start, {load_end} at the end; kernel {}",
+            self.started.elapsed().as_secs_f64(),
+            self.load_start,
+            kernel()
+        );
+        load_end
     }
 
     /// The run's facts, plus the benchmark's own in `extra` (an object).
@@ -508,11 +783,17 @@ fn print_trial(r: &trial::TrialResult, n: usize) {
     );
     match &r.failure {
         None => println!(
-            "{head}: VIPs {} ms, GARP {} ms, reply {} ms, gap {} ms",
+            "{head}: VIPs {} ms, GARP {} ms, reply {} ms, outage {} ms, gap {} ms (from {} ms, {} request(s) sent in it){}",
             f(r.vips_ms),
             f(r.garp_ms),
             f(r.reply_ms),
-            f(r.gap_ms)
+            f(r.outage_ms),
+            f(r.gap_ms),
+            f(r.gap_start_ms),
+            r.gap_requests.map_or("-".into(), |n| n.to_string()),
+            r.takeover_reason
+                .as_ref()
+                .map_or(String::new(), |x| format!("; server2: {x}"))
         ),
         Some(e) => println!("{head}: FAILED: {}", first_line(e)),
     }

@@ -26,7 +26,7 @@ pub fn stats(values: &[f64]) -> Option<(f64, f64, f64)> {
     Some((v[0], median, v[n - 1]))
 }
 
-fn num(x: f64) -> String {
+pub fn num(x: f64) -> String {
     if x.abs() < 100.0 {
         format!("{x:.1}")
     } else {
@@ -46,7 +46,7 @@ pub struct Report<'a> {
 /// One metric of the trials: its row title and how to read it from a trial.
 type Metric = (&'static str, &'static str, fn(&TrialResult) -> Option<f64>);
 
-const METRICS: [Metric; 5] = [
+const METRICS: [Metric; 6] = [
     ("both VIPs on server2 (ms)", "vips_ms", |t| t.vips_ms),
     ("first GARP from server2 at client (ms)", "garp_ms", |t| {
         t.garp_ms
@@ -55,6 +55,11 @@ const METRICS: [Metric; 5] = [
         t.reply_ms
     }),
     ("longest client reply gap (ms)", "gap_ms", |t| t.gap_ms),
+    (
+        "client outage: last reply before server2's first (ms)",
+        "outage_ms",
+        |t| t.outage_ms,
+    ),
     ("the fault command itself took (ms)", "fault_cmd_ms", |t| {
         t.fault_cmd_ms
     }),
@@ -105,7 +110,7 @@ impl Report<'_> {
     pub fn rows(&self) -> Vec<(String, Vec<String>)> {
         let mut rows = Vec::new();
         let cs = self.contenders;
-        for f in Fault::ALL {
+        for f in Fault::KNOWN {
             if !cs.iter().any(|&c| self.trials_of(c, f).next().is_some()) {
                 continue;
             }
@@ -123,6 +128,12 @@ impl Report<'_> {
                         let failed = self.trials_of(c, f).filter(|t| t.failure.is_some()).count();
                         format!("{failed}/{all}")
                     })
+                    .collect(),
+            ));
+            rows.push((
+                format!("{}: takeovers by silence detection", f.title()),
+                cs.iter()
+                    .map(|&c| super::trial::detection_share(self.trials_of(c, f)))
                     .collect(),
             ));
         }
@@ -145,6 +156,9 @@ impl Report<'_> {
             let opt = |x: Option<f64>| x.map_or("-".into(), num);
             rows.push(soak_row("false failovers (VIP moves)", &|s| {
                 s.moves.map_or("-".into(), |m| m.to_string())
+            }));
+            rows.push(soak_row("VIP addresses added (netlink events)", &|s| {
+                s.vip_adds.map_or("-".into(), |m| m.to_string())
             }));
             rows.push(soak_row("time with a VIP on both servers (ms)", &|s| {
                 opt(s.dual_ms)
@@ -191,33 +205,9 @@ impl Report<'_> {
 
     /// The table as Markdown (also readable in a terminal).
     pub fn table(&self) -> String {
-        let rows = self.rows();
         let mut header = vec!["metric (min / median / max)".to_string()];
         header.extend(self.contenders.iter().map(|c| c.name().to_string()));
-        let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-        for (m, cells) in &rows {
-            widths[0] = widths[0].max(m.len());
-            for (i, c) in cells.iter().enumerate() {
-                widths[i + 1] = widths[i + 1].max(c.len());
-            }
-        }
-        let line = |cells: &[String]| {
-            let mut s = String::from("|");
-            for (i, c) in cells.iter().enumerate() {
-                write!(s, " {c:<w$} |", w = widths[i]).unwrap();
-            }
-            s.push('\n');
-            s
-        };
-        let mut out = line(&header);
-        let sep: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
-        out.push_str(&line(&sep).replace(' ', "-"));
-        for (m, cells) in rows {
-            let mut all = vec![m];
-            all.extend(cells);
-            out.push_str(&line(&all));
-        }
-        out
+        super::table::markdown(&header, &self.rows())
     }
 
     /// "client outage after death": median longest gap with server1's
@@ -250,28 +240,10 @@ impl Report<'_> {
     }
 
     pub fn json(&self, meta: Value) -> Value {
-        let trial = |t: &TrialResult| {
-            json!({
-                "contender": t.contender.name(),
-                "fault": t.fault.name(),
-                "index": t.index,
-                "fault_cmd_ms": t.fault_cmd_ms,
-                "vips_ms": t.vips_ms,
-                "garp_ms": t.garp_ms,
-                "reply_ms": t.reply_ms,
-                "gap_ms": t.gap_ms,
-                "s1_released_ms": t.s1_released_ms,
-                "failed": t.failure.is_some(),
-                "failure": t.failure,
-                "saved_logs": t.saved_logs,
-                "duration_s": t.duration_s,
-                "loadavg": t.loadavg,
-            })
-        };
         let mut summary = serde_json::Map::new();
         for &c in self.contenders {
             let mut per = serde_json::Map::new();
-            for f in Fault::ALL {
+            for f in Fault::KNOWN {
                 let mut m = serde_json::Map::new();
                 for (_, key, get) in METRICS {
                     let v = self.values(c, f, get);
@@ -294,26 +266,7 @@ impl Report<'_> {
             }
             summary.insert(c.name().into(), Value::Object(per));
         }
-        let soaks: Vec<Value> = self
-            .soaks
-            .iter()
-            .map(|s| {
-                json!({
-                    "contender": s.contender.name(),
-                    "secs": s.secs,
-                    "moves": s.moves,
-                    "dual_ms": s.dual_ms,
-                    "orphan_ms": s.orphan_ms,
-                    "pings_sent": s.pings_sent,
-                    "pings_answered": s.pings_answered,
-                    "longest_gap_ms": s.longest_gap_ms,
-                    "gap_detail": s.gap_detail,
-                    "events": s.events,
-                    "failure": s.failure,
-                    "saved_logs": s.saved_logs,
-                })
-            })
-            .collect();
+        let soaks: Vec<Value> = self.soaks.iter().map(super::soak::json_of).collect();
         let checks: Vec<Value> = self
             .checks
             .iter()
@@ -356,7 +309,7 @@ impl Report<'_> {
                 "ratio": r,
             })),
             "summary": summary,
-            "trials": self.trials.iter().map(trial).collect::<Vec<_>>(),
+            "trials": self.trials.iter().map(TrialResult::json).collect::<Vec<_>>(),
             "soaks": soaks,
             "checks": checks,
         })

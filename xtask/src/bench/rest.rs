@@ -35,7 +35,7 @@ pub struct RestResult {
 
 pub fn run(ctx: &Ctx, c: Contender, secs: u64) -> Result<Vec<RestResult>> {
     let lab = ctx.new_lab()?;
-    let out = measure(&lab, c, secs);
+    let out = measure(ctx, &lab, c, secs);
     if out.is_err() {
         ctx.save_logs(&lab, &format!("{c}-rest"));
     }
@@ -43,9 +43,9 @@ pub fn run(ctx: &Ctx, c: Contender, secs: u64) -> Result<Vec<RestResult>> {
     out
 }
 
-fn measure(lab: &ha_lab::Lab, c: Contender, secs: u64) -> Result<Vec<RestResult>> {
+fn measure(ctx: &Ctx, lab: &ha_lab::Lab, c: Contender, secs: u64) -> Result<Vec<RestResult>> {
     let watch = VipWatch::start(lab, Duration::from_secs(120))?;
-    let mut pair = Pair::start(lab, c, &watch)?;
+    let mut pair = Pair::start(lab, c, &watch, &ctx.agent_overrides())?;
     watch.finish();
     // Start-up work (eBPF load, first announcements) is not rest.
     ha_lab::sleep(Duration::from_secs(2))?;
@@ -110,13 +110,13 @@ fn measure(lab: &ha_lab::Lab, c: Contender, secs: u64) -> Result<Vec<RestResult>
 }
 
 /// CPU ticks of a process, in total and per thread.
-struct Sample {
+pub struct Sample {
     total: u64,
     threads: Vec<(u32, String, u64)>,
 }
 
 impl Sample {
-    fn take(pid: i32) -> Result<Sample> {
+    pub fn take(pid: i32) -> Result<Sample> {
         let total = ticks(&format!("/proc/{pid}/stat"))?.1;
         let mut threads = Vec::new();
         for e in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
@@ -160,6 +160,27 @@ fn memory(pid: i32) -> Result<(u64, u64)> {
             .unwrap_or(0)
     };
     Ok((kib("VmRSS:"), kib("VmHWM:")))
+}
+
+impl Sample {
+    /// CPU used between `self` and `later` by the threads whose name
+    /// `keep` accepts, in percent of one core over `wall` seconds.
+    pub fn percent_since(&self, later: &Sample, wall: f64, keep: impl Fn(&str) -> bool) -> f64 {
+        let ticks: u64 = later
+            .threads
+            .iter()
+            .filter(|(_, name, _)| keep(name))
+            .map(|(tid, _, t)| {
+                let was = self
+                    .threads
+                    .iter()
+                    .find(|(id, _, _)| id == tid)
+                    .map_or(0, |x| x.2);
+                t.saturating_sub(was)
+            })
+            .sum();
+        ticks as f64 / clock_ticks_per_sec() / wall.max(1e-9) * 100.0
+    }
 }
 
 fn clock_ticks_per_sec() -> f64 {

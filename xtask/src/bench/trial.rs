@@ -1,13 +1,14 @@
 //! One failover trial: a fresh lab, a settled pair with server1 holding the
-//! VIPs, a client pinging the outside VIP and capturing ARP, then one fault
-//! on server1, timed from the instant before the fault command with the
-//! monotonic clock.
+//! VIPs, a client pinging the outside VIP (with a VIP group: the group's
+//! last outside VIP) and capturing ARP, then one fault on server1, timed
+//! from the instant before the fault command with the monotonic clock.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use ha_lab::{Lab, Link, Pinger, Server, CLIENT_IP};
 
+use super::agent_log::AgentLog;
 use super::arp::{first_garp, ArpCapture};
 use super::contender::{Contender, Pair};
 use super::watch::VipWatch;
@@ -29,16 +30,33 @@ pub enum Fault {
     Isolate,
     /// server1's daemon frozen by SIGSTOP (every process of it).
     Hang,
+    /// server1's outside cable unplugged: its outside switch port down
+    /// (carrier lost on eth0 only), the inside link untouched.
+    OutsideCarrier,
+    /// server1 dies without a word: its daemon frozen (SIGSTOP, one
+    /// system call: the fault instant is exact), then both its ports down.
+    /// Unlike [`Fault::LinksDown`], whose two ports go down one after the
+    /// other (milliseconds apart under load), server1's daemon cannot see
+    /// the first carrier loss and hand over through the port still up.
+    /// Not in the default list.
+    Death,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 3] = [Fault::LinksDown, Fault::Isolate, Fault::Hang];
+    pub const ALL: [Fault; 4] = [
+        Fault::LinksDown,
+        Fault::Isolate,
+        Fault::Hang,
+        Fault::OutsideCarrier,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Fault::LinksDown => "links_down",
             Fault::Isolate => "isolate",
             Fault::Hang => "hang",
+            Fault::OutsideCarrier => "outside_carrier",
+            Fault::Death => "death",
         }
     }
 
@@ -48,6 +66,27 @@ impl Fault {
             Fault::LinksDown => "server1 links down",
             Fault::Isolate => "server1 isolated",
             Fault::Hang => "server1 daemon SIGSTOP",
+            Fault::OutsideCarrier => "server1 outside cable unplugged",
+            Fault::Death => "server1 dies (daemon frozen, then links down)",
+        }
+    }
+
+    /// Every fault a command line may name (the default list and the opt-in ones).
+    pub const KNOWN: [Fault; 5] = [
+        Fault::LinksDown,
+        Fault::Isolate,
+        Fault::Hang,
+        Fault::OutsideCarrier,
+        Fault::Death,
+    ];
+
+    pub fn parse(s: &str) -> Result<Fault> {
+        match Fault::KNOWN.into_iter().find(|f| f.name() == s.trim()) {
+            Some(f) => Ok(f),
+            None => {
+                let names: Vec<&str> = Fault::KNOWN.iter().map(|f| f.name()).collect();
+                bail!("unknown fault {s:?} (known: {})", names.join(", "))
+            }
         }
     }
 }
@@ -60,14 +99,32 @@ pub struct TrialResult {
     pub index: usize,
     /// How long the fault command itself took.
     pub fault_cmd_ms: Option<f64>,
-    /// Both VIPs present on server2.
+    /// Every VIP present on server2.
     pub vips_ms: Option<f64>,
-    /// First gratuitous ARP for the outside VIP from server2's MAC, seen by the client.
+    /// The first VIP present on server2.
+    pub first_vip_ms: Option<f64>,
+    /// How many VIPs the group has.
+    pub vip_count: usize,
+    /// server2's agent's own account of its VIP add ("VIPs added ... took_us").
+    pub agent_add_us: Option<f64>,
+    /// Why server2's agent took over, from its log (the reason of its last
+    /// change to MASTER): "peer silent on all links" is the detection path.
+    pub takeover_reason: Option<String>,
+    /// First gratuitous ARP for the client's VIP from server2's MAC, seen by the client.
     pub garp_ms: Option<f64>,
     /// First echo reply from server2's MAC (capture time) to a request sent after the fault.
     pub reply_ms: Option<f64>,
     /// Longest interval without any reply, from the last reply before the fault.
     pub gap_ms: Option<f64>,
+    /// The client's outage around the takeover: from the last reply before
+    /// server2's first to that first (a stall of the client elsewhere in
+    /// the trial, which the longest gap also catches, does not count).
+    pub outage_ms: Option<f64>,
+    /// Where that gap started (ms from the fault; negative: before it), and
+    /// how many requests the client sent during it (none: the client
+    /// itself stalled, not the service).
+    pub gap_start_ms: Option<f64>,
+    pub gap_requests: Option<usize>,
     /// server1 held no VIP any more (self-fencing or release), if it happened.
     pub s1_released_ms: Option<f64>,
     /// Set when the trial failed (counted and reported, never dropped).
@@ -78,6 +135,61 @@ pub struct TrialResult {
     pub duration_s: f64,
     /// /proc/loadavg when the trial started: how busy the machine was.
     pub loadavg: String,
+}
+
+/// What ha-agent logs when it takes over because it detected the silence
+/// (not because the old holder said it let go).
+pub const DETECTION_REASON: &str = "peer silent on all links";
+
+impl TrialResult {
+    /// Every field, for the JSON reports.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "contender": self.contender.name(),
+            "fault": self.fault.name(),
+            "index": self.index,
+            "fault_cmd_ms": self.fault_cmd_ms,
+            "vips_ms": self.vips_ms,
+            "first_vip_ms": self.first_vip_ms,
+            "vip_count": self.vip_count,
+            "agent_add_us": self.agent_add_us,
+            "takeover_reason": self.takeover_reason,
+            "garp_ms": self.garp_ms,
+            "reply_ms": self.reply_ms,
+            "gap_ms": self.gap_ms,
+            "outage_ms": self.outage_ms,
+            "gap_start_ms": self.gap_start_ms,
+            "gap_requests": self.gap_requests,
+            "s1_released_ms": self.s1_released_ms,
+            "failed": self.failure.is_some(),
+            "failure": self.failure,
+            "saved_logs": self.saved_logs,
+            "duration_s": self.duration_s,
+            "loadavg": self.loadavg,
+        })
+    }
+
+    /// ha-agent only: server2 took over by detecting the silence (true) or
+    /// because server1 handed over first (false: it saw one port lose
+    /// carrier and said so on the other before that went down too).
+    pub fn by_detection(&self) -> Option<bool> {
+        self.takeover_reason
+            .as_deref()
+            .map(|r| r == DETECTION_REASON)
+    }
+}
+
+/// "12/20 by detection" over the successful trials that know it, or "-".
+pub fn detection_share<'a>(trials: impl Iterator<Item = &'a TrialResult>) -> String {
+    let known: Vec<bool> = trials
+        .filter(|t| t.failure.is_none())
+        .filter_map(|t| t.by_detection())
+        .collect();
+    if known.is_empty() {
+        return "-".into();
+    }
+    let n = known.iter().filter(|&&d| d).count();
+    format!("{n}/{} (others: hand-over)", known.len())
 }
 
 pub fn ms(d: Duration) -> f64 {
@@ -97,9 +209,16 @@ pub fn run(ctx: &Ctx, c: Contender, fault: Fault, index: usize) -> Result<TrialR
         index,
         fault_cmd_ms: None,
         vips_ms: None,
+        first_vip_ms: None,
+        vip_count: ctx.watch_options().vips.len(),
+        agent_add_us: None,
+        takeover_reason: None,
         garp_ms: None,
         reply_ms: None,
         gap_ms: None,
+        outage_ms: None,
+        gap_start_ms: None,
+        gap_requests: None,
         s1_released_ms: None,
         failure: None,
         saved_logs: None,
@@ -130,24 +249,11 @@ pub fn run(ctx: &Ctx, c: Contender, fault: Fault, index: usize) -> Result<TrialR
 }
 
 fn measure(ctx: &Ctx, lab: &Lab, r: &mut TrialResult) -> Result<()> {
-    let watch = VipWatch::start(lab, TRIAL_MAX)?;
-    let mut pair = Pair::start(lab, r.contender, &watch)?;
-    let mac1 = lab.mac(Server::S1, Link::Outside).to_string();
+    let watch = VipWatch::start_with(lab, TRIAL_MAX, ctx.watch_options())?;
+    let mut pair = Pair::start(lab, r.contender, &watch, &ctx.agent_overrides())?;
     let mac2 = lab.mac(Server::S2, Link::Outside).to_string();
-    let arp = ArpCapture::start(lab.client_ns(), "eth0", TRIAL_MAX)?;
-    let pinger = Pinger::start(
-        lab.client_ns(),
-        "eth0",
-        Link::Outside.vip(),
-        ctx.ping_interval,
-        TRIAL_MAX,
-    )?;
-    let t_ping = Instant::now();
-    ha_lab::wait_until(
-        Duration::from_secs(5),
-        "the client answered by server1",
-        || pinger.log().first_reply_from_after(&mac1, t_ping).is_some(),
-    )?;
+    let target = ctx.client_vip();
+    let (arp, pinger) = start_client(lab, target, ctx.ping_interval, TRIAL_MAX)?;
     // A steady baseline before the fault.
     ha_lab::sleep(Duration::from_millis(300))?;
     pair.check_alive()?;
@@ -166,10 +272,13 @@ fn measure(ctx: &Ctx, lab: &Lab, r: &mut TrialResult) -> Result<()> {
 
     let deadline = t0 + MOVE_BOUND;
     let moved = watch.wait_for(deadline.saturating_duration_since(Instant::now()), |h| {
-        h.holds_both(Server::S2)
+        h.holds_all(Server::S2)
     })?;
     r.vips_ms = watch
-        .first_at_or_after(t0, |h| h.holds_both(Server::S2))
+        .first_at_or_after(t0, |h| h.holds_all(Server::S2))
+        .map(|t| since(t, t0));
+    r.first_vip_ms = watch
+        .first_at_or_after(t0, |h| h.holds_any(Server::S2))
         .map(|t| since(t, t0));
     if !moved {
         bail!(
@@ -188,22 +297,74 @@ fn measure(ctx: &Ctx, lab: &Lab, r: &mut TrialResult) -> Result<()> {
     r.reply_ms = log
         .first_reply_from_after(&mac2, t0)
         .map(|x| since(x.received, t0));
-    r.gap_ms = Some(ms(log.longest_gap(t0, end).len()));
+    if let Some(first) = log.first_reply_from_after(&mac2, t0) {
+        let before = log
+            .replies
+            .iter()
+            .map(|x| x.received)
+            .filter(|&t| t < first.received)
+            .max()
+            .unwrap_or(t0);
+        r.outage_ms = Some(ms(first.received.saturating_duration_since(before)));
+    }
+    let gap = log.longest_gap(t0, end);
+    r.gap_ms = Some(ms(gap.len()));
+    r.gap_start_ms = Some(if gap.start >= t0 {
+        since(gap.start, t0)
+    } else {
+        -ms(t0 - gap.start)
+    });
+    r.gap_requests = Some(
+        log.sent
+            .iter()
+            .filter(|&&t| t > gap.start && t < gap.end)
+            .count(),
+    );
     let frames = arp.finish();
-    r.garp_ms = first_garp(&frames, Link::Outside.vip(), &mac2, t0).map(|f| since(f.at, t0));
+    r.garp_ms = first_garp(&frames, target, &mac2, t0).map(|f| since(f.at, t0));
     r.s1_released_ms = watch
         .first_at_or_after(t0, |h| !h.holds_any(Server::S1))
         .map(|t| since(t, t0));
     if answered.is_err() {
-        let neigh = lab.client_neighbour_mac(Link::Outside.vip()).ok().flatten();
+        let neigh = lab.client_neighbour_mac(target).ok().flatten();
         bail!(
             "the VIPs moved after {:.1} ms but the client ({CLIENT_IP}) got no reply from server2 within {MOVE_BOUND:?} (its ARP entry: {neigh:?}; replies from {:?})",
             r.vips_ms.unwrap_or(f64::NAN),
             log.macs()
         );
     }
+    if r.contender == Contender::HaAgent {
+        let log = AgentLog::read(&lab.agent_log_path(Server::S2));
+        r.agent_add_us = log
+            .last_with("VIPs added")
+            .and_then(|l| l.field_f64("took_us"));
+        r.takeover_reason = log
+            .last_with("to=MASTER")
+            .and_then(|l| l.field_rest("reason"))
+            .map(str::to_string);
+    }
     pair.shutdown();
     Ok(())
+}
+
+/// The client capturing ARP and pinging `target` every `every`, for at
+/// most `bound`, once server1 has answered it.
+pub fn start_client(
+    lab: &Lab,
+    target: std::net::Ipv4Addr,
+    every: Duration,
+    bound: Duration,
+) -> Result<(ArpCapture, Pinger)> {
+    let mac1 = lab.mac(Server::S1, Link::Outside).to_string();
+    let arp = ArpCapture::start(lab.client_ns(), "eth0", bound)?;
+    let pinger = Pinger::start(lab.client_ns(), "eth0", target, every, bound)?;
+    let t_ping = Instant::now();
+    ha_lab::wait_until(
+        Duration::from_secs(5),
+        "the client answered by server1",
+        || pinger.log().first_reply_from_after(&mac1, t_ping).is_some(),
+    )?;
+    Ok((arp, pinger))
 }
 
 /// Injects the fault on server1.
@@ -212,7 +373,45 @@ fn inject(lab: &Lab, pair: &mut Pair, fault: Fault) -> Result<()> {
         Fault::LinksDown => lab.links_down(Server::S1),
         Fault::Isolate => lab.isolate(Server::S1),
         Fault::Hang => pair.get(Server::S1)?.stop(),
+        Fault::OutsideCarrier => lab.link_down(Server::S1, Link::Outside),
+        Fault::Death => {
+            pair.get(Server::S1)?.stop()?;
+            lab.links_down(Server::S1)
+        }
     }
+}
+
+/// Every process of server1's daemon is stopped.
+fn stopped(pair: &mut Pair) -> Result<()> {
+    for pid in pair.get(Server::S1)?.pids() {
+        let path = format!("/proc/{pid}/stat");
+        // The state is the field after the parenthesised command name;
+        // the stop is delivered asynchronously, so allow it 100 ms.
+        ha_lab::wait_until_ok(
+            Duration::from_millis(100),
+            format!("pid {pid} stopped"),
+            || {
+                let stat = std::fs::read_to_string(&path)?;
+                Ok(stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('T'))
+            },
+        )?;
+    }
+    Ok(())
+}
+
+fn port_is_down(lab: &Lab, port: &str) -> Result<()> {
+    let out = lab.exec_ok(lab.switch_ns(), &["ip", "-o", "link", "show", port])?;
+    // "<BROADCAST,MULTICAST>" once down; "UP" appears only while up.
+    let flags = out.split(['<', '>']).nth(1).unwrap_or("");
+    if flags.split(',').any(|f| f == "UP") {
+        bail!("switch port {port} is still up: {}", out.trim());
+    }
+    Ok(())
 }
 
 /// Checks the fault is in force (a fault that silently failed must not be
@@ -221,14 +420,15 @@ fn verify(lab: &Lab, pair: &mut Pair, fault: Fault) -> Result<()> {
     match fault {
         Fault::LinksDown => {
             for link in Link::ALL {
-                let port = Server::S1.port(link);
-                let out = lab.exec_ok(lab.switch_ns(), &["ip", "-o", "link", "show", port])?;
-                // "<BROADCAST,MULTICAST>" once down; "UP" appears only while up.
-                let flags = out.split(['<', '>']).nth(1).unwrap_or("");
-                if flags.split(',').any(|f| f == "UP") {
-                    bail!("switch port {port} is still up: {}", out.trim());
-                }
+                port_is_down(lab, Server::S1.port(link))?;
             }
+        }
+        Fault::OutsideCarrier => port_is_down(lab, Server::S1.port(Link::Outside))?,
+        Fault::Death => {
+            for link in Link::ALL {
+                port_is_down(lab, Server::S1.port(link))?;
+            }
+            stopped(pair)?;
         }
         Fault::Isolate => {
             let rules = lab.fault_rules()?;
@@ -236,26 +436,7 @@ fn verify(lab: &Lab, pair: &mut Pair, fault: Fault) -> Result<()> {
                 bail!("no isolation rules in the switch: {rules}");
             }
         }
-        Fault::Hang => {
-            for pid in pair.get(Server::S1)?.pids() {
-                let path = format!("/proc/{pid}/stat");
-                // The state is the field after the parenthesised command name;
-                // the stop is delivered asynchronously, so allow it 100 ms.
-                ha_lab::wait_until_ok(
-                    Duration::from_millis(100),
-                    format!("pid {pid} stopped"),
-                    || {
-                        let stat = std::fs::read_to_string(&path)?;
-                        Ok(stat
-                            .rsplit(')')
-                            .next()
-                            .unwrap_or("")
-                            .trim_start()
-                            .starts_with('T'))
-                    },
-                )?;
-            }
-        }
+        Fault::Hang => stopped(pair)?,
     }
     Ok(())
 }

@@ -5,22 +5,44 @@
 //! cost two thread spawns per VIP per millisecond). It listens to the
 //! kernel's address events (netlink `RTMGRP_IPV4_IFADDR`), so a VIP added
 //! and removed again within a millisecond is still seen (polling every
-//! millisecond missed such flaps of ha-agent under load), and it also polls
-//! the addresses every millisecond when no event comes, to resynchronise
-//! after an overrun of the netlink socket.
+//! millisecond missed such flaps of ha-agent under load), and it also reads
+//! the addresses whenever no event came for the resync period, to recover
+//! from an overrun of the netlink socket.
+//!
+//! The threads run under SCHED_FIFO (see [`WATCH_RT_PRIORITY`]). By
+//! default they watch the lab's two VIPs; [`WatchOptions`] gives it a
+//! group of up to 256 (`ha_lab::vips`). Every VIP address that appears on a
+//! server is also kept as an [`AddEvent`]: in a soak, where nothing should
+//! move, each one is a VIP added where it was not.
 
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use ha_lab::{netns, Lab, Link, Server};
 
-/// Which VIPs each server holds: `held[server][link]` (server1 = 0, outside = 0).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The most VIPs one watch follows (the agent's limit).
+pub const MAX_WATCHED: usize = 256;
+const WORDS: usize = MAX_WATCHED / 64;
+
+/// Which of the watched VIPs each server holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Holders {
-    pub held: [[bool; 2]; 2],
+    /// Bit i of `bits[server]`: watched VIP i is on that server (server1 = 0).
+    bits: [[u64; WORDS]; 2],
+    total: u16,
+    /// Where the lab's outside and inside VIPs are in the watched list.
+    main: [Option<u16>; 2],
+}
+
+impl Default for Holders {
+    /// The lab's two VIPs (outside first), held by nobody.
+    fn default() -> Self {
+        Holders::new(&[Link::Outside.vip(), Link::Inside.vip()])
+    }
 }
 
 fn si(s: Server) -> usize {
@@ -28,37 +50,89 @@ fn si(s: Server) -> usize {
 }
 
 impl Holders {
+    /// Nobody holds any of `vips` (at most [`MAX_WATCHED`]).
+    pub fn new(vips: &[Ipv4Addr]) -> Holders {
+        let pos = |v: Ipv4Addr| vips.iter().position(|&x| x == v).map(|i| i as u16);
+        Holders {
+            bits: [[0; WORDS]; 2],
+            total: vips.len().min(MAX_WATCHED) as u16,
+            main: [pos(Link::Outside.vip()), pos(Link::Inside.vip())],
+        }
+    }
+
+    pub fn set(&mut self, s: Server, vip: usize, held: bool) {
+        if vip < usize::from(self.total) {
+            let (w, b) = (vip / 64, vip % 64);
+            if held {
+                self.bits[si(s)][w] |= 1 << b;
+            } else {
+                self.bits[si(s)][w] &= !(1 << b);
+            }
+        }
+    }
+
+    pub fn holds_vip(&self, s: Server, vip: usize) -> bool {
+        vip < usize::from(self.total) && self.bits[si(s)][vip / 64] & (1 << (vip % 64)) != 0
+    }
+
+    /// The lab's VIP of `l` (false if it is not watched).
     pub fn holds(&self, s: Server, l: Link) -> bool {
-        self.held[si(s)][usize::from(l.index())]
+        self.main[usize::from(l.index())].is_some_and(|i| self.holds_vip(s, usize::from(i)))
     }
-    /// The server holds both VIPs (the other may hold some too).
-    pub fn holds_both(&self, s: Server) -> bool {
-        Link::ALL.iter().all(|&l| self.holds(s, l))
+
+    /// How many watched VIPs the server holds.
+    pub fn count(&self, s: Server) -> usize {
+        self.bits[si(s)]
+            .iter()
+            .map(|w| w.count_ones() as usize)
+            .sum()
     }
-    /// The server holds at least one VIP.
+
+    pub fn total(&self) -> usize {
+        usize::from(self.total)
+    }
+
+    /// Watched VIPs held by both servers.
+    pub fn both_count(&self) -> usize {
+        (0..WORDS)
+            .map(|w| (self.bits[0][w] & self.bits[1][w]).count_ones() as usize)
+            .sum()
+    }
+
+    /// Watched VIPs held by neither server.
+    pub fn neither_count(&self) -> usize {
+        let any: usize = (0..WORDS)
+            .map(|w| (self.bits[0][w] | self.bits[1][w]).count_ones() as usize)
+            .sum();
+        self.total() - any
+    }
+
+    /// The server holds every watched VIP (the other may hold some too).
+    pub fn holds_all(&self, s: Server) -> bool {
+        self.count(s) == self.total()
+    }
+    /// The server holds at least one watched VIP.
     pub fn holds_any(&self, s: Server) -> bool {
-        Link::ALL.iter().any(|&l| self.holds(s, l))
+        self.count(s) > 0
     }
-    /// `s` holds both VIPs and the other server none.
+    /// `s` holds every watched VIP and the other server none.
     pub fn sole(&self, s: Server) -> bool {
-        self.holds_both(s) && !self.holds_any(s.peer())
+        self.holds_all(s) && !self.holds_any(s.peer())
     }
     /// Some VIP is held by both servers.
     pub fn dual(&self) -> bool {
-        Link::ALL
-            .iter()
-            .any(|&l| Server::ALL.iter().all(|&s| self.holds(s, l)))
+        self.both_count() > 0
     }
     /// Some VIP is held by nobody.
     pub fn orphan(&self) -> bool {
-        Link::ALL
-            .iter()
-            .any(|&l| Server::ALL.iter().all(|&s| !self.holds(s, l)))
+        self.neither_count() > 0
     }
-    /// "outside: server1, inside: server1+server2".
+    /// "outside: server1, inside: server1+server2", and for a larger group
+    /// "; of 256: server1 256, server2 12".
     pub fn describe(&self) -> String {
-        Link::ALL
+        let mut out = Link::ALL
             .iter()
+            .filter(|&&l| self.main[usize::from(l.index())].is_some())
             .map(|&l| {
                 let who: Vec<&str> = Server::ALL
                     .iter()
@@ -73,17 +147,66 @@ impl Holders {
                 format!("{}: {who}", l.name())
             })
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", ");
+        if self.total > 2 {
+            out.push_str(&format!(
+                "; of {}: server1 {}, server2 {}",
+                self.total,
+                self.count(Server::S1),
+                self.count(Server::S2)
+            ));
+        }
+        out
     }
 }
 
-#[derive(Default)]
+/// A watched VIP that appeared on a server.
+#[derive(Debug, Clone, Copy)]
+pub struct AddEvent {
+    pub at: Instant,
+    pub server: Server,
+    /// Index in the watched list.
+    pub vip: usize,
+}
+
+/// What a watch follows, and how.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// The VIPs (at most [`MAX_WATCHED`]).
+    pub vips: Vec<Ipv4Addr>,
+    /// With no address event for this long, read the addresses anyway.
+    pub resync: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            vips: vec![Link::Outside.vip(), Link::Inside.vip()],
+            resync: Duration::from_millis(1),
+        }
+    }
+}
+
+/// SCHED_FIFO priority of the watch threads: above the agent's threads (50
+/// and 49 by default) and any normal process, so a VIP's arrival is stamped
+/// when it happens even on a busy host (a normal thread was seen stamping
+/// 120 ms late there). They only wake for address events and the resync.
+const WATCH_RT_PRIORITY: i32 = 80;
+
 struct Shared {
     current: Holders,
     /// Every change of `current` (the first entry is the initial state).
     timeline: Vec<(Instant, Holders)>,
+    adds: Vec<AddEvent>,
     /// Servers whose thread has taken its first reading.
     ready: [bool; 2],
+}
+
+/// The whole record of a finished watch.
+pub struct WatchLog {
+    pub timeline: Vec<(Instant, Holders)>,
+    pub adds: Vec<AddEvent>,
+    pub vips: Vec<Ipv4Addr>,
 }
 
 /// A running watch; stops on [`VipWatch::finish`] or drop, or by itself
@@ -92,31 +215,53 @@ pub struct VipWatch {
     stop: Arc<AtomicBool>,
     shared: Arc<Mutex<Shared>>,
     threads: Vec<JoinHandle<Result<()>>>,
+    vips: Vec<Ipv4Addr>,
 }
 
 impl VipWatch {
-    /// Starts watching both servers for at most `max` (a bound, not a plan).
+    /// Starts watching the lab's two VIPs on both servers for at most `max`
+    /// (a bound, not a plan).
     pub fn start(lab: &Lab, max: Duration) -> Result<VipWatch> {
+        Self::start_with(lab, max, WatchOptions::default())
+    }
+
+    pub fn start_with(lab: &Lab, max: Duration, opts: WatchOptions) -> Result<VipWatch> {
+        if opts.vips.is_empty() || opts.vips.len() > MAX_WATCHED {
+            bail!(
+                "a VIP watch follows 1 to {MAX_WATCHED} VIPs, not {}",
+                opts.vips.len()
+            );
+        }
         let stop = Arc::new(AtomicBool::new(false));
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let shared = Arc::new(Mutex::new(Shared {
+            current: Holders::new(&opts.vips),
+            timeline: Vec::new(),
+            adds: Vec::new(),
+            ready: [false; 2],
+        }));
         let deadline = Instant::now() + max;
         let mut threads = Vec::new();
         for server in Server::ALL {
             let ns = lab.server_ns(server).to_string();
-            let (stop, shared) = (stop.clone(), shared.clone());
+            let (stop, shared, opts) = (stop.clone(), shared.clone(), opts.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("bench-vips-{}", server.index()))
-                    .spawn(move || poll_loop(&ns, server, &stop, &shared, deadline))?,
+                    .spawn(move || poll_loop(&ns, server, &opts, &stop, &shared, deadline))?,
             );
         }
-        let w = VipWatch {
+        let mut w = VipWatch {
             stop,
             shared,
             threads,
+            vips: opts.vips,
         };
         let start = Instant::now();
         while !w.shared.lock().unwrap().ready.iter().all(|&r| r) {
+            if w.threads.iter().any(|t| t.is_finished()) {
+                let errors = w.join_errors();
+                return Err(anyhow!("a VIP watch thread failed: {errors}"));
+            }
             if start.elapsed() > Duration::from_secs(5) {
                 return Err(anyhow!("the VIP watch threads did not start"));
             }
@@ -159,9 +304,32 @@ impl VipWatch {
     }
 
     /// Stops the threads; returns the timeline.
-    pub fn finish(mut self) -> Vec<(Instant, Holders)> {
+    pub fn finish(self) -> Vec<(Instant, Holders)> {
+        self.finish_log().timeline
+    }
+
+    /// Stops the threads; returns everything recorded.
+    pub fn finish_log(mut self) -> WatchLog {
         self.shutdown();
-        self.timeline()
+        let s = self.shared.lock().unwrap();
+        WatchLog {
+            timeline: s.timeline.clone(),
+            adds: s.adds.clone(),
+            vips: self.vips.clone(),
+        }
+    }
+
+    fn join_errors(&mut self) -> String {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut errors = Vec::new();
+        for t in self.threads.drain(..) {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push(format!("{e:#}")),
+                Err(_) => errors.push("panicked".into()),
+            }
+        }
+        errors.join("; ")
     }
 
     fn shutdown(&mut self) {
@@ -196,50 +364,75 @@ pub fn first_at_or_after(
         .map(|(at, _)| *at)
 }
 
-fn held_now(vips: &[std::net::Ipv4Addr; 2]) -> [bool; 2] {
+fn held_now(vips: &[Ipv4Addr]) -> Vec<bool> {
     // An error (interface gone while the lab is torn down) reads as "holds nothing".
     let addrs = netns::local_ipv4_addresses().unwrap_or_default();
-    vips.map(|v| addrs.iter().any(|(_, c)| c.addr == v))
+    vips.iter()
+        .map(|v| addrs.iter().any(|(_, c)| c.addr == *v))
+        .collect()
+}
+
+fn set_fifo(priority: i32) -> Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: plain syscall on the calling thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        bail!(
+            "sched_setscheduler(SCHED_FIFO {priority}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }
 
 fn poll_loop(
     ns: &str,
     server: Server,
+    opts: &WatchOptions,
     stop: &AtomicBool,
     shared: &Mutex<Shared>,
     deadline: Instant,
 ) -> Result<()> {
     netns::enter_netns(ns)?;
+    set_fifo(WATCH_RT_PRIORITY)?;
     // Subscribe before the first reading so no change falls in between.
-    let sock = AddrEvents::open()?;
-    let vips = [Link::Outside.vip(), Link::Inside.vip()];
-    let mut last: Option<[bool; 2]> = None;
-    let record = |last: &mut Option<[bool; 2]>, now: [bool; 2], at: Instant| {
-        if *last != Some(now) {
-            *last = Some(now);
-            let mut s = shared.lock().unwrap();
-            s.current.held[si(server)] = now;
-            let cur = s.current;
-            s.timeline.push((at, cur));
-            s.ready[si(server)] = true;
+    let sock = AddrEvents::open(opts.resync)?;
+    let vips = &opts.vips;
+    let mut last: Option<Vec<bool>> = None;
+    let record = |last: &mut Option<Vec<bool>>, now: Vec<bool>, at: Instant| {
+        if last.as_ref() == Some(&now) {
+            return;
         }
+        let mut s = shared.lock().unwrap();
+        for (i, &held) in now.iter().enumerate() {
+            let was = last.as_ref().map(|l| l[i]);
+            if was == Some(false) && held {
+                s.adds.push(AddEvent { at, server, vip: i });
+            }
+            s.current.set(server, i, held);
+        }
+        let cur = s.current;
+        s.timeline.push((at, cur));
+        s.ready[si(server)] = true;
+        *last = Some(now);
     };
-    record(&mut last, held_now(&vips), Instant::now());
-    let mut buf = vec![0u8; 64 * 1024];
+    record(&mut last, held_now(vips), Instant::now());
+    let mut buf = vec![0u8; 256 * 1024];
     while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
         match sock.recv(&mut buf) {
             Ok(Some(n)) => {
                 let at = Instant::now();
                 for (add, addr) in parse_addr_events(&buf[..n]) {
                     if let Some(i) = vips.iter().position(|&v| v == addr) {
-                        let mut now = last.unwrap_or_default();
+                        let mut now = last.clone().unwrap_or_else(|| vec![false; vips.len()]);
                         now[i] = add;
                         record(&mut last, now, at);
                     }
                 }
             }
-            // Timeout (1 ms) or overrun: read the truth.
-            Ok(None) | Err(_) => record(&mut last, held_now(&vips), Instant::now()),
+            // Timeout or overrun: read the truth.
+            Ok(None) | Err(_) => record(&mut last, held_now(vips), Instant::now()),
         }
     }
     Ok(())
@@ -249,7 +442,8 @@ fn poll_loop(
 struct AddrEvents(libc::c_int);
 
 impl AddrEvents {
-    fn open() -> Result<AddrEvents> {
+    /// Subscribed; a receive returns None after `resync` without events.
+    fn open(resync: Duration) -> Result<AddrEvents> {
         // SAFETY: plain socket(2).
         let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE) };
         if fd < 0 {
@@ -274,10 +468,23 @@ impl AddrEvents {
         if rc != 0 {
             return Err(anyhow!("netlink bind: {}", std::io::Error::last_os_error()));
         }
-        // Wake up every millisecond without events: the resync poll.
+        // A whole group's events at once (256 VIPs) must fit: an overrun
+        // loses their individual times (the resync reads the state later).
+        let size: libc::c_int = 8 << 20;
+        // SAFETY: size is a valid c_int; FORCE needs root, which the lab has.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                &size as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        // Wake up without events: the resync poll.
         let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 1_000,
+            tv_sec: resync.as_secs() as libc::time_t,
+            tv_usec: resync.subsec_micros().max(1) as libc::suseconds_t,
         };
         // SAFETY: tv is a valid timeval.
         unsafe {
@@ -369,18 +576,21 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut a = Holders::default();
-        a.held[0] = [true, true];
+        a.set(Server::S1, 0, true);
+        a.set(Server::S1, 1, true);
         let mut b = a;
-        b.held[1] = [true, true];
+        b.set(Server::S2, 0, true);
+        b.set(Server::S2, 1, true);
         let mut c = b;
-        c.held[0] = [false, false];
+        c.set(Server::S1, 0, false);
+        c.set(Server::S1, 1, false);
         let tl = vec![(ms(0), a), (ms(10), b), (ms(20), c)];
         assert_eq!(
             first_at_or_after(&tl, ms(5), |h| h.sole(Server::S1)),
             Some(ms(5))
         );
         assert_eq!(
-            first_at_or_after(&tl, ms(5), |h| h.holds_both(Server::S2)),
+            first_at_or_after(&tl, ms(5), |h| h.holds_all(Server::S2)),
             Some(ms(10))
         );
         assert_eq!(
@@ -389,6 +599,27 @@ mod tests {
         );
         assert!(b.dual() && !b.orphan() && !a.dual());
         assert_eq!(c.describe(), "outside: server2, inside: server2");
+    }
+
+    #[test]
+    fn a_large_group_counts_every_vip() {
+        let vips: Vec<Ipv4Addr> = (0..200u8).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect();
+        let mut h = Holders::new(&vips);
+        for i in 0..200 {
+            h.set(Server::S1, i, true);
+        }
+        h.set(Server::S2, 130, true);
+        h.set(Server::S1, 199, false);
+        assert_eq!(h.count(Server::S1), 199);
+        assert_eq!(h.both_count(), 1);
+        assert_eq!(h.neither_count(), 1);
+        assert!(h.holds_vip(Server::S2, 130) && !h.holds_vip(Server::S2, 129));
+        assert!(!h.holds_all(Server::S1) && h.dual() && h.orphan());
+        assert!(
+            !h.holds(Server::S1, Link::Outside),
+            "the lab VIP is not watched"
+        );
+        assert!(h.describe().ends_with("of 200: server1 199, server2 1"));
     }
 
     #[test]
