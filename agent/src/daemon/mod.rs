@@ -38,7 +38,6 @@ async fn run_inner(cfg: Arc<Config>) -> Result<()> {
     if previous == boot::Previous::Unreadable {
         warn!(dir = %cfg.node.state_dir.display(), "the boot counter was unreadable: continuing from the clock");
     }
-    lock_memory();
     // First: the database controller fences the local server at once,
     // before the election has heard the peer.
     let mut services = Services::start(&cfg).await?;
@@ -52,6 +51,9 @@ async fn run_inner(cfg: Arc<Config>) -> Result<()> {
     let (view_tx, mut view) = watch::channel(ElectionView::default());
     let (notice_tx, mut notices) = mpsc::unbounded_channel();
     let election = ElectionThread::spawn(cfg.clone(), key, boot, commands, view_tx, notice_tx)?;
+    // After the eBPF load: the megabytes its BTF parsing used are given
+    // back first (locked pages could not be).
+    lock_memory();
     let server = StatusServer::bind(&cfg.node.status_socket, status_group)?;
     let (request_tx, mut requests) = mpsc::channel::<(Request, oneshot::Sender<Reply>)>(8);
     if let Some(m) = &cfg.metrics {
