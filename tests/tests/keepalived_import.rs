@@ -66,20 +66,12 @@ fn import(lab: &Lab, s: Server, conf: &Path, peer: &Path) -> Result<PathBuf> {
         "import for {s}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let check = lab.agent_cli(&["check-config", out.to_str().context("utf-8")?])?;
-    ensure!(
-        check.status.success(),
-        "check-config on the imported {s} config: {}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    println!(
-        "{s}: imported, {}",
-        String::from_utf8_lossy(&check.stdout).trim()
-    );
     Ok(out)
 }
 
-/// The imported config with the lab's key and status socket.
+/// The imported config with the lab's key, status socket and state
+/// directory, as this server's config; check-config must pass it (it
+/// reads the key file and looks for the hook scripts, as `run` does).
 fn install(lab: &Lab, s: Server, imported: &Path) -> Result<()> {
     let mut doc: toml::Table = std::fs::read_to_string(imported)?.parse()?;
     let node = doc
@@ -94,7 +86,25 @@ fn install(lab: &Lab, s: Server, imported: &Path) -> Result<()> {
         "status_socket".into(),
         lab.status_socket(s).display().to_string().into(),
     );
-    lab.write_agent_config_raw(s, &toml::to_string(&doc)?)?;
+    node.insert(
+        "state_dir".into(),
+        lab.dir()
+            .join(format!("{}-state", s.name()))
+            .display()
+            .to_string()
+            .into(),
+    );
+    let path = lab.write_agent_config_raw(s, &toml::to_string(&doc)?)?;
+    let check = lab.agent_cli(&["check-config", path.to_str().context("utf-8")?])?;
+    ensure!(
+        check.status.success(),
+        "check-config on the imported {s} config: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    println!(
+        "{s}: imported, {}",
+        String::from_utf8_lossy(&check.stdout).trim()
+    );
     Ok(())
 }
 

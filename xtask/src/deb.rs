@@ -292,11 +292,41 @@ pub fn install_test(root: &Path) -> Result<()> {
             "/etc/ha-agent has mode {:o}",
             meta.permissions().mode() & 0o777
         );
-        for example in ["server1.toml", "server2.toml"] {
-            let path = format!("/usr/share/doc/ha-agent/examples/{example}");
-            out(Command::new(SBIN).args(["check-config", &path]))?;
+        // check-config reads the key and password files the examples name
+        // (under /etc/ha-agent, which a test must not fill): copies of the
+        // examples point at scratch ones.
+        let scratch = std::env::temp_dir().join(format!("ha-deb-check-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch)?;
+        std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o700))?;
+        for (name, text) in [
+            (
+                "key",
+                "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+            ),
+            ("mysql-password", "example\n"),
+            ("repl-password", "example\n"),
+            ("atlas-password", "example\n"),
+        ] {
+            let f = scratch.join(name);
+            std::fs::write(&f, text)?;
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600))?;
         }
-        println!("xtask:   the examples pass check-config; /etc/ha-agent is 0700");
+        let checked = (|| -> Result<()> {
+            for example in ["server1.toml", "server2.toml"] {
+                let text =
+                    std::fs::read_to_string(format!("/usr/share/doc/ha-agent/examples/{example}"))?;
+                let copy = scratch.join(example);
+                std::fs::write(
+                    &copy,
+                    text.replace("/etc/ha-agent/", &format!("{}/", scratch.display())),
+                )?;
+                out(Command::new(SBIN).arg("check-config").arg(&copy))?;
+            }
+            Ok(())
+        })();
+        let _ = std::fs::remove_dir_all(&scratch);
+        checked?;
+        println!("xtask:   the examples pass check-config (with their secret files); /etc/ha-agent is 0700");
         let bash = std::fs::read_to_string("/usr/share/bash-completion/completions/ha-agent")?;
         ensure!(bash.contains("import-keepalived"), "bash completion");
         Ok(())

@@ -143,6 +143,9 @@ pub struct ElectionConfig {
     pub handover_hold: Duration,
     /// How long a shutdown waits for the peer to take over before leaving anyway.
     pub shutdown_wait: Duration,
+    /// A carrier loss on some links is acted on after this (losses on
+    /// every link at once: at once).
+    pub carrier_settle: Duration,
     /// Number of monitored links.
     pub links: usize,
     /// Bit i: a witness is configured on link i.
@@ -539,13 +542,15 @@ impl Election {
                     *slot = up;
                 }
                 if !up {
-                    // Nothing crosses a link without carrier: the kernel's
-                    // timers would say so only after their detection times.
-                    if let Some(slot) = self.links_up.get_mut(link) {
-                        *slot = false;
-                    }
-                    if let Some(slot) = self.witness_up.get_mut(link) {
-                        *slot = false;
+                    if self.carrier.iter().any(|c| *c) {
+                        // Other links still carry: wait a moment before
+                        // acting, so that cables pulled together (or a
+                        // switch that died) read as one event, not as a
+                        // handover to a peer we are about to lose too.
+                        self.timers
+                            .get_or_set(Timer::Carrier, now + self.cfg.carrier_settle);
+                    } else {
+                        self.apply_carrier_loss();
                     }
                 }
             }
@@ -597,6 +602,10 @@ impl Election {
                 | Timer::Conflict
                 | Timer::Shutdown => {}
                 Timer::Yield | Timer::Heard => self.timers.stop(t),
+                Timer::Carrier => {
+                    self.timers.stop(t);
+                    self.apply_carrier_loss();
+                }
                 Timer::Reclaim => {
                     self.timers.stop(t);
                     if !self.timers.is_set(Timer::Settle) {
@@ -647,6 +656,23 @@ impl Election {
         }
         self.evaluate(now);
         Ok(())
+    }
+
+    /// Nothing crosses a link without carrier: neither the peer nor its
+    /// witness is reached there (the kernel's timers would say so only
+    /// after their detection times).
+    fn apply_carrier_loss(&mut self) {
+        self.timers.stop(Timer::Carrier);
+        for (i, c) in self.carrier.iter().enumerate() {
+            if !*c {
+                if let Some(slot) = self.links_up.get_mut(i) {
+                    *slot = false;
+                }
+                if let Some(slot) = self.witness_up.get_mut(i) {
+                    *slot = false;
+                }
+            }
+        }
     }
 
     fn heard(&mut self, at: Instant) {

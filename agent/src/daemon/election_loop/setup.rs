@@ -248,6 +248,9 @@ fn election_config(cfg: &Config) -> ElectionConfig {
         reclaim_window: (detect * 4).max(Duration::from_millis(50)),
         handover_hold: (detect * 20).max(Duration::from_millis(500)),
         shutdown_wait: (detect * 10).max(Duration::from_millis(300)),
+        // Cables pulled together reach the agent a few ms apart (3.4 ms
+        // measured for two ports set down in one `ip -batch`).
+        carrier_settle: detect.max(Duration::from_millis(5)),
         links: cfg.links.len(),
         witness_links,
         router_id: cfg

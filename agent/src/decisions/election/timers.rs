@@ -27,10 +27,12 @@ pub(super) enum Timer {
     Yield,
     /// A control message counts as hearing the peer until then.
     Heard,
+    /// A carrier loss on some links is acted on then (see `carrier_settle`).
+    Carrier,
 }
 
 impl Timer {
-    pub(super) const ALL: [Timer; 10] = [
+    pub(super) const ALL: [Timer; 11] = [
         Timer::Init,
         Timer::Fence,
         Timer::Preempt,
@@ -41,6 +43,7 @@ impl Timer {
         Timer::Shutdown,
         Timer::Yield,
         Timer::Heard,
+        Timer::Carrier,
     ];
 }
 
