@@ -127,6 +127,10 @@ pub struct LinkConfig {
     /// waiting; it gives them `grace_ns` before declaring anything down.
     pub stall_ns: u64,
     pub grace_ns: u64,
+    /// Our own senders renew the lease every slot; a renewal older than
+    /// this means they (this machine) stalled for long enough to fake the
+    /// peer's death: the timers give grace then too.
+    pub renew_gap_ns: u64,
     /// Our MAC on the link: ARP from another MAC claiming one of our VIPs is a conflict.
     pub local_mac: [u8; 6],
     pub _pad1: [u8; 2],

@@ -445,15 +445,15 @@ unsafe fn start_pinned(timer: *mut bpf_timer, ns: u64) {
 /// or have not renewed the lease for longer than a stall (they were not
 /// scheduled: the peer's probes may be queued behind the same stall).
 #[inline(always)]
-fn stalled_here(now: u64, due: u64, detect: u64, stall: u64) -> bool {
-    if now.saturating_sub(due) > stall {
+fn stalled_here(now: u64, due: u64, detect: u64, cfg: &LinkConfig) -> bool {
+    if now.saturating_sub(due) > cfg.stall_ns {
         return true;
     }
     let Some(l) = LEASE.get(0) else {
         return false;
     };
     (l.stalled_ns != 0 && now.saturating_sub(l.stalled_ns) < detect)
-        || (l.renewed_ns != 0 && now.saturating_sub(l.renewed_ns) > stall)
+        || (l.renewed_ns != 0 && now.saturating_sub(l.renewed_ns) > cfg.renew_gap_ns)
 }
 
 /// Timer callback (peer or witness of one link): declares the link's peer or
@@ -498,7 +498,7 @@ unsafe extern "C" fn timer_cb(_map: *mut c_void, key: *mut u32, value: *mut Link
     let elapsed = now.saturating_sub(last);
     let (rearm, down) = if elapsed < detect {
         (detect - elapsed, false)
-    } else if cfg.stall_ns != 0 && stalled_here(now, due, detect, cfg.stall_ns) {
+    } else if cfg.stall_ns != 0 && stalled_here(now, due, detect, cfg) {
         (cfg.grace_ns, false)
     } else {
         (0, true)

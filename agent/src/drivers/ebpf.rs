@@ -177,6 +177,12 @@ pub fn kernel_link_config(
         // intervals let the probes queued behind the stall through.
         stall_ns: link.interval().as_nanos() as u64,
         grace_ns: 2 * link.interval().as_nanos() as u64,
+        // A stall of our own of (detection - one interval) can fake a
+        // death; normal renewals come every interval (two while one sender
+        // thread is late).
+        renew_gap_ns: (link.detect_time().saturating_sub(link.interval()))
+            .max(2 * link.interval())
+            .as_nanos() as u64,
         ..LinkConfig::default()
     }
 }

@@ -9,9 +9,13 @@
 //! threads pinned one per CPU was never more than 0.73 ms late in 15,000
 //! cycles). A single sender would make the peer see a false death.
 //!
-//! Thread `j` wakes `j x stagger` after each slot starts and sends only
-//! what no sibling sent yet (per-link atomics), so normally one copy of
-//! each probe leaves; a sibling's stall costs one stagger, not the slot.
+//! With `n` threads, thread `j` wakes for the slots `k` with `k % n == j`
+//! (each wake costs tens of microseconds on a VM: one per slot in all, not
+//! one per thread and slot) and sends the current slot unless a sibling
+//! already did (per-link atomics). One stalled thread thus leaves a probe
+//! every `n` slots on every link: with two threads, gaps of two intervals,
+//! under the three of the detection time; a false death needs every
+//! thread late at once.
 //!
 //! Nothing here blocks, locks, allocates or logs once running: the probe
 //! bytes come from a seqlock of atomics written by the decision loop, the
@@ -268,6 +272,8 @@ struct Shared {
     /// The common start of every grid.
     start: Instant,
     interval: Duration,
+    /// Sender threads (each wakes for every `threads`-th slot).
+    threads: u64,
 }
 
 pub struct Senders {
@@ -327,26 +333,23 @@ impl Senders {
             stats,
             start: Instant::now(),
             interval: cfg.interval.max(Duration::from_micros(100)),
+            threads: thread_count(cfg.threads) as u64,
         });
         let cpus = allowed_cpus();
-        let count = thread_count(cfg.threads);
-        // A sibling's copy follows the first thread's by this much: enough
-        // to see the first one's send, small against the interval.
-        let stagger = (shared.interval / 8).min(Duration::from_micros(200));
+        let count = shared.threads as usize;
         let links = Arc::new(links);
         let mut threads = Vec::with_capacity(count);
         for j in 0..count {
             let cpu = cpus.get(j % cpus.len().max(1)).copied();
             let for_thread = shared.clone();
             let links = links.clone();
-            let offset = stagger * j as u32;
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("ha-probe-{j}"))
                     .stack_size(256 * 1024)
                     .spawn(move || {
                         prepare_thread(cpu, cfg.rt_priority, &for_thread.stats);
-                        run(&links, &for_thread, j, offset);
+                        run(&links, &for_thread, j);
                     })?,
             );
         }
@@ -457,8 +460,18 @@ fn current_slot(shared: &Shared, now: Instant) -> u64 {
     u64::try_from(since / shared.interval.as_nanos().max(1)).unwrap_or(u64::MAX)
 }
 
-fn run(links: &[SenderLink], shared: &Shared, thread: usize, offset: Duration) {
+/// The first slot after `slot` that belongs to `thread`.
+fn next_own_slot(slot: u64, thread: usize, threads: u64) -> u64 {
+    let j = thread as u64 % threads.max(1);
+    let next = slot.saturating_add(1);
+    let r = next % threads.max(1);
+    next.saturating_add((j + threads.max(1) - r) % threads.max(1))
+}
+
+fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
     let n = links.len();
+    // When this thread meant to run (its own slot's start).
+    let mut due = Instant::now();
     // This thread's copy of the probes: sent when a torn read gives up.
     let mut local: [Option<Template>; agent_ebpf::MAX_LINKS as usize] = [None; 4];
     let mut seen_gen = 0u64;
@@ -485,7 +498,7 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize, offset: Duration) {
                 seen_gen = generation;
             }
             let late = now.saturating_duration_since(slot_time(shared, slot));
-            if late > shared.interval + offset {
+            if now.saturating_duration_since(due) > shared.interval {
                 // This thread was not scheduled for more than a slot: the
                 // machine (or this CPU) stalled.
                 shared.stalled_ns.fetch_max(anchor_ns, Ordering::AcqRel);
@@ -550,11 +563,9 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize, offset: Duration) {
             }
             send_witness_requests(links, shared, now);
         }
-        // Sleep until this thread's next turn: the next slot plus its offset.
-        let mut wake = slot_time(shared, slot.saturating_add(1)) + offset;
-        if let Some(w) = next_witness(links, shared, now) {
-            wake = wake.min(w + offset);
-        }
+        // Sleep until this thread's next own slot.
+        let wake = slot_time(shared, next_own_slot(slot, thread, shared.threads));
+        due = wake;
         let now = Instant::now();
         if wake > now {
             // publish() and shutdown() end this early.
@@ -595,21 +606,6 @@ fn send_witness_requests(links: &[SenderLink], shared: &Shared, now: Instant) {
         }
         shared.witness_sent[i].fetch_max(k + 1, Ordering::AcqRel);
     }
-}
-
-/// The next witness slot of any link after `now`.
-fn next_witness(links: &[SenderLink], shared: &Shared, now: Instant) -> Option<Instant> {
-    links
-        .iter()
-        .filter_map(|l| l.witness.as_ref())
-        .map(|w| {
-            let since = now.saturating_duration_since(shared.start).as_nanos();
-            let k = u64::try_from(since / w.interval.as_nanos().max(1)).unwrap_or(u64::MAX);
-            shared.start
-                + w.interval
-                    .saturating_mul(u32::try_from(k + 1).unwrap_or(u32::MAX))
-        })
-        .min()
 }
 
 /// Sends on a connected socket. An ICMP port-unreachable from the peer (its
@@ -694,6 +690,22 @@ mod tests {
         }
         writer.join().unwrap();
         assert_eq!(cell.load(), Some(template(19_999)));
+    }
+
+    #[test]
+    fn threads_take_turns_on_the_grid() {
+        // Two threads: 0 takes the even slots, 1 the odd ones.
+        assert_eq!(next_own_slot(0, 0, 2), 2);
+        assert_eq!(next_own_slot(0, 1, 2), 1);
+        assert_eq!(next_own_slot(1, 0, 2), 2);
+        assert_eq!(next_own_slot(1, 1, 2), 3);
+        // After a stall thread 0 woke in slot 7: its next is 8.
+        assert_eq!(next_own_slot(7, 0, 2), 8);
+        // One thread: every slot.
+        assert_eq!(next_own_slot(5, 0, 1), 6);
+        // Three threads.
+        assert_eq!(next_own_slot(4, 2, 3), 5);
+        assert_eq!(next_own_slot(5, 2, 3), 8);
     }
 
     #[test]
