@@ -6,7 +6,9 @@
 //!  0..24  ProbeHeader (agent-ebpf): magic, version, kind, link, flags, token, seq, ctl_gen
 //! 24      role            25 priority        26 flags        27 witness_reach
 //!         (flags: 1 eligible, 2 want_takeover, 4 replica_ok)
-//! 28      witness_count   29 links_up        30..32 reserved
+//! 28      witness_count   29 links_up        30..32 semi-sync (kind, episode:
+//!         0 none, 1 effective, 2 asynchronous, 3 acking, 4 not acking and
+//!         noted; the episode is the primary's announcement, 0 when none)
 //! 32..40  epoch
 //! 40..44  router_id
 //! 44..60  node name (UTF-8, zero padded)
@@ -24,6 +26,7 @@ use agent_ebpf::{ProbeHeader, PROBE_HEADER_LEN, PROBE_KIND_PROBE, PROBE_MAGIC, P
 use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 
+use crate::decisions::database::SemisyncAdvert;
 use crate::decisions::election::{Control, Role};
 
 type HmacSha256 = hmac::Hmac<Sha256>;
@@ -33,6 +36,7 @@ const BODY: usize = PROBE_HEADER_LEN;
 const MAC_AT: usize = 60;
 const NAME_LEN: usize = 16;
 const SEQ_AT: usize = 16;
+const SEMISYNC_AT: usize = 30;
 
 const FLAG_ELIGIBLE: u8 = 1;
 const FLAG_WANT_TAKEOVER: u8 = 2;
@@ -118,6 +122,8 @@ pub enum DecodeError {
     BadMac,
     #[error("unknown role value {0}")]
     BadRole(u8),
+    #[error("unknown semi-sync state {0}")]
+    BadSemisync(u8),
 }
 
 /// Builds a signed probe; the sender then stamps `seq` with [`set_seq`].
@@ -165,6 +171,7 @@ pub fn encode(
     b[BODY + 3] = c.witness_reach;
     b[BODY + 4] = c.witness_count;
     b[BODY + 5] = c.links_up;
+    b[SEMISYNC_AT..SEMISYNC_AT + 2].copy_from_slice(&c.semisync.to_wire());
     b[32..40].copy_from_slice(&c.epoch.to_be_bytes());
     b[40..44].copy_from_slice(&c.router_id.to_be_bytes());
     let name = node.as_bytes();
@@ -198,6 +205,8 @@ pub fn decode(key: &Key, b: &[u8]) -> Result<Probe, DecodeError> {
         .map_err(|_| DecodeError::BadMac)?;
     let be32 = |at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
     let role = Role::from_wire(b[BODY]).ok_or(DecodeError::BadRole(b[BODY]))?;
+    let semisync = SemisyncAdvert::from_wire([b[SEMISYNC_AT], b[SEMISYNC_AT + 1]])
+        .ok_or(DecodeError::BadSemisync(b[SEMISYNC_AT]))?;
     let mut epoch = [0u8; 8];
     epoch.copy_from_slice(&b[32..40]);
     let mut token = [0u8; 8];
@@ -222,6 +231,7 @@ pub fn decode(key: &Key, b: &[u8]) -> Result<Probe, DecodeError> {
             links_up: b[BODY + 5],
             epoch: u64::from_be_bytes(epoch),
             router_id: be32(40),
+            semisync,
         },
     })
 }
@@ -244,6 +254,7 @@ mod tests {
             router_id: 0xC633_640B,
             replica_ok: true,
             fresh_takeover: true,
+            semisync: SemisyncAdvert::Asynchronous { episode: 0xA7 },
         }
     }
 
@@ -271,6 +282,24 @@ mod tests {
                 let p = encode(&key, 0, 1, 1, "s", &c);
                 assert_eq!(decode(&key, &p).unwrap().control, c);
             }
+        }
+        // Every semi-sync state travels, with its episode.
+        for semisync in [
+            SemisyncAdvert::None,
+            SemisyncAdvert::Effective,
+            SemisyncAdvert::Asynchronous { episode: 0 },
+            SemisyncAdvert::Asynchronous { episode: 255 },
+            SemisyncAdvert::Acking { noted: 0 },
+            SemisyncAdvert::Acking { noted: 3 },
+            SemisyncAdvert::AsyncNoted { episode: 9 },
+        ] {
+            let c = Control {
+                semisync,
+                ..control()
+            };
+            let p = encode(&key, 0, 1, 1, "s", &c);
+            assert_eq!(&p[30..32], &semisync.to_wire());
+            assert_eq!(decode(&key, &p).unwrap().control, c);
         }
     }
 
@@ -313,6 +342,13 @@ mod tests {
         mac.update(&p[..MAC_AT]);
         p[MAC_AT..].copy_from_slice(&mac.finalize().into_bytes());
         assert_eq!(decode(&key, &p), Err(DecodeError::BadRole(9)));
+        // An unknown semi-sync state in a signed probe is refused, not guessed.
+        let mut p = encode(&key, 0, 1, 1, "x", &control());
+        p[SEMISYNC_AT] = 5;
+        let mut mac = key.mac();
+        mac.update(&p[..MAC_AT]);
+        p[MAC_AT..].copy_from_slice(&mac.finalize().into_bytes());
+        assert_eq!(decode(&key, &p), Err(DecodeError::BadSemisync(5)));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use ha_agent::decisions::database::{DbHandle, DbWish, LocalDb};
+use ha_agent::decisions::database::{DbHandle, DbWish, LocalDb, SemisyncAdvert};
 use ha_agent::drivers::mysql::MysqlDriver;
 use ha_agent::operator::status::DatabaseStatus;
 use ha_lab::mariadb::{Mariadb, MariadbOptions};
@@ -92,6 +92,7 @@ async fn fences_at_start_and_again_after_a_restart_and_tracks_fitness() {
         LocalDb {
             fit: false,
             replica_ok: false,
+            semisync: SemisyncAdvert::None,
         },
     )
     .await;
@@ -130,6 +131,7 @@ async fn replica_then_primary_then_errant_rejoin_and_force() {
         LocalDb {
             fit: true,
             replica_ok: true,
+            semisync: SemisyncAdvert::None,
         },
     )
     .await;

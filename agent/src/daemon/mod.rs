@@ -275,7 +275,7 @@ async fn run_inner(cfg: Config) -> Result<()> {
                 }
             }
             db = agent.services.next_db_change() => agent.election.handle_input(
-                Input::LocalDb { fit: db.fit, replica_ok: db.replica_ok },
+                Input::LocalDb { fit: db.fit, replica_ok: db.replica_ok, semisync: db.semisync },
                 Instant::now(),
             ),
             _ = sigterm.recv() => agent.begin_shutdown("SIGTERM"),

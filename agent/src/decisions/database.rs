@@ -46,6 +46,98 @@ use crate::operator::status::rfc3339;
 /// Rejoin retries back off up to this many check intervals.
 const MAX_BACKOFF_INTERVALS: u32 = 10;
 
+/// What a node says about semi-synchronous replication in every signed
+/// probe (`Control::semisync`). The election only carries it; the database
+/// controllers on both sides decide with it.
+///
+/// A primary says whether a commit it acknowledges is surely on this peer
+/// (`Effective`), or may not be (`Asynchronous`, said before it ever
+/// acknowledges a commit without the peer). A replica says whether it
+/// acknowledges, and echoes the primary's latest `Asynchronous`
+/// announcement (`noted`): from then on it does not promote itself
+/// automatically after the primary's death (with `durability = "strict"`),
+/// and the primary may stop waiting for it. Announcements are numbered
+/// from 1 (wrapping, never 0); 0 means "none".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum SemisyncAdvert {
+    /// Nothing to say: no semi-sync configured, not a primary or replica
+    /// of the peer, or not known yet.
+    #[default]
+    None,
+    /// Primary: every commit waits for this peer's acknowledgement, and
+    /// has since the peer caught up.
+    Effective,
+    /// Primary: commits may be, or are about to be, acknowledged without
+    /// the peer. `episode` numbers the announcement.
+    Asynchronous { episode: u8 },
+    /// Replica of the peer: its IO thread acknowledges the peer's commits;
+    /// `noted`: the primary's latest `Asynchronous` announcement heard
+    /// since it last said `Effective` (0: none).
+    Acking { noted: u8 },
+    /// Replica, not acknowledging: heard the primary's
+    /// `Asynchronous { episode }`.
+    AsyncNoted { episode: u8 },
+}
+
+impl SemisyncAdvert {
+    /// Two bytes on the wire: the kind, then the announcement number (0
+    /// when none).
+    pub fn to_wire(self) -> [u8; 2] {
+        match self {
+            SemisyncAdvert::None => [0, 0],
+            SemisyncAdvert::Effective => [1, 0],
+            SemisyncAdvert::Asynchronous { episode } => [2, episode],
+            SemisyncAdvert::Acking { noted } => [3, noted],
+            SemisyncAdvert::AsyncNoted { episode } => [4, episode],
+        }
+    }
+
+    /// None for an unknown kind (the probe is then refused).
+    pub fn from_wire(b: [u8; 2]) -> Option<SemisyncAdvert> {
+        Some(match b[0] {
+            0 => SemisyncAdvert::None,
+            1 => SemisyncAdvert::Effective,
+            2 => SemisyncAdvert::Asynchronous { episode: b[1] },
+            3 => SemisyncAdvert::Acking { noted: b[1] },
+            4 => SemisyncAdvert::AsyncNoted { episode: b[1] },
+            _ => return None,
+        })
+    }
+
+    /// A replica that acknowledges.
+    pub fn is_acking(self) -> bool {
+        matches!(self, SemisyncAdvert::Acking { .. })
+    }
+
+    /// A replica that heard announcement `episode`.
+    pub fn noted(self, episode: u8) -> bool {
+        episode != 0
+            && matches!(self, SemisyncAdvert::Acking { noted } | SemisyncAdvert::AsyncNoted { episode: noted } if noted == episode)
+    }
+}
+
+impl fmt::Display for SemisyncAdvert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SemisyncAdvert::None => f.write_str("none"),
+            SemisyncAdvert::Effective => f.write_str("effective"),
+            SemisyncAdvert::Asynchronous { episode } => {
+                write!(f, "asynchronous (announcement {episode})")
+            }
+            SemisyncAdvert::Acking { noted: 0 } => f.write_str("acking"),
+            SemisyncAdvert::Acking { noted } => write!(
+                f,
+                "acking; heard the primary go asynchronous (announcement {noted})"
+            ),
+            SemisyncAdvert::AsyncNoted { episode } => write!(
+                f,
+                "not acking; heard the primary go asynchronous (announcement {episode})"
+            ),
+        }
+    }
+}
+
 /// What the local server should be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbWish {
@@ -95,6 +187,8 @@ pub struct LocalDb {
     pub fit: bool,
     /// Replicating from the MASTER peer and caught up: may serve reads.
     pub replica_ok: bool,
+    /// Advertised to the peer (see [`SemisyncAdvert`]).
+    pub semisync: SemisyncAdvert,
 }
 
 impl Default for LocalDb {
@@ -103,6 +197,7 @@ impl Default for LocalDb {
         LocalDb {
             fit: true,
             replica_ok: false,
+            semisync: SemisyncAdvert::None,
         }
     }
 }
@@ -698,6 +793,8 @@ impl Controller {
         let now = LocalDb {
             fit: !self.fitness.is_unfit(),
             replica_ok: self.replica_ok,
+            // Filled in by the semi-sync work that follows.
+            semisync: SemisyncAdvert::None,
         };
         if now != self.reported {
             info!(
@@ -844,6 +941,7 @@ mod tests {
             router_id: u32::from(Ipv4Addr::new(10, 0, 0, 2)),
             replica_ok: false,
             fresh_takeover: false,
+            semisync: SemisyncAdvert::None,
         }
     }
 
@@ -1032,7 +1130,8 @@ mod tests {
             LocalDb::default(),
             LocalDb {
                 fit: true,
-                replica_ok: false
+                replica_ok: false,
+                semisync: SemisyncAdvert::None,
             }
         );
     }
