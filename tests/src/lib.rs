@@ -25,6 +25,7 @@
 pub mod agent;
 pub mod atlas_fixture;
 pub mod capture;
+pub mod evidence;
 pub mod faults;
 pub mod keepalived;
 pub mod mariadb;

@@ -519,6 +519,48 @@ impl Mariadb {
         .map(|_| ())
     }
 
+    /// The replication state as text, for evidence: read-only, GTID
+    /// positions, `SHOW SLAVE STATUS`, the semi-sync status and settings,
+    /// and who is connected. A server that does not answer says why.
+    pub fn state_report(&self) -> String {
+        let mut out = format!("== server {} ({}) ==\n", self.opts.server_id, self.addr());
+        if self.child.is_none() {
+            out.push_str("not running (killed or not started)\n");
+            return out;
+        }
+        for sql in [
+            "SELECT @@global.read_only AS read_only, @@global.gtid_binlog_pos AS gtid_binlog_pos, \
+             @@global.gtid_binlog_state AS gtid_binlog_state, @@global.gtid_slave_pos AS gtid_slave_pos, \
+             @@global.gtid_current_pos AS gtid_current_pos",
+            "SHOW SLAVE STATUS",
+            "SHOW GLOBAL STATUS LIKE 'Rpl\\_semi\\_sync\\_%'",
+            "SHOW GLOBAL VARIABLES LIKE 'rpl\\_semi\\_sync\\_%'",
+            "SELECT ID, USER, HOST, COMMAND, TIME, STATE, LEFT(INFO, 80) AS INFO FROM information_schema.PROCESSLIST",
+            "SELECT COUNT(*) AS rows_in_app_t FROM app.t",
+        ] {
+            let r = Command::new("mariadb")
+                .arg("--no-defaults")
+                .arg(format!("--socket={}", self.socket().display()))
+                .args(["-uroot", "--vertical", "--connect-timeout=2", "-e", sql])
+                .stdin(Stdio::null())
+                .output();
+            out.push_str(&format!("-- {sql}\n"));
+            match r {
+                Ok(o) => {
+                    out.push_str(&String::from_utf8_lossy(&o.stdout));
+                    out.push_str(&String::from_utf8_lossy(&o.stderr));
+                }
+                Err(e) => out.push_str(&format!("cannot run the mariadb client: {e}\n")),
+            }
+        }
+        out
+    }
+
+    /// The server's error log file.
+    pub fn error_log_path(&self) -> PathBuf {
+        self.dir.join("error.log")
+    }
+
     /// Waits until `app.t` holds `n` rows.
     pub fn wait_count(&self, n: u64, timeout: Duration) -> Result<Duration> {
         wait_until(

@@ -34,6 +34,10 @@ pub struct StackOptions {
     pub lab_base: &'static str,
     /// `mysql.down_handover_ms` (None: the agent's default).
     pub down_handover_ms: Option<u64>,
+    /// The test's name: a stack that is dropped before [`Stack::pass`] (an
+    /// error or a panic) keeps its evidence under this name (see
+    /// [`crate::evidence`]). Empty: nothing is kept.
+    pub test: &'static str,
 }
 /// Start-up (the eBPF program loads) and replication set-up.
 pub const SETTLE: Duration = Duration::from_secs(20);
@@ -103,6 +107,10 @@ pub struct Stack {
     pub dbs: [Mariadb; 2],
     pub lab: Lab,
     pub opts: StackOptions,
+    /// State snapshots taken during the test ("before the fault", ...).
+    snapshots: Vec<(String, String)>,
+    /// The test passed: nothing to keep.
+    passed: bool,
 }
 
 pub fn idx(s: Server) -> usize {
@@ -158,6 +166,53 @@ impl Stack {
             p.kill()?;
         }
         Ok(())
+    }
+
+    /// Records both servers' replication state and both agents' status
+    /// now, for the evidence of a failure (a few tens of ms).
+    pub fn snapshot(&mut self, label: &str) {
+        let mut text = String::new();
+        for s in Server::ALL {
+            text.push_str(&self.db(s).state_report());
+            match self.lab.agent_status(s) {
+                Ok(j) => text.push_str(&format!(
+                    "== {s}'s agent status ==\n{}\n",
+                    serde_json::to_string_pretty(&j).unwrap_or_default()
+                )),
+                Err(e) => text.push_str(&format!("== {s}'s agent status ==\n{e:#}\n")),
+            }
+        }
+        self.snapshots.push((label.to_string(), text));
+    }
+
+    /// The test passed: the evidence is not kept.
+    pub fn pass(&mut self) {
+        self.passed = true;
+    }
+
+    /// Copies the evidence of a failure (see [`crate::evidence`]): both
+    /// agents' logs and configs, both MariaDB error logs, the snapshots
+    /// taken during the test and one taken now; returns the directory.
+    pub fn keep_evidence(&mut self, why: &str) -> Result<PathBuf> {
+        let name = if self.opts.test.is_empty() {
+            "stack"
+        } else {
+            self.opts.test
+        };
+        let b = crate::evidence::Bundle::new(name)?;
+        b.note("failure.txt", &format!("{why}\n"));
+        b.copy_dir(self.lab.dir(), "");
+        for db in &self.dbs {
+            b.copy_file(
+                &format!("mariadb{}-error.log", db.server_id()),
+                &db.error_log_path(),
+            );
+        }
+        self.snapshot("at the failure");
+        for (label, text) in &self.snapshots {
+            b.note("state.txt", &format!("##### {label}\n{text}\n"));
+        }
+        Ok(b.dir().to_path_buf())
     }
 
     pub fn logs(&self) -> String {
@@ -243,7 +298,50 @@ pub fn stack(opts: StackOptions) -> Result<Stack> {
         dbs: [d1, d2],
         lab,
         opts,
+        snapshots: Vec::new(),
+        passed: false,
     })
+}
+
+impl Drop for Stack {
+    /// A stack dropped before [`Stack::pass`] belongs to a failed test:
+    /// keep its evidence (while the servers and the lab still exist).
+    fn drop(&mut self) {
+        if self.passed || self.opts.test.is_empty() {
+            return;
+        }
+        let why = if std::thread::panicking() {
+            "the test panicked"
+        } else {
+            "the test failed (see its error)"
+        };
+        match self.keep_evidence(why) {
+            Ok(dir) => eprintln!("ha-lab: evidence of the failure kept in {}", dir.display()),
+            Err(e) => eprintln!("ha-lab: could not keep the evidence: {e:#}"),
+        }
+        // Kept once: the error path of [`run`] may have done it already.
+        self.passed = true;
+    }
+}
+
+/// Runs a test on a started stack: on failure its evidence is kept and the
+/// error names the directory.
+pub fn run(opts: StackOptions, test: impl FnOnce(&mut Stack) -> Result<()>) -> Result<()> {
+    let mut st = started(opts)?;
+    match test(&mut st) {
+        Ok(()) => {
+            st.pass();
+            Ok(())
+        }
+        Err(e) => {
+            let kept = st.keep_evidence(&format!("{e:#}"));
+            st.pass();
+            match kept {
+                Ok(dir) => Err(e.context(format!("evidence kept in {}", dir.display()))),
+                Err(k) => Err(e.context(format!("(evidence not kept: {k:#})"))),
+            }
+        }
+    }
 }
 
 pub fn ms(d: Duration) -> f64 {
@@ -301,7 +399,15 @@ pub fn started(opts: StackOptions) -> Result<Stack> {
 }
 
 /// Machine death of server1: its links go down, its agent and MariaDB die.
+/// The replication state is recorded first (for the evidence).
 pub fn kill_server1(st: &mut Stack) -> Result<Instant> {
+    st.snapshot("just before the fault (server1 dies)");
+    die_server1(st)
+}
+
+/// [`kill_server1`] at once, without the snapshot (tens of ms): for faults
+/// timed against another event.
+pub fn die_server1(st: &mut Stack) -> Result<Instant> {
     let fault = Instant::now();
     st.lab.links_down(S1)?;
     st.kill_agent(S1)?;

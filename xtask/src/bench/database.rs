@@ -70,6 +70,7 @@ pub fn run(index: usize, semisync: bool) -> Result<DbTrial> {
         semisync,
         lab_base: LAB_BASE,
         down_handover_ms: None,
+        test: "bench-database",
     }) {
         Ok(st) => st,
         Err(e) if ha_lab::interrupted() => return Err(e),
@@ -79,11 +80,17 @@ pub fn run(index: usize, semisync: bool) -> Result<DbTrial> {
         }
     };
     let mut st = st;
-    if let Err(e) = trial(&mut st, &mut t) {
-        if ha_lab::interrupted() {
-            return Err(e);
+    match trial(&mut st, &mut t) {
+        Ok(()) => st.pass(),
+        Err(e) if ha_lab::interrupted() => return Err(e),
+        Err(e) => {
+            let kept = st
+                .keep_evidence(&format!("{e:#}"))
+                .map(|d| format!("evidence kept in {}", d.display()))
+                .unwrap_or_else(|k| format!("evidence not kept: {k:#}"));
+            st.pass();
+            t.failure = Some(format!("{e:#}\n{kept}\n{}", st.logs()));
         }
-        t.failure = Some(format!("{e:#}\n{}", st.logs()));
     }
     Ok(t)
 }
