@@ -55,6 +55,18 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// On a MASTER whose database promotion is held (durability =
+    /// "strict": the old primary last said it acknowledged writes without
+    /// this replica, or was never heard say semi-sync was effective):
+    /// promote anyway. Writes the old primary acknowledged alone are lost
+    /// to the new primary (they stay in the old one's binary log).
+    Promote {
+        /// Required: accept that acknowledged writes may be lost.
+        #[arg(long, required = true)]
+        force: bool,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 /// A forced rejoin may wait for connections and replication threads.
@@ -134,6 +146,17 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             answer(ask_within(
                 &target.socket()?,
                 "rejoin-force",
+                REJOIN_TIMEOUT,
+            )?)
+        }
+        Command::Promote { force, target } => {
+            anyhow::ensure!(
+                force,
+                "promote needs --force (the agent promotes on its own when it is safe)"
+            );
+            answer(ask_within(
+                &target.socket()?,
+                "promote-force",
                 REJOIN_TIMEOUT,
             )?)
         }

@@ -44,9 +44,12 @@ pub const APP_PASSWORD: &str = "app-Pw-3";
 /// ADMIN; SUPER no longer implies it), replication control and
 /// gtid_slave_pos (REPLICATION SLAVE ADMIN), RESET MASTER on a forced
 /// rejoin (RELOAD, BINLOG ADMIN), status reads (REPLICATION CLIENT aka
-/// BINLOG MONITOR, SLAVE MONITOR), semi-sync settings (SUPER).
+/// BINLOG MONITOR, SLAVE MONITOR), semi-sync settings (SUPER), and seeing
+/// and closing other sessions: the replica's IO thread at a promotion, the
+/// commits stuck waiting for a semi-sync acknowledgement at a fence
+/// (PROCESS, CONNECTION ADMIN).
 pub const AGENT_GRANTS: &str = "SUPER, READ_ONLY ADMIN, REPLICATION SLAVE ADMIN, BINLOG ADMIN, \
-     RELOAD, BINLOG MONITOR, SLAVE MONITOR";
+     RELOAD, BINLOG MONITOR, SLAVE MONITOR, PROCESS, CONNECTION ADMIN";
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -583,6 +586,9 @@ impl Mariadb {
             catchup_policy: CatchupPolicy::StayReadOnly,
             down_handover_ms: 3000,
             semisync: false,
+            durability: None,
+            semisync_timeout_ms: 1000,
+            state_dir: self.dir.join("agent-state"),
             check_interval_ms: 200,
             timeout_ms: 2000,
             max_replica_lag_s: 2,

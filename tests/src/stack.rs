@@ -152,7 +152,11 @@ impl Stack {
             .set("atlas.password_file", path(pw))
             .set("atlas.persist", "none")
             .set("atlas.period_ms", 200)
-            .set("mysql.semisync", self.opts.semisync))
+            .set("mysql.semisync", self.opts.semisync)
+            .set(
+                "mysql.state_dir",
+                path(self.lab.dir().join(format!("{}-state", s.name()))),
+            ))
     }
 
     pub fn start_agent(&mut self, s: Server) -> Result<()> {

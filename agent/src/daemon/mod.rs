@@ -270,6 +270,8 @@ async fn run_inner(cfg: Config) -> Result<()> {
                 if command == "rejoin-force" {
                     // Answered by the database controller when done.
                     agent.services.rejoin_force(reply);
+                } else if command == "promote-force" {
+                    agent.services.promote_force(reply);
                 } else {
                     let _ = reply.send(agent.command(&command));
                 }
@@ -726,7 +728,7 @@ impl Agent {
             },
             other => Reply::Error {
                 message: format!(
-                    "unknown command {other:?} (use status, switchover or rejoin-force)"
+                    "unknown command {other:?} (use status, switchover, rejoin-force or promote-force)"
                 ),
             },
         }
