@@ -34,6 +34,8 @@ pub struct StackOptions {
     pub lab_base: &'static str,
     /// `mysql.down_handover_ms` (None: the agent's default).
     pub down_handover_ms: Option<u64>,
+    /// `mysql.durability` ("strict" or "available"; None: the default).
+    pub durability: Option<&'static str>,
     /// The test's name: a stack that is dropped before [`Stack::pass`] (an
     /// error or a panic) keeps its evidence under this name (see
     /// [`crate::evidence`]). Empty: nothing is kept.
@@ -134,6 +136,9 @@ impl Stack {
         let mut o = Overrides::new();
         if let Some(ms) = self.opts.down_handover_ms {
             o = o.set("mysql.down_handover_ms", ms as i64);
+        }
+        if let Some(d) = self.opts.durability {
+            o = o.set("mysql.durability", d);
         }
         Ok(o.set("mysql.address", inside(s).to_string())
             .set("mysql.user", AGENT_USER)
