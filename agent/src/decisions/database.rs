@@ -26,9 +26,9 @@
 //!   verified on with exactly one acknowledging replica that says it is
 //!   acking). When the replica stops acknowledging for `semisync_timeout`,
 //!   the primary advertises `Asynchronous { episode }` and keeps waiting;
-//!   it relaxes (acknowledges alone) only once the replica echoes
-//!   `AsyncNoted { episode }`. A silent replica is never assumed to have
-//!   heard: writes wait for it.
+//!   it relaxes (acknowledges alone) only once the replica echoes that
+//!   announcement (`noted` in its advertisement). A silent replica is never
+//!   assumed to have heard: writes wait for it.
 //! - A replica promotes itself after the primary's death only if the last
 //!   thing the primary said was `Effective`; otherwise the promotion is
 //!   held (status and log say why) until the operator runs
@@ -1261,8 +1261,7 @@ impl DbController {
                 }
             }
             Primary::Degrading { episode, .. } => {
-                if self.peer.heard && self.peer.semisync == (SemisyncAdvert::AsyncNoted { episode })
-                {
+                if self.peer.heard && self.peer.semisync.noted(episode) {
                     warn!(episode, "mysql: the replica heard this primary go asynchronous: relaxing semi-sync (the journal first)");
                     self.start(Job::Relax {
                         timeout: ss.timeout,

@@ -333,6 +333,9 @@ fn trial(st: &mut Stack, t: &mut DbTrial, fault: DbFault) -> Result<()> {
             let rows = st.db(S1).count()?;
             st.db(S2).wait_count(rows, PHASE)?;
         }
+        if std::env::var_os("HA_BENCH_LOGS").is_some() {
+            println!("{}", st.logs());
+        }
         return Ok(());
     }
 

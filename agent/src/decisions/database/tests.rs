@@ -823,7 +823,9 @@ fn a_primary_goes_asynchronous_only_after_the_replica_heard_it() {
     sim.peer(true, false, SemisyncAdvert::AsyncNoted { episode: 1 });
     sim.run(300);
     assert!(sim.job.is_none());
-    sim.peer(true, false, SemisyncAdvert::AsyncNoted { episode: 2 });
+    // The replica's IO thread may still believe it is connected (the
+    // inside link cut, not closed): it says it acks, and heard 2.
+    sim.peer(true, false, SemisyncAdvert::Acking { noted: 2 });
     assert_eq!(sim.take_job(), Job::Relax { timeout: MS(1000) });
     sim.server.semisync = primary_ss(false, 1, 0, 5);
     sim.done(Done::Relaxed(Ok(sim.server.semisync.clone().unwrap())));
@@ -986,4 +988,16 @@ fn undo_verdict_refuses_other_servers_transactions_and_foreign_journals() {
         .unwrap_err()
         .contains("MariaDB"));
     let _ = MysqlGtidSet::parse("").unwrap();
+}
+
+#[test]
+fn an_echo_counts_whether_the_replica_acks_or_not() {
+    assert!(SemisyncAdvert::Acking { noted: 2 }.noted(2));
+    assert!(SemisyncAdvert::AsyncNoted { episode: 2 }.noted(2));
+    assert!(!SemisyncAdvert::Acking { noted: 1 }.noted(2));
+    assert!(
+        !SemisyncAdvert::Acking { noted: 0 }.noted(0),
+        "0 is no announcement"
+    );
+    assert!(!SemisyncAdvert::Effective.noted(2));
 }
