@@ -100,6 +100,8 @@ pub struct DbTrial {
     /// to its binlog, never acknowledged, when it died): its agent refused
     /// to rejoin, as it must. The errant set.
     pub rejoin_blocked: Option<String>,
+    /// Why its agent did not undo them (its status).
+    pub rejoin_blocked_because: Option<String>,
     /// server2's own account of its promotion (`last_promotion.took_ms`).
     pub promotion_ms: Option<f64>,
     /// How it froze what it had received (`io_thread_killed`, ...).
@@ -382,6 +384,9 @@ fn trial(st: &mut Stack, t: &mut DbTrial, fault: DbFault) -> Result<()> {
             if let Ok(s) = st.lab.agent_status(S1) {
                 if let Some(g) = s["database"]["errant"]["gtids"].as_str() {
                     t.rejoin_blocked = Some(g.to_string());
+                    t.rejoin_blocked_because = s["database"]["errant"]["not_undone_because"]
+                        .as_str()
+                        .map(str::to_string);
                     break;
                 }
             }
@@ -445,9 +450,10 @@ pub fn print_trial(t: &DbTrial, n: usize) {
             f(t.rejoin_replicating_ms),
             f(t.rejoin_caught_up_ms),
             f(t.atlas_ro_after_catchup_ms),
-            t.rejoin_blocked
-                .as_ref()
-                .map_or(String::new(), |g| format!("; rejoin BLOCKED by errant {g}")),
+            t.rejoin_blocked.as_ref().map_or(String::new(), |g| format!(
+                "; rejoin BLOCKED by errant {g} ({})",
+                t.rejoin_blocked_because.as_deref().unwrap_or("?")
+            )),
             extras(t),
         ),
     }
@@ -596,6 +602,7 @@ pub fn json(trials: &[DbTrial], meta: Value) -> Value {
                 "rejoin_replicating_ms": t.rejoin_replicating_ms, "rejoin_caught_up_ms": t.rejoin_caught_up_ms,
                 "atlas_ro_after_catchup_ms": t.atlas_ro_after_catchup_ms,
                 "atlas_without_rw": t.atlas_without_rw, "rejoin_blocked": t.rejoin_blocked,
+                "rejoin_blocked_because": t.rejoin_blocked_because,
                 "promotion_ms": t.promotion_ms, "frozen_by": t.frozen_by,
                 "promotion_held": t.promotion_held, "possibly_lost": t.possibly_lost,
                 "commits_without_ack": t.commits_without_ack,

@@ -25,7 +25,11 @@ use tracing::{error, info, warn};
 use super::error::MysqlError;
 use super::flavor::ServerKind;
 use super::gtid::GtidSet;
-use super::journal::JournalUpdate;
+use super::journal::{self, JournalUpdate};
+use super::semisync::journal_entry;
+
+/// The journal write a promotion started early.
+type JournalWrite = tokio::task::JoinHandle<Result<(), MysqlError>>;
 use super::replica::{self, ReplicaState};
 use super::report::PromotionReport;
 use super::session::{Endpoint, Session};
@@ -73,7 +77,20 @@ impl MysqlDriver {
         let start = Instant::now();
         let generation = self.fence_generation.load(Ordering::SeqCst);
         let mut s = self.session(&self.action_slot).await?;
-        let r = self.promote_in(&mut s, start, generation, req).await;
+        // The journal is written (and synced) while the statements run; the
+        // unfence waits for it. Written for a promotion that then fails, it
+        // only says more cautiously what this server may have promised.
+        let journal = req
+            .journal
+            .filter(|u| *u != JournalUpdate::PrimaryEffective)
+            .map(|u| {
+                let j = journal_entry(s.ident.server_id, u, None);
+                let dir = self.cfg.state_dir.clone();
+                tokio::spawn(async move { journal::write(&dir, &j).await })
+            });
+        let r = self
+            .promote_in(&mut s, start, generation, req, journal)
+            .await;
         match &r {
             Ok(rep) => {
                 info!(server = %rep.server, took_ms = ms(rep.took), waited_ms = ms(rep.waited), caught_up = rep.caught_up, was_replica = rep.was_replica, frozen_by = rep.frozen_by, "mysql promoted: writable");
@@ -93,6 +110,7 @@ impl MysqlDriver {
         start: Instant,
         generation: u64,
         req: &PromoteRequest,
+        journal: Option<JournalWrite>,
     ) -> Result<PromotionReport, MysqlError> {
         let kind = s.kind();
         let server = self.server();
@@ -112,7 +130,7 @@ impl MysqlDriver {
         };
         let Some(first) = Self::replica_status(s).await? else {
             return self
-                .finish_promotion(s, report, start, generation, req)
+                .finish_promotion(s, report, start, generation, req, journal)
                 .await;
         };
         report.was_replica = true;
@@ -171,7 +189,7 @@ impl MysqlDriver {
             )
             .await?;
             return self
-                .finish_promotion(s, report, start, generation, req)
+                .finish_promotion(s, report, start, generation, req, journal)
                 .await;
         };
         let deadline = start + req.timeout;
@@ -229,7 +247,7 @@ impl MysqlDriver {
             return Err(MysqlError::FencedDuringPromotion { server });
         }
         let r = self
-            .finish_promotion(s, report, start, generation, req)
+            .finish_promotion(s, report, start, generation, req, journal)
             .await;
         if r.is_ok() {
             self.forget_source_in_background(kind);
@@ -287,19 +305,20 @@ impl MysqlDriver {
         start: Instant,
         generation: u64,
         req: &PromoteRequest,
+        journal: Option<JournalWrite>,
     ) -> Result<PromotionReport, MysqlError> {
         let kind = s.kind();
-        if let Some(timeout) = req.semisync {
-            match Self::primary_relaxed_in(s, timeout).await {
-                Ok(st) => report.semisync = Some(st),
-                // Asynchronous replication still works: warn, do not block
-                // the promotion (the controller advertises asynchronous).
-                Err(e) => warn!(error = %e, "semi-sync could not be enabled on the new primary"),
+        // Before any write can be acknowledged.
+        match journal {
+            Some(task) => task.await.map_err(|e| MysqlError::Journal {
+                path: journal::path(&self.cfg.state_dir),
+                message: e.to_string(),
+            })??,
+            None => {
+                if let Some(update) = req.journal {
+                    self.journal_in(s, update).await?;
+                }
             }
-        }
-        if let Some(update) = req.journal {
-            // Before any write can be acknowledged.
-            self.journal_in(s, update).await?;
         }
         if self.fence_generation.load(Ordering::SeqCst) != generation {
             return Err(MysqlError::FencedDuringPromotion {
@@ -307,8 +326,19 @@ impl MysqlDriver {
             });
         }
         s.exec("unfence (read_only = OFF)", &kind.unfence()).await?;
-        report.steps = std::mem::take(&mut s.steps);
         report.took = start.elapsed();
+        // After the unfence: until this is done the new primary, which has
+        // no replica, acknowledges alone, which is what relaxed semi-sync
+        // does too (and the journal says).
+        if let Some(timeout) = req.semisync {
+            match Self::primary_relaxed_in(s, timeout).await {
+                Ok(st) => report.semisync = Some(st),
+                // Asynchronous replication still works: warn, do not fail
+                // the promotion (the controller advertises asynchronous).
+                Err(e) => warn!(error = %e, "semi-sync could not be enabled on the new primary"),
+            }
+        }
+        report.steps = std::mem::take(&mut s.steps);
         Ok(report)
     }
 

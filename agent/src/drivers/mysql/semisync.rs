@@ -78,6 +78,27 @@ impl SemisyncState {
     }
 }
 
+/// The journal entry for `update` on the server `server_id`, now.
+pub(crate) fn journal_entry(
+    server_id: u32,
+    update: JournalUpdate,
+    position: Option<String>,
+) -> Journal {
+    let (role, semisync) = match update {
+        JournalUpdate::PrimaryAsynchronous => (JournalRole::Primary, JournalSemisync::Asynchronous),
+        JournalUpdate::PrimaryEffective => (JournalRole::Primary, JournalSemisync::Effective),
+        JournalUpdate::PrimaryOff => (JournalRole::Primary, JournalSemisync::Off),
+        JournalUpdate::Replica => (JournalRole::Replica, JournalSemisync::Off),
+    };
+    Journal {
+        server_id,
+        role,
+        semisync,
+        since: rfc3339(SystemTime::now()),
+        position,
+    }
+}
+
 /// What making the primary strict found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StrictOutcome {
@@ -139,30 +160,15 @@ impl MysqlDriver {
         s: &mut Session,
         update: JournalUpdate,
     ) -> Result<Journal, MysqlError> {
-        let (role, semisync) = match update {
-            JournalUpdate::PrimaryAsynchronous => {
-                (JournalRole::Primary, JournalSemisync::Asynchronous)
-            }
-            JournalUpdate::PrimaryEffective => (JournalRole::Primary, JournalSemisync::Effective),
-            JournalUpdate::PrimaryOff => (JournalRole::Primary, JournalSemisync::Off),
-            JournalUpdate::Replica => (JournalRole::Replica, JournalSemisync::Off),
-        };
-        let position = if semisync == JournalSemisync::Effective {
-            let (_, state) = Self::gtids(s).await?;
-            Some(match state {
-                Some(st) => st.position().to_string(),
-                None => Self::gtids(s).await?.0.to_string(),
+        let position = if update == JournalUpdate::PrimaryEffective {
+            Some(match Self::gtids(s).await? {
+                (_, Some(state)) => state.position().to_string(),
+                (has, None) => has.to_string(),
             })
         } else {
             None
         };
-        let j = Journal {
-            server_id: s.ident.server_id,
-            role,
-            semisync,
-            since: rfc3339(SystemTime::now()),
-            position,
-        };
+        let j = journal_entry(s.ident.server_id, update, position);
         journal::write(&self.cfg.state_dir, &j).await?;
         Ok(j)
     }
