@@ -52,7 +52,7 @@ use tracing::{error, info, warn};
 use crate::decisions::election::{Control, Role};
 use crate::drivers::mysql::fitness::{DownTracker, Fitness};
 use crate::drivers::mysql::flavor::Flavor;
-use crate::drivers::mysql::gtid::{Errant, GtidSet, MariadbGtids};
+use crate::drivers::mysql::gtid::{Errant, GtidSet};
 use crate::drivers::mysql::journal::{Journal, JournalRole, JournalSemisync, JournalUpdate};
 use crate::drivers::mysql::{
     CatchupPolicy, Discard, Durability, FenceReport, Health, MysqlConfig, MysqlError,
@@ -550,11 +550,15 @@ fn backoff(interval: Duration, failures: u32) -> Duration {
 /// nothing anyone was promised: `Err` says why not.
 ///
 /// It was, if the journal says this server's last time as primary ended
-/// with semi-sync effective (strict: from the position it became effective,
-/// every commit waited for the replica, and a replica promotes itself only
-/// after hearing "effective", applying all it received first), the errant
-/// transactions are this server's own and all came after that position,
-/// and MariaDB's flashback can undo their rows.
+/// with semi-sync effective, the transactions are this server's own, and
+/// MariaDB's flashback can undo their rows. Why that suffices: the server
+/// turns semi-sync on only once the replica has received everything
+/// committed so far (so whatever it acknowledged alone before is on the
+/// replica), and the agent declares it effective only once it is strict
+/// and on: from then on every commit waited for the replica, and only the
+/// agent could relax it, after journaling so. A replica promotes itself
+/// only after hearing "effective", applying all it received first. What
+/// the new primary lacks was therefore never acknowledged.
 pub fn undo_verdict(
     s: &Settings,
     journal: Option<&Journal>,
@@ -594,23 +598,13 @@ pub fn undo_verdict(
             j.since
         ));
     }
-    let from = j
-        .position
-        .as_deref()
-        .and_then(|p| MariadbGtids::parse_position(p).ok())
-        .ok_or("the journal has no readable position")?;
-    let (GtidSet::Mariadb(set), GtidSet::Mariadb(keep)) = (&errant.set, &errant.keep) else {
+    let GtidSet::Mariadb(set) = &errant.set else {
         return Err("not a MariaDB GTID history".into());
     };
     if let Some(g) = set.gtids().find(|g| Some(g.server_id) != h.server_id) {
         return Err(format!(
             "{g} was not written by this server (server_id {:?})",
             h.server_id
-        ));
-    }
-    if !from.reached_by(keep) {
-        return Err(format!(
-            "some of them precede {from}, where semi-sync became effective"
         ));
     }
     Ok(())

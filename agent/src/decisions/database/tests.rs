@@ -939,11 +939,14 @@ fn a_tail_that_may_have_been_acknowledged_is_refused() {
             Some(Durability::Strict),
             "asynchronous",
         ),
-        // Effective only from after the tail began.
+        // A journal of the time it was a replica: nothing about its tail.
         (
-            Some(journal(JournalSemisync::Effective, Some("0-1-125"))),
+            Some(Journal {
+                role: JournalRole::Replica,
+                ..journal(JournalSemisync::Off, None)
+            }),
             Some(Durability::Strict),
-            "precede",
+            "a replica",
         ),
         (
             Some(journal(JournalSemisync::Effective, Some("0-1-100"))),
