@@ -510,6 +510,122 @@ fn semisync_death_right_after_a_false_takeover_loses_no_acknowledged_write() -> 
 
 #[test]
 #[ignore = "privileged: run by cargo xtask test"]
+fn a_replica_told_the_primary_went_asynchronous_holds_its_promotion_until_forced() -> Result<()> {
+    run(
+        StackOptions {
+            test: "a_replica_told_the_primary_went_asynchronous_holds_its_promotion_until_forced",
+            semisync: true,
+            ..Default::default()
+        },
+        |st| {
+            semisync_effective_on_both(st)?;
+            // server1's own application writes; the inside link between
+            // the servers is cut: replication stops, the agents still hear
+            // each other on the outside link.
+            let local = Writer::start(
+                st.lab.server_ns(S1),
+                vip(),
+                "b",
+                WriterMode::APP,
+                Duration::from_secs(60),
+            )?;
+            local.wait_acks(20, STEP)?;
+            st.lab.cut_between_servers(Link::Inside)?;
+            let cut = Instant::now();
+            wait_until_ok(
+                STEP,
+                "server1 says it goes asynchronous, server2 heard it",
+                || {
+                    let s1 = st.lab.agent_status(S1)?;
+                    let s2 = st.lab.agent_status(S2)?;
+                    Ok(s1["database"]["semisync"]["advertised"]
+                        .as_str()
+                        .is_some_and(|a| a.starts_with("asynchronous"))
+                        && s2["database"]["semisync"]["advertised"]
+                            .as_str()
+                            .is_some_and(|a| a.contains("heard the primary go asynchronous")))
+                },
+            )
+            .with_context(|| st.logs())?;
+            // Acknowledged alone only after that: the writes go on.
+            let before = local.acks().len();
+            local.wait_acks(before + 50, STEP)?;
+            let first_alone = local
+                .acks()
+                .into_iter()
+                .find(|a| a.at > cut)
+                .context("no write after the cut")?;
+            println!(
+                "after the cut, server1 acknowledged its first write alone {:.0} ms later",
+                ms(first_alone.at - cut)
+            );
+            // server1 dies: server2 takes the VIPs but must not promote.
+            let fault = kill_server1(st)?;
+            let (acks, _) = local.finish()?;
+            wait_until_ok(STEP, "server2 holds its promotion", || {
+                Ok(st.lab.agent_status(S2)?["database"]["semisync"]["promotion_held"].is_string())
+            })
+            .with_context(|| st.logs())?;
+            std::thread::sleep(Duration::from_millis(500));
+            let s2 = st.lab.agent_status(S2)?;
+            println!(
+                "{:.0} ms after the death server2 is {} and says: {}",
+                ms(fault.elapsed()),
+                s2["state"],
+                s2["database"]["semisync"]["promotion_held"]
+            );
+            ensure!(
+                st.db(S2).value("SELECT @@global.read_only")? == "1",
+                "server2 must stay read-only"
+            );
+            let text = st.lab.agent_cli(&[
+                "status",
+                "--socket",
+                st.lab.status_socket(S2).to_str().context("socket path")?,
+            ])?;
+            ensure!(
+                String::from_utf8_lossy(&text.stdout).contains("PROMOTION HELD"),
+                "{text:?}"
+            );
+            // The operator accepts the loss.
+            let out = st.lab.agent_cli(&[
+                "promote",
+                "--force",
+                "--socket",
+                st.lab.status_socket(S2).to_str().context("socket path")?,
+            ])?;
+            println!(
+                "ha-agent promote --force: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+            ensure!(out.status.success(), "{out:?}");
+            wait_until_ok(STEP, "a write on server2 succeeds", || {
+                Ok(app_write(st.db(S2), "after the forced promotion")?
+                    .status
+                    .success())
+            })
+            .with_context(|| st.logs())?;
+            let lost = st.missing_writes(S2, &[("b", &acks)])?;
+            let s2 = st.lab.agent_status(S2)?;
+            println!(
+                "writes server1 acknowledged alone and server2 lacks: {}; server2's status: {}",
+                lost.len(),
+                s2["database"]["last_promotion"]["possibly_lost"]
+            );
+            ensure!(
+                s2["database"]["last_promotion"]["possibly_lost"]
+                    .as_str()
+                    .is_some_and(|l| l.contains("forced by the operator")),
+                "the possible loss is kept in the status: {}",
+                s2["database"]["last_promotion"]
+            );
+            Ok(())
+        },
+    )
+}
+
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
 fn primary_whose_mysql_died_hands_the_vips_over() -> Result<()> {
     run(
         StackOptions {

@@ -526,6 +526,43 @@ fn semisync_pair() -> (
 }
 
 #[test]
+fn semisync_is_not_effective_while_the_replica_lacks_what_was_acknowledged_alone() {
+    let (s1, s2, d1, _d2, rt) = semisync_pair();
+    // The primary relaxes (as after telling the replica) while the replica
+    // applies nothing: it acknowledges alone what the replica lacks.
+    s2.sql("STOP SLAVE SQL_THREAD").unwrap();
+    rt.block_on(d1.semisync_relax(Duration::from_millis(1000)))
+        .unwrap();
+    s1.insert_rows(3, "alone").unwrap();
+    // Back to strict: the server says on at once, but the replica has not
+    // applied those three.
+    let start = Instant::now();
+    let r = rt
+        .block_on(d1.semisync_strict(Duration::from_millis(500)))
+        .unwrap();
+    println!(
+        "strict with a replica behind: {r:?} after {:.0} ms",
+        ms(start.elapsed())
+    );
+    assert!(
+        matches!(r, ha_agent::drivers::mysql::StrictOutcome::NotYet(_)),
+        "{r:?}"
+    );
+    let st = rt.block_on(d1.probe()).semisync.unwrap();
+    assert!(!st.strict, "back to relaxed: {st:?}");
+    // Once it has them, effective.
+    s2.sql("START SLAVE SQL_THREAD").unwrap();
+    s2.wait_count(3, SECS_20).unwrap();
+    let r = rt
+        .block_on(d1.semisync_strict(Duration::from_millis(1000)))
+        .unwrap();
+    assert!(
+        matches!(r, ha_agent::drivers::mysql::StrictOutcome::Effective(_)),
+        "{r:?}"
+    );
+}
+
+#[test]
 fn semisync_strict_is_journaled_and_acknowledged_by_the_replica() {
     let (s1, s2, d1, _d2, rt) = semisync_pair();
     let j = rt

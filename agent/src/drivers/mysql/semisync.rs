@@ -20,8 +20,9 @@ use tracing::{info, warn};
 
 use super::error::MysqlError;
 use super::flavor::{SemisyncNames, ServerKind, STRICT_TIMEOUT};
+use super::gtid::GtidSet;
 use super::journal::{self, Journal, JournalRole, JournalSemisync, JournalUpdate};
-use super::session::Session;
+use super::session::{Endpoint, Session};
 use super::MysqlDriver;
 use crate::operator::status::rfc3339;
 
@@ -222,20 +223,32 @@ impl MysqlDriver {
         r
     }
 
-    /// Makes the primary strict, and effective if it is on with exactly one
-    /// replica acknowledging (then journaled); otherwise back to relaxed
-    /// with `timeout`.
+    /// Makes the primary strict, and effective if the peer has everything
+    /// committed so far: then journaled so. Otherwise back to relaxed with
+    /// `timeout`.
+    ///
+    /// The server's own "on" is not enough: re-enabled after a relax, it
+    /// is on at once, whatever the replica lacks (commits it acknowledged
+    /// alone meanwhile). So, once strict (every later commit waits for the
+    /// replica), the peer's server must have applied this server's
+    /// position: read there with the replication account, waiting at most
+    /// `timeout`. An unreachable peer (the inside link cut) is not caught up.
     pub async fn semisync_strict(&self, timeout: Duration) -> Result<StrictOutcome, MysqlError> {
         let mut s = self.session(&self.action_slot).await?;
         let r = async {
             let kind = s.kind();
             s.exec("semi-sync primary (strict)", &kind.semisync_source_strict())
                 .await?;
-            // Read after the change: on now means the replica had received
-            // everything (the server switches on only once it caught up),
-            // and from now on the server cannot switch off by itself.
             let st = Self::semisync_state_in(&mut s).await?;
+            let mut caught_up = false;
             if st.source_enabled && st.source_on && st.strict && st.clients == 1 {
+                let position = match Self::gtids(&mut s).await? {
+                    (_, Some(state)) => GtidSet::Mariadb(state.position()),
+                    (has, None) => has,
+                };
+                caught_up = self.peer_reached(&position, timeout).await;
+            }
+            if caught_up {
                 self.journal_in(&mut s, JournalUpdate::PrimaryEffective)
                     .await?;
                 Ok(StrictOutcome::Effective(st))
@@ -252,7 +265,7 @@ impl MysqlDriver {
         self.checkin_unless_timeout(&self.action_slot, s, r.as_ref().err());
         match &r {
             Ok(StrictOutcome::Effective(st)) => {
-                info!(server = %self.server(), clients = st.clients, "mysql: semi-sync EFFECTIVE: every commit now waits for the replica's acknowledgement")
+                info!(server = %self.server(), clients = st.clients, "mysql: semi-sync EFFECTIVE: the replica has everything, and every commit now waits for its acknowledgement")
             }
             Ok(StrictOutcome::NotYet(st)) => {
                 info!(server = %self.server(), on = st.source_on, clients = st.clients, "mysql: semi-sync not effective yet (the replica has not caught up): relaxed again")
@@ -260,6 +273,33 @@ impl MysqlDriver {
             Err(_) => {}
         }
         r
+    }
+
+    /// Whether the peer's server has applied `position` within `timeout`
+    /// (the replication account; any failure is "no").
+    async fn peer_reached(&self, position: &GtidSet, timeout: Duration) -> bool {
+        let ep = Endpoint {
+            address: self.cfg.peer_address,
+            user: self.replication_user.clone(),
+            password: self.replication_password.clone(),
+        };
+        let r = async {
+            let mut p = Session::open(
+                &ep,
+                self.timeout().min(timeout.max(Duration::from_millis(100))),
+            )
+            .await?;
+            self.wait_applied(&mut p, "the replica has this position", position, timeout)
+                .await
+        }
+        .await;
+        match r {
+            Ok(reached) => reached,
+            Err(e) => {
+                tracing::debug!(error = %e, "mysql: cannot check the replica's position");
+                false
+            }
+        }
     }
 
     /// Lets the primary acknowledge without its replica: journaled first,
