@@ -942,6 +942,16 @@ impl DbController {
                 }
             }
             Err(RejoinError::Errant { errant, .. }) if !forced => {
+                let known = self
+                    .health
+                    .as_ref()
+                    .is_some_and(|h| h.up && h.server_id.is_some());
+                if !known {
+                    // The server restarted a moment ago: decide once a probe
+                    // says what it is (flavor, server id).
+                    self.next_attempt = Some(self.now + self.s.check_interval);
+                    return;
+                }
                 match undo_verdict(
                     &self.s,
                     self.journal.as_ref(),
@@ -1121,9 +1131,8 @@ impl DbController {
             return Gate::Open;
         }
         let why = match self.primary_said {
-            Some((SemisyncAdvert::Asynchronous { episode }, since)) => format!(
-                "the old primary last said it acknowledges without this replica (announcement {episode}, for {} ms before it fell silent)",
-                self.now.saturating_duration_since(since).as_millis()
+            Some((SemisyncAdvert::Asynchronous { episode }, _)) => format!(
+                "the old primary last said it acknowledges without this replica (announcement {episode})"
             ),
             _ => "the old primary was never heard say that semi-sync was effective".into(),
         };

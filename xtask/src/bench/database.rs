@@ -203,6 +203,17 @@ fn inject(st: &mut Stack, fault: DbFault) -> Result<Instant> {
 }
 
 fn trial(st: &mut Stack, t: &mut DbTrial, fault: DbFault) -> Result<()> {
+    if st.opts.semisync {
+        // A primary dying before semi-sync is effective legitimately holds
+        // the promotion (strict): measure from the effective steady state.
+        ha_lab::wait_until_ok(PHASE, "semi-sync effective on both servers", || {
+            Ok(Server::ALL.iter().all(|&s| {
+                st.lab
+                    .agent_status(s)
+                    .is_ok_and(|j| j["database"]["semisync_effective"] == true)
+            }))
+        })?;
+    }
     let ns1 = st.lab.server_ns(S1).to_string();
     let ns2 = st.lab.server_ns(S2).to_string();
     let bound = PHASE * 4;
@@ -344,6 +355,9 @@ fn trial(st: &mut Stack, t: &mut DbTrial, fault: DbFault) -> Result<()> {
     // server1 returns: links, agent (BACKUP), then its MariaDB; or, alive,
     // it steps down and rejoins by itself.
     if fault.dies() {
+        if fault == DbFault::InsideCutDeath {
+            st.lab.heal()?;
+        }
         st.lab.links_up(S1)?;
         st.start_agent(S1)?;
         st.wait_state(S1, "BACKUP")?;

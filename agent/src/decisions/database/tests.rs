@@ -1004,3 +1004,38 @@ fn an_echo_counts_whether_the_replica_acks_or_not() {
     );
     assert!(!SemisyncAdvert::Effective.noted(2));
 }
+
+#[test]
+fn an_errant_tail_found_before_the_first_probe_is_judged_once_the_server_is_known() {
+    let j = journal(JournalSemisync::Effective, Some("0-1-100"));
+    let mut sim = Sim::new(settings(Some(Durability::Strict)));
+    sim.input(Input::Journal(Ok(Some(j))));
+    // The MariaDB restarted a moment ago: not answering yet.
+    sim.server.up = false;
+    sim.run(50);
+    sim.wish(DbWish::ReplicaOf(peer()));
+    assert!(matches!(sim.take_job(), Job::Rejoin(_)));
+    let errant = errant_tail("0-1-120", "0-1-130");
+    sim.done(refused_for(&errant));
+    assert!(
+        sim.status().errant.is_none(),
+        "not blocked for lack of a probe"
+    );
+    sim.server.up = true;
+    sim.run(250);
+    // Asked again once known: refused again, now judged.
+    let Job::Rejoin(r) = sim.take_job() else {
+        panic!()
+    };
+    assert_eq!(r.discard, Discard::Never);
+    sim.done(refused_for(&errant));
+    let Job::Rejoin(r) = sim.take_job() else {
+        panic!("undo and rejoin")
+    };
+    assert_eq!(
+        r.discard,
+        Discard::Unacknowledged {
+            expected: errant.set.clone()
+        }
+    );
+}
