@@ -232,6 +232,19 @@ impl Stack {
             .collect()
     }
 
+    /// Waits until both agents say semi-sync is in effect for their role
+    /// (the primary effective with its peer, the replica acknowledging).
+    pub fn wait_semisync_effective(&self) -> Result<Duration> {
+        wait_until_ok(STEP, "semi-sync effective on both servers", || {
+            Ok(Server::ALL.iter().all(|&s| {
+                self.lab
+                    .agent_status(s)
+                    .is_ok_and(|j| j["database"]["semisync_effective"] == true)
+            }))
+        })
+        .with_context(|| self.logs())
+    }
+
     pub fn wait_state(&self, s: Server, state: &str) -> Result<Duration> {
         wait_until_ok(SETTLE, format!("{s} in {state}"), || {
             Ok(self.lab.agent_state(s)? == state)
@@ -254,6 +267,21 @@ impl Stack {
             .flat_map(|(prefix, acks)| acks.iter().map(move |a| format!("{prefix}{}", a.tag)))
             .filter(|tag| !rows.contains(tag))
             .collect())
+    }
+
+    /// The rows (`app.t.v`) `s`'s server holds that `other`'s lacks: after
+    /// a rejoin, what would have diverged silently.
+    pub fn rows_only_on(&self, s: Server, other: Server) -> Result<Vec<String>> {
+        let rows = |s: Server| -> Result<std::collections::BTreeSet<String>> {
+            Ok(self
+                .db(s)
+                .sql("SELECT v FROM app.t")?
+                .lines()
+                .map(str::to_string)
+                .collect())
+        };
+        let (mine, theirs) = (rows(s)?, rows(other)?);
+        Ok(mine.difference(&theirs).cloned().collect())
     }
 
     /// Waits until `s`'s Atlas table is exactly rw = the VIP, ro = `ro`.

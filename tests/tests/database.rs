@@ -35,19 +35,6 @@ fn writing_again_on_server2(st: &Stack, app: &Writer, since: Instant) -> Result<
     Ok(app.first_ack_from(2, since).context("ack")?.at - since)
 }
 
-/// Waits until both agents say semi-sync is in effect for their role.
-fn semisync_effective_on_both(st: &Stack) -> Result<()> {
-    wait_until_ok(STEP, "semi-sync effective on both servers", || {
-        Ok(Server::ALL.iter().all(|&s| {
-            st.lab
-                .agent_status(s)
-                .is_ok_and(|j| j["database"]["semisync_effective"] == true)
-        }))
-    })
-    .with_context(|| st.logs())
-    .map(|_| ())
-}
-
 /// After server1's death at `fault`: waits until the application writes
 /// on server2, stops it, and returns every acknowledged write and those
 /// missing on server2 (lost), printing the counts.
@@ -344,7 +331,7 @@ fn semisync_primary_death_loses_no_acknowledged_write_and_nothing_diverges_silen
             ..Default::default()
         },
         |st| {
-            semisync_effective_on_both(st)?;
+            st.wait_semisync_effective()?;
             let app = app_on_server2(st)?;
             app.wait_acks(100, STEP)?;
             let fault = kill_server1(st)?;
@@ -412,16 +399,7 @@ fn semisync_primary_death_loses_no_acknowledged_write_and_nothing_diverges_silen
                 None => println!("server1 rejoined with all {rows} rows (nothing to undo)"),
             }
             // No row server2 lacks stays on server1.
-            let on = |s: Server| -> Result<std::collections::BTreeSet<String>> {
-                Ok(st
-                    .db(s)
-                    .sql("SELECT v FROM app.t")?
-                    .lines()
-                    .map(str::to_string)
-                    .collect())
-            };
-            let (r1, r2) = (on(S1)?, on(S2)?);
-            let extra: Vec<&String> = r1.difference(&r2).collect();
+            let extra = st.rows_only_on(S1, S2)?;
             ensure!(
                 extra.is_empty(),
                 "rows on server1 that server2 lacks: {extra:?}"
@@ -458,7 +436,7 @@ fn no_write_lost_with_semisync(
             ..Default::default()
         },
         |st| {
-            semisync_effective_on_both(st)?;
+            st.wait_semisync_effective()?;
             let app = app_on_server2(st)?;
             app.wait_acks(acks, STEP)?;
             let at = fault(st, &app)?;
@@ -518,7 +496,7 @@ fn a_replica_told_the_primary_went_asynchronous_holds_its_promotion_until_forced
             ..Default::default()
         },
         |st| {
-            semisync_effective_on_both(st)?;
+            st.wait_semisync_effective()?;
             // server1's own application writes; the inside link between
             // the servers is cut: replication stops, the agents still hear
             // each other on the outside link.

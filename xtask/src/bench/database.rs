@@ -206,13 +206,7 @@ fn trial(st: &mut Stack, t: &mut DbTrial, fault: DbFault) -> Result<()> {
     if st.opts.semisync {
         // A primary dying before semi-sync is effective legitimately holds
         // the promotion (strict): measure from the effective steady state.
-        ha_lab::wait_until_ok(PHASE, "semi-sync effective on both servers", || {
-            Ok(Server::ALL.iter().all(|&s| {
-                st.lab
-                    .agent_status(s)
-                    .is_ok_and(|j| j["database"]["semisync_effective"] == true)
-            }))
-        })?;
+        st.wait_semisync_effective()?;
     }
     let ns1 = st.lab.server_ns(S1).to_string();
     let ns2 = st.lab.server_ns(S2).to_string();
@@ -411,16 +405,7 @@ fn trial(st: &mut Stack, t: &mut DbTrial, fault: DbFault) -> Result<()> {
     }
     if caught_at.is_some() {
         // No row the new primary lacks stays on the rejoined server.
-        let rows = |s: Server| -> Result<std::collections::BTreeSet<String>> {
-            Ok(st
-                .db(s)
-                .sql("SELECT v FROM app.t")?
-                .lines()
-                .map(str::to_string)
-                .collect())
-        };
-        let (r1, r2) = (rows(S1)?, rows(S2)?);
-        t.extra_rows = Some(r1.difference(&r2).count());
+        t.extra_rows = Some(st.rows_only_on(S1, S2)?.len());
     }
     t.old_primary_writes_accepted = Some(accepted);
     t.old_primary_write_attempts = attempts;

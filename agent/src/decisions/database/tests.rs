@@ -452,6 +452,19 @@ fn errant_tail(peer: &str, local: &str) -> Errant {
     Errant::mariadb(&local, &peer)
 }
 
+/// The next job undoes exactly `errant` and rejoins.
+fn expect_undo(sim: &mut Sim, errant: &Errant) {
+    let Job::Rejoin(r) = sim.take_job() else {
+        panic!("undo and rejoin")
+    };
+    assert_eq!(
+        r.discard,
+        Discard::Unacknowledged {
+            expected: errant.set.clone()
+        }
+    );
+}
+
 /// A rejoin refused because of `errant`.
 fn refused_for(errant: &Errant) -> Done {
     Done::Rejoined(Box::new(Err(RejoinError::Errant {
@@ -908,15 +921,7 @@ fn returning_old_primary(j: Option<Journal>, d: Option<Durability>) -> (Sim, Err
 fn an_unacknowledged_tail_is_undone_and_rejoined_without_an_operator() {
     let j = journal(JournalSemisync::Effective, Some("0-1-100"));
     let (mut sim, errant) = returning_old_primary(Some(j), Some(Durability::Strict));
-    let Job::Rejoin(r) = sim.take_job() else {
-        panic!("undo and rejoin")
-    };
-    assert_eq!(
-        r.discard,
-        Discard::Unacknowledged {
-            expected: errant.set.clone()
-        }
-    );
+    expect_undo(&mut sim, &errant);
     // An undo is not cut in the middle by a change of wish.
     sim.wish(DbWish::Fenced);
     assert!(!sim.saw(|a| matches!(a, Action::Cancel)));
@@ -1029,13 +1034,5 @@ fn an_errant_tail_found_before_the_first_probe_is_judged_once_the_server_is_know
     };
     assert_eq!(r.discard, Discard::Never);
     sim.done(refused_for(&errant));
-    let Job::Rejoin(r) = sim.take_job() else {
-        panic!("undo and rejoin")
-    };
-    assert_eq!(
-        r.discard,
-        Discard::Unacknowledged {
-            expected: errant.set.clone()
-        }
-    );
+    expect_undo(&mut sim, &errant);
 }
