@@ -102,6 +102,18 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 REJOIN_TIMEOUT,
             )?)
         }
+        Command::Promote { force, target } => {
+            // clap requires --force; this only documents why.
+            anyhow::ensure!(
+                force,
+                "promote needs --force (the agent promotes on its own when it is safe)"
+            );
+            answer(ask_within(
+                &socket_of(&target)?,
+                "promote-force",
+                REJOIN_TIMEOUT,
+            )?)
+        }
         Command::ImportKeepalived {
             file,
             peer_config,

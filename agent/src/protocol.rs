@@ -11,11 +11,14 @@
 //!  56      role           57 priority      58 flags       59 witness_reach
 //!          (flags: 1 eligible, 2 want_takeover, 4 replica_ok, 8 fresh_takeover)
 //!  60      witness_count  61 links_up      62 witness_links
-//!  63      reserved (database)
+//!  63      reserved
 //!  64..72  epoch
 //!  72..74  lateness: the sender's worst slot in the last second, 100 us units
 //!  74..76  lease_ms: how long the sender's kernel serves its VIPs without it
-//!  76..84  reserved (database)
+//!  76..78  semi-sync (kind, episode: 0 none, 1 effective, 2 asynchronous,
+//!          3 acking, 4 not acking and noted; the episode is the primary's
+//!          announcement, 0 when none)
+//!  78..84  reserved
 //!  84..100 node name (UTF-8, zero padded)
 //! 100..132 HMAC-SHA256(key, bytes 0..100)
 //! ```
@@ -37,6 +40,7 @@ use agent_ebpf::{PROBE_HEADER_LEN, PROBE_KIND_PROBE, PROBE_MAGIC, PROBE_VERSION,
 use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 
+use crate::decisions::database::SemisyncAdvert;
 use crate::decisions::election::{Control, Role};
 use crate::operator::secret_file::{self, SecretFileError};
 
@@ -57,6 +61,7 @@ const ROLE_AT: usize = 56;
 const EPOCH_AT: usize = 64;
 const LATENESS_AT: usize = 72;
 const LEASE_AT: usize = 74;
+const SEMISYNC_AT: usize = 76;
 const NAME_AT: usize = 84;
 
 const FLAG_ELIGIBLE: u8 = 1;
@@ -260,6 +265,7 @@ impl Template {
         b[ROLE_AT + 6] = c.witness_links;
         b[EPOCH_AT..EPOCH_AT + 8].copy_from_slice(&c.epoch.to_be_bytes());
         b[LEASE_AT..LEASE_AT + 2].copy_from_slice(&origin.lease_ms.to_be_bytes());
+        b[SEMISYNC_AT..SEMISYNC_AT + 2].copy_from_slice(&c.semisync.to_wire());
         let name = origin.node.as_bytes();
         let n = name.len().min(NAME_LEN);
         b[NAME_AT..NAME_AT + n].copy_from_slice(&name[..n]);
@@ -302,6 +308,8 @@ pub enum DecodeError {
     BadMac,
     #[error("unknown role value {0}")]
     BadRole(u8),
+    #[error("unknown semi-sync state {0}")]
+    BadSemisync(u8),
 }
 
 /// Parses and verifies a probe (both MACs). Never panics on any input.
@@ -327,6 +335,8 @@ pub fn decode(signer: &Signer, b: &[u8]) -> Result<Probe, DecodeError> {
         u64::from_be_bytes(w)
     };
     let role = Role::from_wire(b[ROLE_AT]).ok_or(DecodeError::BadRole(b[ROLE_AT]))?;
+    let semisync = SemisyncAdvert::from_wire([b[SEMISYNC_AT], b[SEMISYNC_AT + 1]])
+        .ok_or(DecodeError::BadSemisync(b[SEMISYNC_AT]))?;
     let name = &b[NAME_AT..NAME_AT + NAME_LEN];
     let name_len = name.iter().position(|c| *c == 0).unwrap_or(NAME_LEN);
     let flags = b[ROLE_AT + 2];
@@ -354,6 +364,7 @@ pub fn decode(signer: &Signer, b: &[u8]) -> Result<Probe, DecodeError> {
             witness_links: b[ROLE_AT + 6],
             epoch: be64(EPOCH_AT),
             router_id: be32(SENDER_AT),
+            semisync,
         },
     })
 }
@@ -383,6 +394,7 @@ mod tests {
             router_id: u32::from(Ipv4Addr::new(198, 51, 100, 11)),
             replica_ok: true,
             fresh_takeover: true,
+            semisync: SemisyncAdvert::Asynchronous { episode: 0xA7 },
         }
     }
 
@@ -431,6 +443,24 @@ mod tests {
                 let p = s.finish(&Template::new(&origin(), 0, 1, 0, &c), 1, 0);
                 assert_eq!(decode(&s, &p).unwrap().control, c);
             }
+        }
+        // Every semi-sync state travels, with its episode.
+        for semisync in [
+            SemisyncAdvert::None,
+            SemisyncAdvert::Effective,
+            SemisyncAdvert::Asynchronous { episode: 0 },
+            SemisyncAdvert::Asynchronous { episode: 255 },
+            SemisyncAdvert::Acking { noted: 0 },
+            SemisyncAdvert::Acking { noted: 3 },
+            SemisyncAdvert::AsyncNoted { episode: 9 },
+        ] {
+            let c = Control {
+                semisync,
+                ..control()
+            };
+            let p = s.finish(&Template::new(&origin(), 0, 1, 0, &c), 1, 0);
+            assert_eq!(&p[SEMISYNC_AT..SEMISYNC_AT + 2], &semisync.to_wire());
+            assert_eq!(decode(&s, &p).unwrap().control, c);
         }
     }
 
@@ -497,6 +527,11 @@ mod tests {
         t.0[ROLE_AT] = 9;
         let p = s.finish(&t, 1, 0);
         assert_eq!(decode(&s, &p), Err(DecodeError::BadRole(9)));
+        // An unknown semi-sync state in a signed probe is refused, not guessed.
+        let mut t = Template::new(&origin(), 0, 1, 0, &control());
+        t.0[SEMISYNC_AT] = 5;
+        let p = s.finish(&t, 1, 0);
+        assert_eq!(decode(&s, &p), Err(DecodeError::BadSemisync(5)));
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod agent;
 pub mod atlas_fixture;
 pub mod attacker;
 pub mod capture;
+pub mod evidence;
 pub mod faults;
 pub mod keepalived;
 pub mod mariadb;

@@ -44,9 +44,12 @@ pub const APP_PASSWORD: &str = "app-Pw-3";
 /// ADMIN; SUPER no longer implies it), replication control and
 /// gtid_slave_pos (REPLICATION SLAVE ADMIN), RESET MASTER on a forced
 /// rejoin (RELOAD, BINLOG ADMIN), status reads (REPLICATION CLIENT aka
-/// BINLOG MONITOR, SLAVE MONITOR), semi-sync settings (SUPER).
+/// BINLOG MONITOR, SLAVE MONITOR), semi-sync settings (SUPER), and seeing
+/// and closing other sessions: the replica's IO thread at a promotion, the
+/// commits stuck waiting for a semi-sync acknowledgement at a fence
+/// (PROCESS, CONNECTION ADMIN).
 pub const AGENT_GRANTS: &str = "SUPER, READ_ONLY ADMIN, REPLICATION SLAVE ADMIN, BINLOG ADMIN, \
-     RELOAD, BINLOG MONITOR, SLAVE MONITOR";
+     RELOAD, BINLOG MONITOR, SLAVE MONITOR, PROCESS, CONNECTION ADMIN";
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -519,6 +522,48 @@ impl Mariadb {
         .map(|_| ())
     }
 
+    /// The replication state as text, for evidence: read-only, GTID
+    /// positions, `SHOW SLAVE STATUS`, the semi-sync status and settings,
+    /// and who is connected. A server that does not answer says why.
+    pub fn state_report(&self) -> String {
+        let mut out = format!("== server {} ({}) ==\n", self.opts.server_id, self.addr());
+        if self.child.is_none() {
+            out.push_str("not running (killed or not started)\n");
+            return out;
+        }
+        for sql in [
+            "SELECT @@global.read_only AS read_only, @@global.gtid_binlog_pos AS gtid_binlog_pos, \
+             @@global.gtid_binlog_state AS gtid_binlog_state, @@global.gtid_slave_pos AS gtid_slave_pos, \
+             @@global.gtid_current_pos AS gtid_current_pos",
+            "SHOW SLAVE STATUS",
+            "SHOW GLOBAL STATUS LIKE 'Rpl\\_semi\\_sync\\_%'",
+            "SHOW GLOBAL VARIABLES LIKE 'rpl\\_semi\\_sync\\_%'",
+            "SELECT ID, USER, HOST, COMMAND, TIME, STATE, LEFT(INFO, 80) AS INFO FROM information_schema.PROCESSLIST",
+            "SELECT COUNT(*) AS rows_in_app_t FROM app.t",
+        ] {
+            let r = Command::new("mariadb")
+                .arg("--no-defaults")
+                .arg(format!("--socket={}", self.socket().display()))
+                .args(["-uroot", "--vertical", "--connect-timeout=2", "-e", sql])
+                .stdin(Stdio::null())
+                .output();
+            out.push_str(&format!("-- {sql}\n"));
+            match r {
+                Ok(o) => {
+                    out.push_str(&String::from_utf8_lossy(&o.stdout));
+                    out.push_str(&String::from_utf8_lossy(&o.stderr));
+                }
+                Err(e) => out.push_str(&format!("cannot run the mariadb client: {e}\n")),
+            }
+        }
+        out
+    }
+
+    /// The server's error log file.
+    pub fn error_log_path(&self) -> PathBuf {
+        self.dir.join("error.log")
+    }
+
     /// Waits until `app.t` holds `n` rows.
     pub fn wait_count(&self, n: u64, timeout: Duration) -> Result<Duration> {
         wait_until(
@@ -541,6 +586,9 @@ impl Mariadb {
             catchup_policy: CatchupPolicy::StayReadOnly,
             down_handover_ms: 3000,
             semisync: false,
+            durability: None,
+            semisync_timeout_ms: 1000,
+            state_dir: self.dir.join("agent-state"),
             check_interval_ms: 200,
             timeout_ms: 2000,
             max_replica_lag_s: 2,

@@ -12,6 +12,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddrV4;
 use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -38,6 +39,12 @@ pub struct StackOptions {
     /// The fixture Atlases' checker period (None: [`TEST_ATLAS_CHECKER`];
     /// the benchmark uses Atlas's own 4 s).
     pub atlas_checker: Option<Duration>,
+    /// `mysql.durability` ("strict" or "available"; None: the default).
+    pub durability: Option<&'static str>,
+    /// The test's name: a stack that is dropped before [`Stack::pass`] (an
+    /// error or a panic) keeps its evidence under this name (see
+    /// [`crate::evidence`]). Empty: nothing is kept.
+    pub test: &'static str,
 }
 /// The fixture Atlases' checker period in tests: fast, so that tests do not
 /// wait Atlas's 4 s for every backend to be marked up.
@@ -148,6 +155,10 @@ pub struct Stack {
     pub dbs: [Mariadb; 2],
     pub lab: Lab,
     pub opts: StackOptions,
+    /// State snapshots taken during the test ("before the fault", ...).
+    snapshots: Vec<(String, String)>,
+    /// The test passed: nothing to keep.
+    passed: bool,
 }
 
 pub fn idx(s: Server) -> usize {
@@ -178,6 +189,9 @@ impl Stack {
         if let Some(ms) = self.opts.down_handover_ms {
             o = o.set("mysql.down_handover_ms", ms as i64);
         }
+        if let Some(d) = self.opts.durability {
+            o = o.set("mysql.durability", d);
+        }
         Ok(o.set("mysql.address", inside(s).to_string())
             .set("mysql.user", AGENT_USER)
             .set("mysql.password_file", path(&db.dir().join("agent.pw")))
@@ -197,7 +211,11 @@ impl Stack {
             .set("atlas.cnf_path", path(&cnf))
             .set("atlas.period_ms", 200)
             .set("mysql.semisync", self.opts.semisync)
-            .set("metrics.listen", METRICS_LISTEN))
+            .set("metrics.listen", METRICS_LISTEN)
+            .set(
+                "mysql.state_dir",
+                path(&self.lab.dir().join(format!("{}-state", s.name()))),
+            ))
     }
 
     pub fn start_agent(&mut self, s: Server) -> Result<()> {
@@ -213,12 +231,72 @@ impl Stack {
         Ok(())
     }
 
+    /// Records both servers' replication state and both agents' status
+    /// now, for the evidence of a failure (a few tens of ms).
+    pub fn snapshot(&mut self, label: &str) {
+        let mut text = String::new();
+        for s in Server::ALL {
+            text.push_str(&self.db(s).state_report());
+            match self.lab.agent_status(s) {
+                Ok(j) => text.push_str(&format!(
+                    "== {s}'s agent status ==\n{}\n",
+                    serde_json::to_string_pretty(&j).unwrap_or_default()
+                )),
+                Err(e) => text.push_str(&format!("== {s}'s agent status ==\n{e:#}\n")),
+            }
+        }
+        self.snapshots.push((label.to_string(), text));
+    }
+
+    /// The test passed: the evidence is not kept.
+    pub fn pass(&mut self) {
+        self.passed = true;
+    }
+
+    /// Copies the evidence of a failure (see [`crate::evidence`]): both
+    /// agents' logs and configs, both MariaDB error logs, the snapshots
+    /// taken during the test and one taken now; returns the directory.
+    pub fn keep_evidence(&mut self, why: &str) -> Result<PathBuf> {
+        let name = if self.opts.test.is_empty() {
+            "stack"
+        } else {
+            self.opts.test
+        };
+        let b = crate::evidence::Bundle::new(name)?;
+        b.note("failure.txt", &format!("{why}\n"));
+        b.copy_dir(self.lab.dir(), "");
+        for db in &self.dbs {
+            b.copy_file(
+                &format!("mariadb{}-error.log", db.server_id()),
+                &db.error_log_path(),
+            );
+        }
+        self.snapshot("at the failure");
+        for (label, text) in &self.snapshots {
+            b.note("state.txt", &format!("##### {label}\n{text}\n"));
+        }
+        Ok(b.dir().to_path_buf())
+    }
+
     pub fn logs(&self) -> String {
         self.agents
             .iter()
             .flatten()
             .map(|p| format!("--- {} ---\n{}", p.name(), p.log_tail(60)))
             .collect()
+    }
+
+    /// Waits until both agents say semi-sync is in effect for their role
+    /// (the primary effective with its peer, the replica acknowledging).
+    pub fn wait_semisync_effective(&self) -> Result<Duration> {
+        wait_until_ok(STEP, "semi-sync effective on both servers", || {
+            Ok(Server::ALL.iter().all(|&s| {
+                self.lab
+                    .agent_status(s)
+                    .is_ok_and(|j| j["database"]["semisync_effective"] == true)
+            }))
+        })
+        .with_context(|| self.logs())
     }
 
     pub fn wait_state(&self, s: Server, state: &str) -> Result<Duration> {
@@ -248,6 +326,21 @@ impl Stack {
     /// The fixture Atlases' checker period.
     pub fn atlas_checker(&self) -> Duration {
         self.opts.atlas_checker.unwrap_or(TEST_ATLAS_CHECKER)
+    }
+
+    /// The rows (`app.t.v`) `s`'s server holds that `other`'s lacks: after
+    /// a rejoin, what would have diverged silently.
+    pub fn rows_only_on(&self, s: Server, other: Server) -> Result<Vec<String>> {
+        let rows = |s: Server| -> Result<std::collections::BTreeSet<String>> {
+            Ok(self
+                .db(s)
+                .sql("SELECT v FROM app.t")?
+                .lines()
+                .map(str::to_string)
+                .collect())
+        };
+        let (mine, theirs) = (rows(s)?, rows(other)?);
+        Ok(mine.difference(&theirs).cloned().collect())
     }
 
     /// Waits until `s`'s Atlas table is exactly rw = the VIP, ro = `ro`.
@@ -308,7 +401,50 @@ pub fn stack(opts: StackOptions) -> Result<Stack> {
         dbs: [d1, d2],
         lab,
         opts,
+        snapshots: Vec::new(),
+        passed: false,
     })
+}
+
+impl Drop for Stack {
+    /// A stack dropped before [`Stack::pass`] belongs to a failed test:
+    /// keep its evidence (while the servers and the lab still exist).
+    fn drop(&mut self) {
+        if self.passed || self.opts.test.is_empty() {
+            return;
+        }
+        let why = if std::thread::panicking() {
+            "the test panicked"
+        } else {
+            "the test failed (see its error)"
+        };
+        match self.keep_evidence(why) {
+            Ok(dir) => eprintln!("ha-lab: evidence of the failure kept in {}", dir.display()),
+            Err(e) => eprintln!("ha-lab: could not keep the evidence: {e:#}"),
+        }
+        // Kept once: the error path of [`run`] may have done it already.
+        self.passed = true;
+    }
+}
+
+/// Runs a test on a started stack: on failure its evidence is kept and the
+/// error names the directory.
+pub fn run(opts: StackOptions, test: impl FnOnce(&mut Stack) -> Result<()>) -> Result<()> {
+    let mut st = started(opts)?;
+    match test(&mut st) {
+        Ok(()) => {
+            st.pass();
+            Ok(())
+        }
+        Err(e) => {
+            let kept = st.keep_evidence(&format!("{e:#}"));
+            st.pass();
+            match kept {
+                Ok(dir) => Err(e.context(format!("evidence kept in {}", dir.display()))),
+                Err(k) => Err(e.context(format!("(evidence not kept: {k:#})"))),
+            }
+        }
+    }
 }
 
 pub fn ms(d: Duration) -> f64 {
@@ -375,7 +511,15 @@ pub fn started(opts: StackOptions) -> Result<Stack> {
 }
 
 /// Machine death of server1: its links go down, its agent and MariaDB die.
+/// The replication state is recorded first (for the evidence).
 pub fn kill_server1(st: &mut Stack) -> Result<Instant> {
+    st.snapshot("just before the fault (server1 dies)");
+    die_server1(st)
+}
+
+/// [`kill_server1`] at once, without the snapshot (tens of ms): for faults
+/// timed against another event.
+pub fn die_server1(st: &mut Stack) -> Result<Instant> {
     let fault = Instant::now();
     st.lab.links_down(S1)?;
     st.kill_agent(S1)?;

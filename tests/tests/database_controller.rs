@@ -1,4 +1,5 @@
-//! The database controller (agent/src/database.rs) against real MariaDB
+//! The database controller (`decisions::database`, run by
+//! `drivers::mysql::runner`) against real MariaDB
 //! servers on loopback ports: the daemon's side (set a wish, read the
 //! status, hear fitness and replica changes) without the election or any
 //! namespace. Waits are on the controller's own status and event channels,
@@ -6,7 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use ha_agent::decisions::database::{DbHandle, DbWish, LocalDb};
+use std::sync::Arc;
+
+use ha_agent::decisions::database::{DbWish, LocalDb, PeerView, SemisyncAdvert};
+use ha_agent::drivers::mysql::runner::DbHandle;
 use ha_agent::drivers::mysql::MysqlDriver;
 use ha_agent::operator::status::DatabaseStatus;
 use ha_lab::mariadb::{Mariadb, MariadbOptions};
@@ -92,6 +96,7 @@ async fn fences_at_start_and_again_after_a_restart_and_tracks_fitness() {
         LocalDb {
             fit: false,
             replica_ok: false,
+            semisync: SemisyncAdvert::None,
         },
     )
     .await;
@@ -130,6 +135,7 @@ async fn replica_then_primary_then_errant_rejoin_and_force() {
         LocalDb {
             fit: true,
             replica_ok: true,
+            semisync: SemisyncAdvert::None,
         },
     )
     .await;
@@ -220,38 +226,152 @@ async fn replica_then_primary_then_errant_rejoin_and_force() {
 
     // Only a BACKUP may force: as primary it is refused, nothing changes.
     let refused = h2.rejoin_force().await.unwrap().unwrap_err();
-    assert!(refused.contains("BACKUP"), "{refused}");
+    assert!(
+        matches!(
+            refused,
+            ha_agent::decisions::database::ForceError::NotReplica(_)
+        ),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("BACKUP"), "{refused}");
+}
+
+/// Carries each controller's semi-sync advertisement to the other, as the
+/// election does in its probes (server1 the MASTER, server2 BACKUP).
+fn carry_adverts(
+    h1: Arc<DbHandle>,
+    mut e1: UnboundedReceiver<LocalDb>,
+    h2: Arc<DbHandle>,
+    mut e2: UnboundedReceiver<LocalDb>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                Some(d) = e1.recv() => h2.set_peer(PeerView { heard: true, primary: true, semisync: d.semisync }),
+                Some(d) = e2.recv() => h1.set_peer(PeerView { heard: true, primary: false, semisync: d.semisync }),
+                else => return,
+            }
+        }
+    })
 }
 
 #[tokio::test]
-async fn semisync_is_enabled_after_promotion_and_rejoin_and_shown_effective() {
+async fn semisync_goes_effective_and_asynchronous_only_with_the_replica_told() {
     let s1 = start(1);
     let s2 = start(2);
     let mk = |db: &Mariadb, peer: &Mariadb| {
         let mut cfg = db.agent_config(peer.addr());
         cfg.semisync = true;
-        DbHandle::spawn(MysqlDriver::new(&cfg).expect("driver"))
+        let (h, e) = DbHandle::spawn(MysqlDriver::new(&cfg).expect("driver"));
+        (Arc::new(h), e)
     };
-    let (h1, _e1) = mk(&s1, &s2);
-    let (h2, _e2) = mk(&s2, &s1);
+    let (h1, e1) = mk(&s1, &s2);
+    let (h2, e2) = mk(&s2, &s1);
+    let carrier = carry_adverts(h1.clone(), e1, h2.clone(), e2);
     h1.set_wish(DbWish::Primary);
-    status_until(&h1, "server1 promoted", |s| s.writable).await;
-    // The controllers alone make server2 a semi-sync replica of server1.
+    status_until(&h1, "server1 promoted", |s| {
+        s.writable && s.last_promotion.is_some()
+    })
+    .await;
+    // A new primary without its replica acknowledges alone, and says so.
+    let st = h1.status();
+    assert!(
+        st.semisync
+            .as_ref()
+            .unwrap()
+            .advertised
+            .starts_with("asynchronous"),
+        "{st:?}"
+    );
+    // The controllers alone make server2 a semi-sync replica of server1,
+    // and server1 strict once server2 acknowledges.
     h2.set_wish(DbWish::ReplicaOf(s1.addr()));
-    let st2 = status_until(&h2, "server2 a semi-sync replica", |s| {
+    let t = Instant::now();
+    status_until(&h2, "server2 acknowledging", |s| {
         s.replica_ok && s.semisync_effective == Some(true)
     })
     .await;
-    assert!(st2.last_rejoin.is_some(), "{st2:?}");
-    // The primary's side is effective once the replica acknowledges.
-    s1.insert_rows(3, "semi-sync").unwrap();
-    let st1 = status_until(&h1, "server1 semi-sync effective", |s| {
-        s.semisync_effective == Some(true)
+    let st1 = status_until(&h1, "server1 effective", |s| {
+        s.semisync
+            .as_ref()
+            .is_some_and(|x| x.advertised == "effective")
     })
     .await;
     println!(
-        "semi-sync effective: primary {:?}, replica {:?}",
-        st1.semisync_effective, st2.semisync_effective
+        "semi-sync effective {:.0} ms after the replica's wish",
+        ms(t.elapsed())
     );
+    assert!(st1.semisync.unwrap().effective_since.is_some());
+    s1.insert_rows(3, "semi-sync").unwrap();
     s2.wait_count(3, BOUND).unwrap();
+
+    // server2's agent stops replicating (fenced), its IO thread goes: the
+    // primary's commits wait; it announces asynchronous, server2 echoes,
+    // and only then does server1 acknowledge alone.
+    h2.set_wish(DbWish::Fenced);
+    s2.sql("STOP SLAVE IO_THREAD").unwrap();
+    let t = Instant::now();
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    let socket = s1.socket();
+    std::thread::spawn(move || {
+        let out = std::process::Command::new("mariadb")
+            .arg("--no-defaults")
+            .arg(format!("--socket={}", socket.display()))
+            .args([
+                "-uroot",
+                "-e",
+                "INSERT INTO app.t (v, origin) VALUES ('after the replica left', 1)",
+            ])
+            .output();
+        let _ = done_tx.send(out);
+    });
+    let out = loop {
+        tokio::select! {
+            r = &mut done_rx => break r.unwrap().unwrap(),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                assert!(t.elapsed() < BOUND, "the commit still waits after {BOUND:?}:\nprimary {:#?}\nreplica {:#?}", h1.status().semisync, h2.status().semisync);
+            }
+        }
+    };
+    assert!(out.status.success(), "{out:?}");
+    let waited = t.elapsed();
+    let st1 = h1.status();
+    let st2 = h2.status();
+    println!(
+        "commits waited {:.0} ms; primary: {:?}; replica: {:?}",
+        ms(waited),
+        st1.semisync,
+        st2.semisync
+    );
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "acknowledged alone before semisync_timeout_ms: {waited:?}"
+    );
+    let ss1 = st1.semisync.unwrap();
+    assert!(ss1.advertised.starts_with("asynchronous"), "{ss1:?}");
+    status_until(&h1, "the commit counted as not acknowledged", |s| {
+        s.semisync
+            .as_ref()
+            .is_some_and(|x| x.commits_without_ack.unwrap_or(0) >= 1)
+    })
+    .await;
+    assert!(st2
+        .semisync
+        .unwrap()
+        .advertised
+        .contains("heard the primary go asynchronous"),);
+    let j = ha_agent::drivers::mysql::journal::read(&h1_state(&s1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        j.semisync,
+        ha_agent::drivers::mysql::journal::JournalSemisync::Asynchronous,
+        "journaled before acknowledging alone"
+    );
+    carrier.abort();
+}
+
+fn h1_state(db: &Mariadb) -> std::path::PathBuf {
+    db.dir().join("agent-state")
 }

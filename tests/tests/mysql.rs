@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ha_agent::drivers::mysql::{CatchupPolicy, MysqlDriver, MysqlError, RejoinError};
+use ha_agent::drivers::mysql::{
+    CatchupPolicy, Discard, MysqlDriver, MysqlError, PromoteRequest, RejoinError, RejoinRequest,
+};
 use ha_lab::mariadb::{Mariadb, MariadbOptions};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -39,6 +41,26 @@ fn driver(db: &Mariadb, peer: &Mariadb) -> MysqlDriver {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// A promotion after a death (nothing to drain), asynchronous replication.
+fn promotion(timeout: Duration, policy: CatchupPolicy) -> PromoteRequest {
+    PromoteRequest {
+        timeout,
+        policy,
+        drain_from: None,
+        drain_required: false,
+        semisync: None,
+        journal: None,
+    }
+}
+
+fn rejoining(peer: SocketAddr, discard: Discard) -> RejoinRequest {
+    RejoinRequest {
+        peer,
+        discard,
+        journal: None,
+    }
 }
 
 const SECS_20: Duration = Duration::from_secs(20);
@@ -99,7 +121,10 @@ fn promotion_applies_the_whole_relay_backlog_first() {
     let d = driver(&s2, &s1);
     let rt = rt();
     let rep = rt
-        .block_on(d.promote(Duration::from_secs(60), CatchupPolicy::StayReadOnly))
+        .block_on(d.promote(&promotion(
+            Duration::from_secs(60),
+            CatchupPolicy::StayReadOnly,
+        )))
         .unwrap();
     println!(
         "promotion with a {N}-transaction backlog: {:.1} ms, of which waiting {:.1} ms",
@@ -117,9 +142,9 @@ fn promotion_applies_the_whole_relay_backlog_first() {
         10 + N as u64,
         "every received row applied"
     );
-    // The applier froze "received"; the IO thread is stopped and
-    // replication forgotten after the unfence, in the background.
-    assert_eq!(rep.frozen_by, Some("applier"), "{rep:?}");
+    // The IO thread was killed (nothing more received or acknowledged);
+    // replication is forgotten after the unfence, in the background.
+    assert_eq!(rep.frozen_by, Some("io_thread_killed"), "{rep:?}");
     rt.block_on(d.settle_background());
     assert_eq!(
         s2.slave_status("Slave_IO_Running").unwrap(),
@@ -144,7 +169,10 @@ fn promotion_with_an_empty_backlog_is_quick() {
     // Warm the connection as the daemon's health probe would have.
     assert!(rt.block_on(d.probe()).up);
     let rep = rt
-        .block_on(d.promote(Duration::from_secs(5), CatchupPolicy::StayReadOnly))
+        .block_on(d.promote(&promotion(
+            Duration::from_secs(5),
+            CatchupPolicy::StayReadOnly,
+        )))
         .unwrap();
     println!(
         "promotion with an empty backlog: {:.2} ms (waited {:.2} ms); steps: {}",
@@ -161,7 +189,10 @@ fn promotion_with_an_empty_backlog_is_quick() {
     assert!(rep.took < Duration::from_secs(2), "{:?}", rep.took);
     // Promoting a primary again only unfences it.
     let again = rt
-        .block_on(d.promote(Duration::from_secs(5), CatchupPolicy::StayReadOnly))
+        .block_on(d.promote(&promotion(
+            Duration::from_secs(5),
+            CatchupPolicy::StayReadOnly,
+        )))
         .unwrap();
     assert!(!again.was_replica);
 }
@@ -184,7 +215,10 @@ fn a_stuck_applier_keeps_the_server_read_only_unless_policy_promote() {
     let rt = rt();
     let start = Instant::now();
     let e = rt
-        .block_on(d.promote(Duration::from_millis(300), CatchupPolicy::StayReadOnly))
+        .block_on(d.promote(&promotion(
+            Duration::from_millis(300),
+            CatchupPolicy::StayReadOnly,
+        )))
         .unwrap_err();
     println!("held back after {:.0} ms: {e}", ms(start.elapsed()));
     match &e {
@@ -208,7 +242,10 @@ fn a_stuck_applier_keeps_the_server_read_only_unless_policy_promote() {
     // Gtid_IO_Pos would then claim nothing is missing: the retry must still
     // name the missing transaction instead of promoting.
     let again = rt
-        .block_on(d.promote(Duration::from_millis(300), CatchupPolicy::StayReadOnly))
+        .block_on(d.promote(&promotion(
+            Duration::from_millis(300),
+            CatchupPolicy::StayReadOnly,
+        )))
         .unwrap_err();
     println!("retry: {again}");
     match &again {
@@ -232,7 +269,10 @@ fn a_stuck_applier_keeps_the_server_read_only_unless_policy_promote() {
     );
 
     let rep = rt
-        .block_on(d.promote(Duration::from_millis(300), CatchupPolicy::Promote))
+        .block_on(d.promote(&promotion(
+            Duration::from_millis(300),
+            CatchupPolicy::Promote,
+        )))
         .unwrap();
     assert!(!rep.caught_up);
     assert_eq!(rep.skipped.as_ref().unwrap().to_string(), pos, "{rep:?}");
@@ -248,9 +288,12 @@ fn old_primary_rejoins_and_catches_up() {
     let d2 = driver(&s2, &s1);
     let rt = rt();
     rt.block_on(async {
-        d2.promote(Duration::from_secs(5), CatchupPolicy::StayReadOnly)
-            .await
-            .unwrap();
+        d2.promote(&promotion(
+            Duration::from_secs(5),
+            CatchupPolicy::StayReadOnly,
+        ))
+        .await
+        .unwrap();
         d2.settle_background().await;
     });
     s2.insert_rows(50, "on new primary").unwrap();
@@ -261,7 +304,10 @@ fn old_primary_rejoins_and_catches_up() {
     let (fence, rep, errant) = rt.block_on(async {
         let fence = d1.fence().await.unwrap();
         let errant = d1.errant_against(s2.addr()).await.unwrap();
-        let rep = d1.rejoin(s2.addr(), false).await.unwrap();
+        let rep = d1
+            .rejoin(&rejoining(s2.addr(), Discard::Never))
+            .await
+            .unwrap();
         (fence, rep, errant)
     });
     let replicating = up.elapsed();
@@ -289,7 +335,9 @@ fn old_primary_rejoins_and_catches_up() {
         Some(s2.addr().port().to_string())
     );
     // The daemon calls rejoin on every BACKUP tick: a no-op now.
-    let again = rt.block_on(d1.rejoin(s2.addr(), false)).unwrap();
+    let again = rt
+        .block_on(d1.rejoin(&rejoining(s2.addr(), Discard::Never)))
+        .unwrap();
     assert!(again.already_replicating, "{again:?}");
     let h = rt.block_on(d1.probe());
     let r = h.replica.unwrap();
@@ -297,6 +345,38 @@ fn old_primary_rejoins_and_catches_up() {
         r.io_running && r.sql_running && r.all_relay_applied,
         "{r:?}"
     );
+}
+
+#[test]
+fn an_interrupted_replica_is_resumed_not_reset() {
+    let (s1, s2) = pair();
+    s1.insert_rows(10, "before").unwrap();
+    s2.wait_count(10, SECS_20).unwrap();
+    // The IO thread stops (a network blip, a restart): what was received
+    // stays in the relay log; a reset would throw it away.
+    s2.sql("STOP SLAVE IO_THREAD").unwrap();
+    s1.insert_rows(5, "while interrupted").unwrap();
+    let d2 = driver(&s2, &s1);
+    let rt = rt();
+    let rep = rt
+        .block_on(d2.rejoin(&rejoining(s1.addr(), Discard::Never)))
+        .unwrap();
+    println!(
+        "resumed in {:.1} ms: {}",
+        ms(rep.took),
+        rep.steps
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    assert!(rep.resumed && rep.io_running && rep.sql_running, "{rep:?}");
+    assert!(
+        !rep.steps.iter().any(|s| s.name == "stop replication"),
+        "never both threads stopped: {:?}",
+        rep.steps
+    );
+    s2.wait_count(15, SECS_20).unwrap();
 }
 
 #[test]
@@ -318,8 +398,11 @@ fn errant_writes_block_rejoin_and_force_records_what_it_discards() {
     assert_eq!(s1.gtid_binlog_pos().unwrap(), "0-1-25");
     let rt = rt();
     let d2 = driver(&s2, &s1);
-    rt.block_on(d2.promote(Duration::from_secs(5), CatchupPolicy::StayReadOnly))
-        .unwrap();
+    rt.block_on(d2.promote(&promotion(
+        Duration::from_secs(5),
+        CatchupPolicy::StayReadOnly,
+    )))
+    .unwrap();
     // The new primary writes MORE than server1's errant 5: by seq number alone
     // (0-2-50 > 0-1-25) server1 would look merely behind.
     s2.insert_rows(30, "new primary").unwrap();
@@ -332,7 +415,9 @@ fn errant_writes_block_rejoin_and_force_records_what_it_discards() {
     assert_eq!(errant.transactions, 5);
     assert_eq!(errant.keep.to_string(), "0-1-20");
 
-    let e = rt.block_on(d1.rejoin(s2.addr(), false)).unwrap_err();
+    let e = rt
+        .block_on(d1.rejoin(&rejoining(s2.addr(), Discard::Never)))
+        .unwrap_err();
     println!("refused: {e}");
     match &e {
         RejoinError::Errant { errant: got, .. } => assert_eq!(got, &errant),
@@ -351,16 +436,28 @@ fn errant_writes_block_rejoin_and_force_records_what_it_discards() {
     );
     assert_eq!(s1.count().unwrap(), 25, "nothing touched");
 
-    let rep = rt.block_on(d1.rejoin(s2.addr(), true)).unwrap();
+    let rep = rt
+        .block_on(d1.rejoin(&rejoining(s2.addr(), Discard::Forced)))
+        .unwrap();
     println!("forced rejoin: {:.1} ms", ms(rep.took));
     assert_eq!(rep.discarded.as_ref(), Some(&errant));
     assert_eq!(rep.start_position.as_ref().unwrap().to_string(), "0-1-20");
     assert!(rep.io_running && rep.sql_running, "{rep:?}");
-    println!("undone: {:?}", rep.undone);
-    assert!(
-        rep.undone.as_deref().is_some_and(|u| u.contains("undone")),
-        "{rep:?}"
-    );
+    let undone = rep.undone.as_ref().expect("MariaDB undoes the rows");
+    println!("undone: {undone}");
+    assert_eq!(undone.total_rows(), 5, "{undone:?}");
+    assert_eq!(undone.rows["`app`.`t`"].inserted, 5);
+    for f in ["rows.txt", "undo.sql", "summary.txt"] {
+        assert!(
+            undone.record.join(f).is_file(),
+            "{f} in {:?}",
+            undone.record
+        );
+    }
+    let rows = std::fs::read_to_string(undone.record.join("rows.txt")).unwrap();
+    assert_eq!(rows.matches("### INSERT INTO `app`.`t`").count(), 5);
+    assert!(rows.contains("'errant'"), "the rows as written");
+    assert!(!rep.automatic);
     // The 5 errant rows were undone; the new primary's 30 arrive.
     s1.wait_count(50, SECS_20).unwrap();
     assert_eq!(s2.count().unwrap(), 50);
@@ -379,8 +476,14 @@ fn errant_writes_block_rejoin_and_force_records_what_it_discards() {
         .is_empty());
 }
 
-#[test]
-fn semisync_is_reported_effective_once_the_replica_acknowledges() {
+/// server1 a strict semi-sync primary, server2 its acknowledging replica.
+fn semisync_pair() -> (
+    Mariadb,
+    Mariadb,
+    MysqlDriver,
+    MysqlDriver,
+    tokio::runtime::Runtime,
+) {
     let (s1, s2) = pair();
     let mk = |db: &Mariadb, peer: &Mariadb| {
         let mut c = db.agent_config(peer.addr());
@@ -390,32 +493,202 @@ fn semisync_is_reported_effective_once_the_replica_acknowledges() {
     let (d1, d2) = (mk(&s1, &s2), mk(&s2, &s1));
     let rt = rt();
     rt.block_on(async {
-        let p = d1.enable_semisync(true).await.unwrap();
-        assert!(!p.effective, "no semi-sync replica yet: {p:?}");
-        let r = d2.enable_semisync(false).await.unwrap();
-        println!("replica semi-sync right after enabling: {}", r.effective);
+        // server1 is the primary already: promoting it sets semi-sync up.
+        let mut req = promotion(Duration::from_secs(5), CatchupPolicy::StayReadOnly);
+        req.semisync = Some(Duration::from_millis(1000));
+        let p = d1.promote(&req).await.unwrap();
+        assert!(!p.was_replica);
+        let st = p.semisync.unwrap();
+        assert!(st.source_enabled && !st.strict, "{st:?}");
+        d2.semisync_replica().await.unwrap();
     });
-    ha_lab::wait_until(SECS_20, "semi-sync in effect on both", || {
+    ha_lab::wait_until(SECS_20, "the replica acknowledges", || {
         rt.block_on(async {
-            d1.probe().await.semisync_effective == Some(true)
-                && d2.probe().await.semisync_effective == Some(true)
+            d1.probe()
+                .await
+                .semisync
+                .is_some_and(|s| s.source_on && s.clients == 1)
+                && d2.probe().await.semisync.is_some_and(|s| s.replica_on)
         })
     })
     .unwrap();
+    let strict = rt
+        .block_on(d1.semisync_strict(Duration::from_millis(1000)))
+        .unwrap();
+    assert!(
+        matches!(
+            strict,
+            ha_agent::drivers::mysql::StrictOutcome::Effective(_)
+        ),
+        "{strict:?}"
+    );
+    (s1, s2, d1, d2, rt)
+}
+
+#[test]
+fn semisync_is_not_effective_while_the_replica_lacks_what_was_acknowledged_alone() {
+    let (s1, s2, d1, _d2, rt) = semisync_pair();
+    // The primary relaxes (as after telling the replica) while the replica
+    // applies nothing: it acknowledges alone what the replica lacks.
+    s2.sql("STOP SLAVE SQL_THREAD").unwrap();
+    rt.block_on(d1.semisync_relax(Duration::from_millis(1000)))
+        .unwrap();
+    s1.insert_rows(3, "alone").unwrap();
+    // Back to strict: the server says on at once, but the replica has not
+    // applied those three.
+    let start = Instant::now();
+    let r = rt
+        .block_on(d1.semisync_strict(Duration::from_millis(500)))
+        .unwrap();
+    println!(
+        "strict with a replica behind: {r:?} after {:.0} ms",
+        ms(start.elapsed())
+    );
+    assert!(
+        matches!(r, ha_agent::drivers::mysql::StrictOutcome::NotYet(_)),
+        "{r:?}"
+    );
+    let st = rt.block_on(d1.probe()).semisync.unwrap();
+    assert!(!st.strict, "back to relaxed: {st:?}");
+    // Once it has them, effective.
+    s2.sql("START SLAVE SQL_THREAD").unwrap();
+    s2.wait_count(3, SECS_20).unwrap();
+    let r = rt
+        .block_on(d1.semisync_strict(Duration::from_millis(1000)))
+        .unwrap();
+    assert!(
+        matches!(r, ha_agent::drivers::mysql::StrictOutcome::Effective(_)),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn semisync_strict_is_journaled_and_acknowledged_by_the_replica() {
+    let (s1, s2, d1, _d2, rt) = semisync_pair();
+    let j = rt
+        .block_on(ha_agent::drivers::mysql::journal::read(
+            &d1.config().state_dir,
+        ))
+        .unwrap()
+        .expect("journaled");
+    assert_eq!(
+        j.semisync,
+        ha_agent::drivers::mysql::journal::JournalSemisync::Effective
+    );
+    assert_eq!(
+        j.position.as_deref(),
+        Some(s1.gtid_binlog_pos().unwrap().as_str())
+    );
     let start = Instant::now();
     s1.insert_rows(10, "acked").unwrap();
     println!("10 semi-sync commits: {:.1} ms", ms(start.elapsed()));
+    let st = rt.block_on(d1.probe()).semisync.unwrap();
+    assert!(st.strict && st.source_on, "{st:?}");
+    assert_eq!(st.unacked, 0, "{st:?}");
+    assert!(st.acked >= 10, "{st:?}");
+    s2.wait_count(10, SECS_20).unwrap();
+}
+
+#[test]
+fn a_strict_primary_without_its_replica_acknowledges_nothing_and_still_fences() {
+    let (s1, s2, d1, _d2, rt) = semisync_pair();
+    s1.insert_rows(3, "acked").unwrap();
+    s2.wait_count(3, SECS_20).unwrap();
+    // The replica's IO thread goes: the next commit waits for ever.
+    s2.sql("STOP SLAVE IO_THREAD").unwrap();
+    let app = std::thread::spawn({
+        let out = s1.dir().join("app.cnf").to_string_lossy().into_owned();
+        let port = s1.addr().port();
+        move || {
+            std::process::Command::new("mariadb")
+                .arg(format!("--defaults-extra-file={out}"))
+                .args(["--host=127.0.0.1", "--protocol=TCP", "--batch"])
+                .arg(format!("--port={port}"))
+                .args(["-e", "INSERT INTO app.t (v, origin) VALUES ('waits', 1)"])
+                .output()
+                .unwrap()
+        }
+    });
+    ha_lab::wait_until(SECS_20, "a commit waits for the acknowledgement", || {
+        rt.block_on(d1.probe())
+            .semisync
+            .is_some_and(|s| s.waiting == 1)
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
     assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "commits must not time out"
+        !app.is_finished(),
+        "no acknowledgement without the replica, even after 1.5 s"
+    );
+    // Fencing closes it: read_only would otherwise wait for that commit.
+    let start = Instant::now();
+    let f = rt.block_on(d1.fence()).unwrap();
+    println!(
+        "fenced a strict primary with a waiting commit in {:.0} ms: {f:?}",
+        ms(start.elapsed())
+    );
+    assert_eq!(f.closed_waiting_commits, 1);
+    assert_eq!(s1.value("SELECT @@global.read_only").unwrap(), "1");
+    let out = app.join().unwrap();
+    assert!(
+        !out.status.success(),
+        "the client must not get OK (that would be an acknowledgement): {out:?}"
+    );
+    // The row is committed on server1 only: unacknowledged, errant later.
+    assert_eq!(
+        s1.value("SELECT COUNT(*) FROM app.t WHERE v = 'waits'")
+            .unwrap(),
+        "1"
+    );
+    assert_eq!(s2.count().unwrap(), 3);
+}
+
+#[test]
+fn promotion_freezes_what_was_received_so_the_live_old_primary_gets_no_more_acknowledgements() {
+    let (s1, s2, _d1, d2, rt) = semisync_pair();
+    s1.insert_rows(5, "before").unwrap();
+    s2.wait_count(5, SECS_20).unwrap();
+    // server1's agent hangs; its server lives on. server2 is promoted.
+    let rep = rt
+        .block_on(d2.promote(&promotion(
+            Duration::from_secs(5),
+            CatchupPolicy::StayReadOnly,
+        )))
+        .unwrap();
+    println!("promotion: {:.1} ms, {:?}", ms(rep.took), rep.frozen_by);
+    assert_eq!(rep.frozen_by, Some("io_thread_killed"));
+    assert!(
+        rep.took < Duration::from_millis(900),
+        "no wait for the kill-connection: {:?}",
+        rep.took
+    );
+    // A commit on the old primary now waits: nothing acknowledges it.
+    let app = {
+        let cnf = s1.dir().join("app.cnf").to_string_lossy().into_owned();
+        let port = s1.addr().port();
+        std::thread::spawn(move || {
+            std::process::Command::new("mariadb")
+                .arg(format!("--defaults-extra-file={cnf}"))
+                .args(["--host=127.0.0.1", "--protocol=TCP", "--batch"])
+                .arg(format!("--port={port}"))
+                .args(["-e", "INSERT INTO app.t (v, origin) VALUES ('late', 1)"])
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !app.is_finished(),
+        "the old primary must not be acknowledged after the freeze"
     );
     assert_eq!(
-        s1.value("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_yes_tx'")
-            .unwrap()
-            .split('\t')
-            .nth(1),
-        Some("10")
+        s2.value("SELECT COUNT(*) FROM app.t WHERE v = 'late'")
+            .unwrap(),
+        "0"
     );
+    // Release it (as its agent's fence would), unacknowledged.
+    s1.sql("SET GLOBAL rpl_semi_sync_master_enabled = OFF").ok();
+    let _ = app.join();
 }
 
 // ---------------------------------------------------------------------------
@@ -649,6 +922,9 @@ fn malformed_gtid_strings_from_a_server_are_errors_not_panics() {
             catchup_policy: CatchupPolicy::StayReadOnly,
             down_handover_ms: 1000,
             semisync: false,
+            durability: None,
+            semisync_timeout_ms: 1000,
+            state_dir: std::env::temp_dir().join("ha-fake-state"),
             check_interval_ms: 200,
             timeout_ms: 2000,
             max_replica_lag_s: 2,
@@ -667,13 +943,21 @@ fn malformed_gtid_strings_from_a_server_are_errors_not_panics() {
             );
             assert!(h.replica.is_none() && h.executed_gtids.is_none());
             let e = d
-                .promote(Duration::from_millis(100), CatchupPolicy::Promote)
+                .promote(&promotion(
+                    Duration::from_millis(100),
+                    CatchupPolicy::Promote,
+                ))
                 .await
                 .unwrap_err();
             assert!(e.to_string().contains("unreadable"), "{bad:?}: {e}");
             let e = d.errant_against(fake.addr).await;
             assert!(e.is_err(), "{bad:?}");
-            assert!(d.rejoin(fake.addr, true).await.is_err(), "{bad:?}");
+            assert!(
+                d.rejoin(&rejoining(fake.addr, Discard::Forced))
+                    .await
+                    .is_err(),
+                "{bad:?}"
+            );
         });
     }
 }

@@ -122,7 +122,8 @@ fn commented_hooks_are_valid_when_uncommented() {
 fn systemd_unit_has_the_capabilities_and_restart_policy() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/ha-agent.service");
     let unit = std::fs::read_to_string(path).unwrap();
-    let caps = "CAP_NET_ADMIN CAP_NET_RAW CAP_BPF CAP_PERFMON CAP_SYS_NICE CAP_IPC_LOCK";
+    let caps = "CAP_NET_ADMIN CAP_NET_RAW CAP_BPF CAP_PERFMON CAP_SYS_NICE CAP_IPC_LOCK \
+                CAP_DAC_READ_SEARCH CAP_CHOWN CAP_FOWNER";
     for line in [
         "Type=simple".to_string(),
         format!("AmbientCapabilities={caps}"),
@@ -131,6 +132,7 @@ fn systemd_unit_has_the_capabilities_and_restart_policy() {
         "RestartSec=1".into(),
         "LimitMEMLOCK=infinity".into(),
         "RuntimeDirectory=ha-agent".into(),
+        "StateDirectory=ha-agent".into(),
         "KillSignal=SIGTERM".into(),
     ] {
         assert!(unit.lines().any(|l| l.trim() == line), "missing {line:?}");

@@ -234,6 +234,7 @@ fn probe_seeds() -> Vec<Vec<u8>> {
             router_id: 0xC633_640C,
             replica_ok: i == 1,
             fresh_takeover: i == 2,
+            semisync: ha_agent::decisions::database::SemisyncAdvert::None,
         };
         let origin = Origin {
             sender: std::net::Ipv4Addr::new(198, 51, 100, 12),

@@ -174,6 +174,7 @@ async fn answer(
         }
         // Answered by the database controller when done.
         Request::RejoinForce => services.rejoin_force(reply),
+        Request::PromoteForce => services.promote_force(reply),
     }
 }
 

@@ -11,12 +11,19 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use crate::daemon::election_loop::ElectionView;
-use crate::decisions::database::{wish_for, DbHandle, LocalDb};
+use crate::decisions::database::{wish_for, ForceError, LocalDb, PeerView};
 use crate::decisions::proxy::{self, ProxyAddresses};
 use crate::drivers::atlas::{AtlasHandle, AtlasReconciler, Settings};
+use crate::drivers::mysql::runner::DbHandle;
 use crate::drivers::mysql::MysqlDriver;
 use crate::operator::config::Config;
 use crate::operator::status::{AtlasSection, DatabaseStatus, Reply};
+
+fn no_database() -> Reply {
+    Reply::Error {
+        message: "no [mysql] section: this agent does not manage a database".into(),
+    }
+}
 
 /// How long a stopping agent waits for its last fence.
 const STOP_FENCE_BOUND: Duration = Duration::from_secs(3);
@@ -103,7 +110,7 @@ impl Services {
             return;
         }
         if let Some(db) = &self.db {
-            db.set_peer_heard(peer.is_some());
+            db.set_peer(PeerView::from_control(peer.as_ref()));
             let wish = wish_for(role, false, peer.as_ref(), db.peer());
             db.set_wish(wish);
         }
@@ -120,16 +127,14 @@ impl Services {
     /// `ha-agent rejoin --force`: the answer arrives on `reply` when done.
     pub fn rejoin_force(&self, reply: oneshot::Sender<Reply>) {
         let Some(db) = &self.db else {
-            let _ = reply.send(Reply::Error {
-                message: "no [mysql] section: this agent does not manage a database".into(),
-            });
+            let _ = reply.send(no_database());
             return;
         };
         warn!("mysql: forced rejoin requested by the operator");
         let done = db.rejoin_force();
         tokio::spawn(async move {
-            let answer = match done.await {
-                Ok(Ok(rep)) => Reply::Ok {
+            let answer = match done.await.unwrap_or(Err(ForceError::Stopped)) {
+                Ok(rep) => Reply::Ok {
                     message: match (&rep.discarded, &rep.undone) {
                         (Some(e), Some(u)) => format!(
                             "rejoined {} in {:.0} ms; DISCARDED {e}: {u}, gone from its GTID history and binary logs",
@@ -148,11 +153,35 @@ impl Services {
                         ),
                     },
                 },
-                Ok(Err(message)) => Reply::Error {
-                    message: format!("forced rejoin failed: {message}"),
+                Err(e) => Reply::Error {
+                    message: format!("forced rejoin failed: {e}"),
                 },
-                Err(_) => Reply::Error {
-                    message: "forced rejoin: the database controller stopped".into(),
+            };
+            let _ = reply.send(answer);
+        });
+    }
+
+    /// `ha-agent promote --force`: the answer arrives on `reply` when done.
+    pub fn promote_force(&self, reply: oneshot::Sender<Reply>) {
+        let Some(db) = &self.db else {
+            let _ = reply.send(no_database());
+            return;
+        };
+        let done = db.promote_force();
+        tokio::spawn(async move {
+            let answer = match done.await.unwrap_or(Err(ForceError::Stopped)) {
+                Ok(rep) => Reply::Ok {
+                    message: format!(
+                        "promoted in {:.0} ms{}; writes the old primary acknowledged without this server may be lost: they are in its binary log",
+                        rep.took.as_secs_f64() * 1000.0,
+                        rep.received
+                            .as_ref()
+                            .map(|g| format!(" (with everything received: {g})"))
+                            .unwrap_or_default()
+                    ),
+                },
+                Err(e) => Reply::Error {
+                    message: format!("forced promotion failed: {e}"),
                 },
             };
             let _ = reply.send(answer);
@@ -183,6 +212,11 @@ impl Services {
                 w.push(format!(
                     "rejoin blocked: this database has {} that {} lacks (see `ha-agent rejoin --force`)",
                     e.gtids, e.peer
+                ));
+            }
+            if let Some(h) = d.semisync.as_ref().and_then(|s| s.promotion_held.as_ref()) {
+                w.push(format!(
+                    "promotion held: {h} (see `ha-agent promote --force`)"
                 ));
             }
             if d.up && d.writable && d.wanted != "primary" {

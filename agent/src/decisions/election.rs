@@ -48,6 +48,8 @@ use serde::Serialize;
 mod timers;
 use timers::{Timer, TimerTable};
 
+use crate::decisions::database::SemisyncAdvert;
+
 /// Transitions kept for `ha-agent status`.
 const HISTORY: usize = 32;
 
@@ -104,6 +106,9 @@ pub struct Control {
     /// We replaced a silent holder within the reclaim window and would hand
     /// the VIPs back if it reappeared: the old holder waits for that.
     pub fresh_takeover: bool,
+    /// Semi-synchronous replication as the local database controller
+    /// reports it (carried, never interpreted here).
+    pub semisync: SemisyncAdvert,
 }
 
 impl Control {
@@ -189,7 +194,12 @@ pub enum Input {
     /// for the handover threshold; `replica_ok`: it replicates from the
     /// holder and has caught up. Without a managed database this is never
     /// sent and the election assumes fit and not a usable replica.
-    LocalDb { fit: bool, replica_ok: bool },
+    /// `semisync` is advertised as is in [`Control::semisync`].
+    LocalDb {
+        fit: bool,
+        replica_ok: bool,
+        semisync: SemisyncAdvert,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -374,6 +384,8 @@ pub struct Election {
     db_fit: bool,
     /// Advertised as [`Control::replica_ok`].
     replica_ok: bool,
+    /// Advertised as [`Control::semisync`].
+    semisync: SemisyncAdvert,
     advertised: Option<Control>,
     outputs: VecDeque<Output>,
     history: VecDeque<Transition>,
@@ -408,6 +420,7 @@ impl Election {
             stopped: false,
             db_fit: true,
             replica_ok: false,
+            semisync: SemisyncAdvert::None,
             advertised: None,
             outputs: VecDeque::new(),
             history: VecDeque::new(),
@@ -497,6 +510,7 @@ impl Election {
             router_id: u32::from(self.cfg.router_id),
             replica_ok: self.replica_ok,
             fresh_takeover: self.role == Role::Master && self.fresh_takeover(now),
+            semisync: self.semisync,
         }
     }
 
@@ -571,9 +585,14 @@ impl Election {
                     self.timers.stop(Timer::Yield);
                 }
             }
-            Input::LocalDb { fit, replica_ok } => {
+            Input::LocalDb {
+                fit,
+                replica_ok,
+                semisync,
+            } => {
                 self.db_fit = fit;
                 self.replica_ok = replica_ok;
+                self.semisync = semisync;
             }
         }
         self.evaluate(now);

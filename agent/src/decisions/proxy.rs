@@ -258,6 +258,7 @@ peer_address = "192.168.1.100:3306"
             router_id: 1,
             replica_ok,
             fresh_takeover: false,
+            semisync: crate::decisions::database::SemisyncAdvert::None,
         }
     }
 

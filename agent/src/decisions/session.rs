@@ -235,6 +235,7 @@ mod tests {
                 router_id: u32::from(PEER),
                 replica_ok: false,
                 fresh_takeover: false,
+                semisync: crate::decisions::database::SemisyncAdvert::None,
             },
         }
     }

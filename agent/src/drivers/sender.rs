@@ -640,6 +640,7 @@ mod tests {
             router_id: 1,
             replica_ok: false,
             fresh_takeover: false,
+            semisync: crate::decisions::database::SemisyncAdvert::None,
         };
         let o = Origin {
             sender: Ipv4Addr::new(198, 51, 100, 11),
@@ -749,6 +750,7 @@ mod loop_tests {
             router_id: 1,
             replica_ok: false,
             fresh_takeover: false,
+            semisync: crate::decisions::database::SemisyncAdvert::None,
         };
         let o = Origin {
             sender: Ipv4Addr::new(127, 0, 0, 1),

@@ -63,6 +63,18 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// On a MASTER whose database promotion is held (durability =
+    /// "strict": the old primary last said it acknowledged writes without
+    /// this replica, or was never heard say semi-sync was effective):
+    /// promote anyway. Writes the old primary acknowledged alone are lost
+    /// to the new primary (they stay in the old one's binary log).
+    Promote {
+        /// Required: accept that acknowledged writes may be lost.
+        #[arg(long, required = true)]
+        force: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Translate a keepalived.conf into an ha-agent config.
     ///
     /// vrrp_sync_group becomes the group, each vrrp_instance a link with its

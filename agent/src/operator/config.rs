@@ -452,6 +452,20 @@ pub struct MysqlConfig {
     /// Semi-synchronous replication (AFTER_SYNC) on promotion and rejoin.
     #[serde(default)]
     pub semisync: bool,
+    /// With `semisync`: what a semi-sync acknowledgement promises (default
+    /// `strict`). See [`Durability`].
+    #[serde(default)]
+    pub durability: Option<Durability>,
+    /// With `semisync`: how long commits may wait for the replica's
+    /// acknowledgement before the primary asks to go asynchronous (strict:
+    /// only once the replica has heard it; available: the server's own
+    /// semi-sync timeout).
+    #[serde(default = "default_semisync_timeout_ms")]
+    pub semisync_timeout_ms: u64,
+    /// Where the agent keeps what must survive a crash: the semi-sync
+    /// journal and the records of undone transactions.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
     /// How often the daemon probes the local server's health.
     #[serde(default = "default_check_interval_ms")]
     pub check_interval_ms: u64,
@@ -480,7 +494,32 @@ pub enum CatchupPolicy {
     Promote,
 }
 
+/// What an acknowledged write survives, with `semisync = true`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// A write the primary acknowledged is on the replica when it is
+    /// promoted, or the replica is not promoted automatically: the primary
+    /// goes asynchronous only after the replica heard it will, and a
+    /// replica that heard so does not promote itself after a death. A
+    /// primary whose replica is silent keeps waiting for it (writes block)
+    /// rather than acknowledge alone.
+    #[default]
+    Strict,
+    /// The seed's behaviour: the primary goes asynchronous by itself after
+    /// `semisync_timeout_ms`, the replica promotes anyway; the window in
+    /// which acknowledged writes may be lost is logged and kept in status.
+    Available,
+}
+
 impl MysqlConfig {
+    /// The durability in force: None without semi-sync.
+    pub fn durability(&self) -> Option<Durability> {
+        self.semisync.then(|| self.durability.unwrap_or_default())
+    }
+    pub fn semisync_timeout(&self) -> Duration {
+        Duration::from_millis(self.semisync_timeout_ms)
+    }
     pub fn catchup_timeout(&self) -> Duration {
         Duration::from_millis(self.catchup_timeout_ms)
     }
@@ -553,6 +592,26 @@ impl MysqlConfig {
         if self.max_replica_lag_s > 86_400 {
             bad(f("max_replica_lag_s"), "must be at most 86400");
         }
+        if self.durability.is_some() && !self.semisync {
+            bad(
+                f("durability"),
+                "needs semisync = true (without semi-sync, replication is asynchronous and a failover may lose acknowledged writes)",
+            );
+        }
+        if self.durability() == Some(Durability::Strict)
+            && self.catchup_policy == CatchupPolicy::Promote
+        {
+            bad(
+                f("catchup_policy"),
+                "must be \"stay_read_only\" with durability = \"strict\" (\"promote\" gives up received, possibly acknowledged transactions); or set durability = \"available\"",
+            );
+        }
+        if !(10..=600_000).contains(&self.semisync_timeout_ms) {
+            bad(f("semisync_timeout_ms"), "must be between 10 and 600000");
+        }
+        if !self.state_dir.is_absolute() {
+            bad(f("state_dir"), "must be an absolute directory path");
+        }
     }
 }
 
@@ -574,6 +633,12 @@ fn default_mysql_timeout_ms() -> u64 {
 fn default_max_replica_lag_s() -> u64 {
     2
 }
+fn default_semisync_timeout_ms() -> u64 {
+    1000
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/ha-agent")
+}
 
 fn default_priority() -> u8 {
     100
@@ -583,9 +648,6 @@ fn default_true() -> bool {
 }
 fn default_status_socket() -> PathBuf {
     PathBuf::from("/run/ha-agent/ha-agent.sock")
-}
-fn default_state_dir() -> PathBuf {
-    PathBuf::from("/var/lib/ha-agent")
 }
 fn default_port() -> u16 {
     DEFAULT_PORT
@@ -1591,14 +1653,53 @@ peer_address = "192.168.1.101:3306"
         assert_eq!(m.check_interval(), Duration::from_millis(200));
         assert_eq!(m.timeout(), Duration::from_millis(2000));
         assert!(!m.semisync);
+        assert_eq!(m.durability(), None);
+        assert_eq!(m.state_dir, PathBuf::from("/var/lib/ha-agent"));
+        // Semi-sync is strict unless told otherwise.
+        let m = parse(&format!("{GOOD}{MYSQL}semisync = true\n"))
+            .unwrap()
+            .mysql
+            .unwrap();
+        assert_eq!(m.durability(), Some(Durability::Strict));
+        assert_eq!(m.semisync_timeout(), Duration::from_millis(1000));
         let m = parse(&format!(
-            "{GOOD}{MYSQL}catchup_policy = \"promote\"\nsemisync = true\n"
+            "{GOOD}{MYSQL}catchup_policy = \"promote\"\nsemisync = true\ndurability = \"available\"\n"
         ))
         .unwrap()
         .mysql
         .unwrap();
         assert_eq!(m.catchup_policy, CatchupPolicy::Promote);
-        assert!(m.semisync);
+        assert_eq!(m.durability(), Some(Durability::Available));
+    }
+
+    #[test]
+    fn durability_is_checked_against_semisync_and_the_catchup_policy() {
+        for (extra, field) in [
+            ("durability = \"strict\"\n", "mysql.durability"),
+            (
+                "semisync = true\ncatchup_policy = \"promote\"\n",
+                "mysql.catchup_policy",
+            ),
+            (
+                "semisync = true\nsemisync_timeout_ms = 0\n",
+                "mysql.semisync_timeout_ms",
+            ),
+            ("state_dir = \"relative/dir\"\n", "mysql.state_dir"),
+        ] {
+            assert_eq!(
+                fields(&format!("{GOOD}{MYSQL}{extra}")),
+                vec![field],
+                "{extra}"
+            );
+        }
+        match parse(&format!(
+            "{GOOD}{MYSQL}semisync = true\ndurability = \"maybe\"\n"
+        )) {
+            Err(ConfigError::Syntax { message, .. }) => {
+                assert!(message.contains("durability"), "{message}")
+            }
+            other => panic!("expected a syntax error, got {other:?}"),
+        }
     }
 
     #[test]

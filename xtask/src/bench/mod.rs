@@ -128,6 +128,12 @@ pub struct DatabaseArgs {
     /// Semi-synchronous replication on both servers (`mysql.semisync`).
     #[arg(long)]
     semisync: bool,
+    /// `mysql.durability` with --semisync: strict (the default) or available.
+    #[arg(long, value_parser = ["strict", "available"])]
+    durability: Option<String>,
+    /// What happens to server1, the primary.
+    #[arg(long, value_enum, default_value = "death")]
+    fault: database::DbFault,
     /// Also write the results (table and every trial) as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -434,15 +440,25 @@ fn bench_database(root: &Path, a: DatabaseArgs) -> Result<()> {
     let agent = agent_bin(root, &[Contender::HaAgent], a.no_build)?;
     Lab::cleanup_orphans(LAB_BASE)?;
     let run = Run::start();
+    if a.durability.is_some() && !a.semisync {
+        bail!("--durability needs --semisync");
+    }
+    let durability: Option<&'static str> = match a.durability.as_deref() {
+        Some("available") => Some("available"),
+        Some(_) => Some("strict"),
+        None => None,
+    };
     println!(
-        "bench database: {} trial(s), semi-sync {}; load average {}",
+        "bench database: {} trial(s), fault {}, semi-sync {}{}; load average {}",
         a.trials,
+        a.fault.name(),
         if a.semisync { "on" } else { "off" },
+        durability.map(|d| format!(" ({d})")).unwrap_or_default(),
         run.load_start
     );
     let mut trials = Vec::new();
     for i in 0..a.trials {
-        let t = database::run(i, a.semisync)?;
+        let t = database::run(i, a.semisync, durability, a.fault)?;
         database::print_trial(&t, a.trials);
         if let Some(f) = &t.failure {
             println!("{f}");
@@ -463,7 +479,7 @@ fn bench_database(root: &Path, a: DatabaseArgs) -> Result<()> {
             root,
             agent.as_deref(),
             &load_end,
-            json!({"mariadb": mariadb_version(), "semisync": a.semisync}),
+            json!({"mariadb": mariadb_version(), "semisync": a.semisync, "durability": durability, "fault": a.fault.name()}),
         );
         write_json(path, &database::json(&trials, meta))?;
         println!("bench database: JSON written to {}", path.display());

@@ -515,6 +515,7 @@ impl ElectionLoop {
                 Input::LocalDb {
                     fit: db.fit,
                     replica_ok: db.replica_ok,
+                    semisync: db.semisync,
                 },
                 Instant::now(),
             ),

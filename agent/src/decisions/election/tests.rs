@@ -755,6 +755,7 @@ fn equal_epoch_tie_goes_to_priority() {
         router_id: u32::from(Ipv4Addr::new(10, 0, 0, 1)),
         replica_ok: false,
         fresh_takeover: false,
+        semisync: SemisyncAdvert::None,
     };
     let later = now + Duration::from_millis(101);
     e.handle_input(
@@ -811,14 +812,17 @@ fn ten_minutes_of_two_percent_loss_give_no_false_failover() {
 const DB_DOWN: Input = Input::LocalDb {
     fit: false,
     replica_ok: false,
+    semisync: SemisyncAdvert::None,
 };
 
 impl World {
     /// The daemon's report of node n's database, as it arrives in its loop.
     fn db(&mut self, n: usize, fit: bool, replica_ok: bool) {
-        self.nodes[n]
-            .inbox
-            .push_back(Input::LocalDb { fit, replica_ok });
+        self.nodes[n].inbox.push_back(Input::LocalDb {
+            fit,
+            replica_ok,
+            semisync: SemisyncAdvert::None,
+        });
     }
 }
 

@@ -1,9 +1,11 @@
 //! What can go wrong talking to MySQL: what failed, on which server, and
 //! what to do about it. No message ever holds a password.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::credentials::PasswordFileError;
+use super::flashback::FlashbackError;
 use super::flavor::{Flavor, FlavorError, SqlValueError};
 use super::gtid::{Errant, GtidSet};
 
@@ -52,6 +54,21 @@ pub enum MysqlError {
     NoGtidReplication { server: String },
     #[error("MySQL at {server} was fenced while being promoted: promotion abandoned, it stays read-only")]
     FencedDuringPromotion { server: String },
+    #[error("MySQL at {server} is NOT promoted: the old primary {peer} did not hand over its last transactions ({handoff}), and it last said that semi-sync was not effective, so it may have acknowledged writes this server lacks (durability = \"strict\"). Bring the old primary back, or run `ha-agent promote --force` to accept the loss")]
+    NotDrained {
+        server: String,
+        peer: String,
+        handoff: String,
+    },
+    #[error("MySQL at {server}: semi-sync: {message}")]
+    Semisync { server: String, message: String },
+    #[error("MySQL at {server}: {source}")]
+    Undo {
+        server: String,
+        source: FlashbackError,
+    },
+    #[error("the semi-sync journal {path}: {message}; check the directory (mysql.state_dir) exists and is writable by the agent")]
+    Journal { path: PathBuf, message: String },
 }
 
 impl MysqlError {
@@ -62,6 +79,11 @@ impl MysqlError {
             _ => None,
         }
     }
+
+    /// The statement did not finish in time: its connection is unusable.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, MysqlError::Timeout { .. })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +93,12 @@ pub enum RejoinError {
         server: String,
         peer: String,
         errant: Errant,
+    },
+    #[error("MySQL at {server} will not undo its errant transactions automatically: they are now {now}, not the {expected} judged unacknowledged; retrying the decision")]
+    ErrantChanged {
+        server: String,
+        expected: GtidSet,
+        now: GtidSet,
     },
     #[error("{peer} is read-only, so it is not (yet) the primary: MySQL at {server} will not replicate from it; retry once it is promoted")]
     PeerNotPrimary { server: String, peer: String },
@@ -99,4 +127,11 @@ pub enum RejoinError {
     Value(SqlValueError),
     #[error(transparent)]
     Mysql(#[from] MysqlError),
+}
+
+impl RejoinError {
+    /// A statement timed out: the connection is unusable.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, RejoinError::Mysql(e) if e.is_timeout())
+    }
 }

@@ -13,6 +13,10 @@ use std::time::Duration;
 
 use super::gtid::GtidSet;
 
+/// The semi-sync timeout of a strict primary: in practice never (30 days),
+/// while small enough for every server's arithmetic on it.
+pub const STRICT_TIMEOUT: Duration = Duration::from_secs(30 * 86_400);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Flavor {
@@ -149,9 +153,17 @@ pub struct SemisyncNames {
     /// Whether a primary with no semi-sync replica connected still waits
     /// for an acknowledgement (up to the semi-sync timeout) on each commit.
     pub source_wait_no_replica: &'static str,
+    /// How long a commit waits for an acknowledgement before the primary
+    /// gives up on semi-sync by itself (ms).
+    pub source_timeout: &'static str,
     /// Status variables: is it operational, how many replicas acknowledge.
     pub source_status: &'static str,
     pub source_clients: &'static str,
+    /// Commits waiting for an acknowledgement now.
+    pub source_waiting: &'static str,
+    /// Commits acknowledged by a replica, and commits that were not.
+    pub source_yes_tx: &'static str,
+    pub source_no_tx: &'static str,
     pub replica_status: &'static str,
 }
 
@@ -436,8 +448,12 @@ impl ServerKind {
                 replica_enabled: "rpl_semi_sync_replica_enabled",
                 source_wait_point: "rpl_semi_sync_source_wait_point",
                 source_wait_no_replica: "rpl_semi_sync_source_wait_no_replica",
+                source_timeout: "rpl_semi_sync_source_timeout",
                 source_status: "Rpl_semi_sync_source_status",
                 source_clients: "Rpl_semi_sync_source_clients",
+                source_waiting: "Rpl_semi_sync_source_wait_sessions",
+                source_yes_tx: "Rpl_semi_sync_source_yes_tx",
+                source_no_tx: "Rpl_semi_sync_source_no_tx",
                 replica_status: "Rpl_semi_sync_replica_status",
             }
         } else {
@@ -449,8 +465,12 @@ impl ServerKind {
                 replica_enabled: "rpl_semi_sync_slave_enabled",
                 source_wait_point: "rpl_semi_sync_master_wait_point",
                 source_wait_no_replica: "rpl_semi_sync_master_wait_no_slave",
+                source_timeout: "rpl_semi_sync_master_timeout",
                 source_status: "Rpl_semi_sync_master_status",
                 source_clients: "Rpl_semi_sync_master_clients",
+                source_waiting: "Rpl_semi_sync_master_wait_sessions",
+                source_yes_tx: "Rpl_semi_sync_master_yes_tx",
+                source_no_tx: "Rpl_semi_sync_master_no_tx",
                 replica_status: "Rpl_semi_sync_slave_status",
             }
         }
@@ -468,44 +488,69 @@ impl ServerKind {
         Sql::new(format!("INSTALL PLUGIN {name} SONAME '{library}'"))
     }
 
-    /// Turns semi-sync on for the role and off for the other. As a primary,
-    /// commits wait AFTER_SYNC (lossless: no client sees a commit the replica
-    /// has not received). A replica's change takes effect when its IO thread
-    /// (re)connects.
-    pub fn semisync_enable(&self, as_primary: bool) -> Vec<Sql> {
+    /// A primary that may acknowledge without its replica ("relaxed"):
+    /// commits wait AFTER_SYNC (no client sees a commit the replica has not
+    /// received) for at most `timeout`, and not at all while no semi-sync
+    /// replica is connected. The server falls back to asynchronous by
+    /// itself: only right for a new primary without a replica, or with
+    /// `durability = "available"`. Also stops being a semi-sync replica.
+    pub fn semisync_source_relaxed(&self, timeout: Duration) -> Vec<Sql> {
         let n = self.semisync_names();
-        let (on, off) = if as_primary {
-            (n.source_enabled, n.replica_enabled)
-        } else {
-            (n.replica_enabled, n.source_enabled)
-        };
+        vec![
+            Sql::new(format!("SET GLOBAL {} = 'AFTER_SYNC'", n.source_wait_point)),
+            Sql::new(format!("SET GLOBAL {} = OFF", n.source_wait_no_replica)),
+            Sql::new(format!(
+                "SET GLOBAL {} = {}",
+                n.source_timeout,
+                timeout.as_millis().max(1)
+            )),
+            Sql::new(format!("SET GLOBAL {} = ON", n.source_enabled)),
+            Sql::new(format!("SET GLOBAL {} = OFF", n.replica_enabled)),
+        ]
+    }
+
+    /// A primary that never acknowledges without its replica by itself
+    /// ("strict"): commits wait for an acknowledgement even with no replica
+    /// connected, for [`STRICT_TIMEOUT`] (in practice for ever). Only the
+    /// agent relaxes it, after telling the replica (see the database
+    /// controller).
+    pub fn semisync_source_strict(&self) -> Vec<Sql> {
+        let n = self.semisync_names();
+        vec![
+            Sql::new(format!("SET GLOBAL {} = ON", n.source_wait_no_replica)),
+            Sql::new(format!(
+                "SET GLOBAL {} = {}",
+                n.source_timeout,
+                STRICT_TIMEOUT.as_millis()
+            )),
+        ]
+    }
+
+    /// Switches the primary's semi-sync off: the commits waiting for an
+    /// acknowledgement complete at once, without one.
+    pub fn semisync_source_off(&self) -> Sql {
+        Sql::new(format!(
+            "SET GLOBAL {} = OFF",
+            self.semisync_names().source_enabled
+        ))
+    }
+
+    /// A semi-sync replica (and no longer a semi-sync primary). It takes
+    /// effect when the IO thread (re)connects.
+    pub fn semisync_replica_on(&self) -> Vec<Sql> {
+        let n = self.semisync_names();
         let mut v = Vec::new();
-        if as_primary {
-            v.push(Sql::new(format!(
-                "SET GLOBAL {} = 'AFTER_SYNC'",
-                n.source_wait_point
-            )));
-            // A new primary has no replica until the old one rejoins: with
-            // the default ON every commit would stall for the semi-sync
-            // timeout (10 s) first. While a replica is connected, commits
-            // still wait for it.
-            v.push(Sql::new(format!(
-                "SET GLOBAL {} = OFF",
-                n.source_wait_no_replica
-            )));
-        }
-        if !as_primary && self.flavor == Flavor::Mariadb {
+        if self.flavor == Flavor::Mariadb {
             // Stopping a semi-sync replica's IO thread first connects to
             // the primary to kill its dump thread, bounded by this many
-            // seconds (default 5). After the primary died, that bound is
-            // what the promotion waits: 1 s is the shortest that still lets
-            // a live primary on the LAN answer.
+            // seconds (default 5); 1 s is the shortest that still lets a
+            // live primary on the LAN answer.
             v.push(Sql::new(
                 "SET GLOBAL rpl_semi_sync_slave_kill_conn_timeout = 1",
             ));
         }
-        v.push(Sql::new(format!("SET GLOBAL {on} = ON")));
-        v.push(Sql::new(format!("SET GLOBAL {off} = OFF")));
+        v.push(Sql::new(format!("SET GLOBAL {} = ON", n.replica_enabled)));
+        v.push(Sql::new(format!("SET GLOBAL {} = OFF", n.source_enabled)));
         v
     }
 
@@ -519,6 +564,49 @@ impl ServerKind {
 
     pub fn semisync_status_query(&self) -> Sql {
         Sql::new("SHOW GLOBAL STATUS LIKE 'Rpl\\_semi\\_sync\\_%'")
+    }
+
+    pub fn semisync_variables_query(&self) -> Sql {
+        Sql::new("SHOW GLOBAL VARIABLES LIKE 'rpl\\_semi\\_sync\\_%'")
+    }
+
+    /// The connection id of the replica's IO thread (no row: not running).
+    /// Killing it stops the thread's reading and acknowledging at once;
+    /// `STOP ... IO_THREAD` first waits to kill the primary's dump thread,
+    /// which costs the semi-sync kill-connection timeout when the primary
+    /// is gone.
+    pub fn io_thread_id_query(&self) -> Sql {
+        match self.flavor {
+            Flavor::Mariadb => {
+                Sql::new("SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND = 'Slave_IO'")
+            }
+            Flavor::Mysql => Sql::new(
+                "SELECT PROCESSLIST_ID FROM performance_schema.threads \
+                 WHERE NAME IN ('thread/sql/slave_io', 'thread/sql/replica_io')",
+            ),
+        }
+    }
+
+    /// Whether the replica's IO thread is frozen by killing its connection
+    /// (MariaDB, tested here) rather than by `STOP ... IO_THREAD`.
+    pub fn freezes_by_kill(&self) -> bool {
+        self.flavor == Flavor::Mariadb
+    }
+
+    /// The sessions whose commit waits for a semi-sync acknowledgement.
+    pub fn semisync_waiters_query(&self) -> Sql {
+        Sql::new(
+            "SELECT ID FROM information_schema.PROCESSLIST \
+             WHERE STATE LIKE 'Waiting for semi-sync ACK%'",
+        )
+    }
+
+    /// Closes a connection. `KILL QUERY` would be wrong for a commit that
+    /// waits for a semi-sync acknowledgement: its client would get OK, an
+    /// acknowledgement without the replica; a closed connection is no
+    /// acknowledgement.
+    pub fn kill_connection(id: u64) -> Sql {
+        Sql::new(format!("KILL CONNECTION {id}"))
     }
 }
 
@@ -816,22 +904,38 @@ mod tests {
         assert_eq!(m.source_plugin, None);
         assert_eq!(m.source_status, "Rpl_semi_sync_master_status");
         assert_eq!(
-            texts(mariadb().semisync_enable(true)),
+            texts(mariadb().semisync_source_relaxed(Duration::from_millis(1500))),
             [
                 "SET GLOBAL rpl_semi_sync_master_wait_point = 'AFTER_SYNC'",
                 "SET GLOBAL rpl_semi_sync_master_wait_no_slave = OFF",
+                "SET GLOBAL rpl_semi_sync_master_timeout = 1500",
                 "SET GLOBAL rpl_semi_sync_master_enabled = ON",
                 "SET GLOBAL rpl_semi_sync_slave_enabled = OFF"
             ]
         );
         assert_eq!(
-            texts(mariadb().semisync_enable(false)),
+            texts(mariadb().semisync_source_strict()),
+            [
+                "SET GLOBAL rpl_semi_sync_master_wait_no_slave = ON",
+                "SET GLOBAL rpl_semi_sync_master_timeout = 2592000000"
+            ]
+        );
+        assert_eq!(
+            mariadb().semisync_source_off().text(),
+            "SET GLOBAL rpl_semi_sync_master_enabled = OFF"
+        );
+        assert_eq!(
+            texts(mariadb().semisync_replica_on()),
             [
                 "SET GLOBAL rpl_semi_sync_slave_kill_conn_timeout = 1",
                 "SET GLOBAL rpl_semi_sync_slave_enabled = ON",
                 "SET GLOBAL rpl_semi_sync_master_enabled = OFF"
             ]
         );
+        assert!(mariadb().io_thread_id_query().text().contains("'Slave_IO'"));
+        assert!(mysql84().io_thread_id_query().text().contains("replica_io"));
+        assert!(mariadb().freezes_by_kill() && !mysql84().freezes_by_kill());
+        assert_eq!(ServerKind::kill_connection(42).text(), "KILL CONNECTION 42");
         let old = kind("8.0.25", "").semisync_names();
         assert_eq!(
             old.source_plugin,
@@ -847,10 +951,17 @@ mod tests {
             );
             assert_eq!(n.source_status, "Rpl_semi_sync_source_status");
             assert_eq!(
-                texts(k.semisync_enable(false)),
+                texts(k.semisync_replica_on()),
                 [
                     "SET GLOBAL rpl_semi_sync_replica_enabled = ON",
                     "SET GLOBAL rpl_semi_sync_source_enabled = OFF"
+                ]
+            );
+            assert_eq!(
+                texts(k.semisync_source_strict()),
+                [
+                    "SET GLOBAL rpl_semi_sync_source_wait_no_replica = ON",
+                    "SET GLOBAL rpl_semi_sync_source_timeout = 2592000000"
                 ]
             );
         }

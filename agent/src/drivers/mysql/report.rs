@@ -1,14 +1,15 @@
 //! What each driver call reports: for the log, and for `ha-agent status`
 //! (all of it serializes to JSON; durations as milliseconds).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use super::flashback::Undone;
 use super::flavor::{Flavor, Version};
 use super::gtid::{Errant, GtidSet};
 use super::replica::ReplicaState;
+use super::semisync::SemisyncState;
 
 pub(crate) fn ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64() * 1000.0)
@@ -43,8 +44,8 @@ pub struct Health {
     /// Everything it has (MySQL `gtid_executed`; MariaDB the binlog state
     /// merged with `gtid_slave_pos`, as a position).
     pub executed_gtids: Option<GtidSet>,
-    /// With `semisync = true`: whether semi-sync is in effect for its role.
-    pub semisync_effective: Option<bool>,
+    /// With `semisync = true`: the server's semi-sync state.
+    pub semisync: Option<SemisyncState>,
     /// Settings that break the failover (binary log off, GTIDs off, ...).
     pub problems: Vec<String>,
     #[serde(serialize_with = "ms", rename = "took_ms")]
@@ -66,7 +67,7 @@ impl Health {
             writable: false,
             replica: None,
             executed_gtids: None,
-            semisync_effective: None,
+            semisync: None,
             problems: Vec::new(),
             took,
         }
@@ -78,6 +79,9 @@ pub struct FenceReport {
     pub server: String,
     /// It was already read-only (nothing was changed).
     pub was_read_only: bool,
+    /// Connections closed because their commit waited for a semi-sync
+    /// acknowledgement (those commits were not acknowledged).
+    pub closed_waiting_commits: u32,
     #[serde(serialize_with = "ms", rename = "took_ms")]
     pub took: Duration,
 }
@@ -97,13 +101,16 @@ pub struct PromotionReport {
     /// With `catchup_policy = "promote"` and a timeout: received transactions
     /// that were NOT applied and are now lost to this server.
     pub skipped: Option<GtidSet>,
-    pub semisync: Option<SemisyncReport>,
+    /// Semi-sync on the new primary (relaxed until its replica rejoins).
+    pub semisync: Option<SemisyncState>,
     /// A planned handover (the old primary's agent still spoke): what was
     /// done to receive the old primary's last transactions first.
     pub handoff: Option<String>,
-    /// How "received" was frozen before the wait: `applier` (after a death:
-    /// the applier stopped, the IO thread stopped and reset after the
-    /// unfence) or `io_thread` (stopped first). None: it was no replica.
+    /// That handover applied everything the old primary had.
+    pub drained: bool,
+    /// How "received" was frozen before the wait: `io_thread_killed`
+    /// (MariaDB), `io_thread_stopped` (MySQL), `io_thread_already_stopped`
+    /// or `io_thread_gone`. None: it was no replica.
     pub frozen_by: Option<&'static str>,
     pub steps: Vec<Step>,
     #[serde(serialize_with = "ms", rename = "took_ms")]
@@ -116,28 +123,43 @@ pub struct RejoinReport {
     pub peer: String,
     /// It already replicated from the peer with both threads running: nothing was changed.
     pub already_replicating: bool,
-    /// With `force`: the errant transactions given up, removed from its GTID
-    /// history and binary logs (and, on MariaDB, from its tables: `undone`).
+    /// Replication from the peer was only interrupted: the stopped thread
+    /// was restarted, the relay log (what was received) kept.
+    pub resumed: bool,
+    /// The errant transactions given up, removed from its GTID history and
+    /// binary logs (and, on MariaDB, from its tables: `undone`).
     pub discarded: Option<Errant>,
     /// MariaDB: how their row changes were undone first (see `flashback`).
-    pub undone: Option<String>,
+    pub undone: Option<Undone>,
+    /// They were given up without an operator: proved never acknowledged.
+    pub automatic: bool,
     /// Where replication started (MariaDB `gtid_slave_pos`; MySQL the kept `gtid_executed`).
     pub start_position: Option<GtidSet>,
     pub io_running: bool,
     pub sql_running: bool,
     pub replica: Option<ReplicaState>,
-    pub semisync: Option<SemisyncReport>,
     pub steps: Vec<Step>,
     #[serde(serialize_with = "ms", rename = "took_ms")]
     pub took: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SemisyncReport {
-    pub as_primary: bool,
-    /// Semi-sync is operational for the role now (a primary: on, with at
-    /// least one acknowledging replica; a replica: on).
-    pub effective: bool,
-    /// The server's `Rpl_semi_sync_*` status variables.
-    pub status: BTreeMap<String, String>,
+impl RejoinReport {
+    /// Nothing done yet.
+    pub fn new(server: String, peer: String) -> RejoinReport {
+        RejoinReport {
+            server,
+            peer,
+            already_replicating: false,
+            resumed: false,
+            discarded: None,
+            undone: None,
+            automatic: false,
+            start_position: None,
+            io_running: false,
+            sql_running: false,
+            replica: None,
+            steps: Vec::new(),
+            took: Duration::ZERO,
+        }
+    }
 }

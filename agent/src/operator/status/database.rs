@@ -29,8 +29,13 @@ pub struct DatabaseStatus {
     pub replica_ok: bool,
     pub replication: Option<ReplicationStatus>,
     pub executed_gtids: Option<String>,
-    /// With `semisync = true`: whether semi-sync is in effect for its role.
+    /// With `semisync = true`: whether semi-sync is in effect for its role
+    /// (a primary: effective with the peer; a replica: acknowledging).
     pub semisync_effective: Option<bool>,
+    /// With `semisync = true`: what it advertises, since when, and what
+    /// went without an acknowledgement.
+    #[serde(default)]
+    pub semisync: Option<SemisyncStatus>,
     /// The action running now ("promote", "rejoin", ...) and since when.
     pub action: Option<String>,
     pub action_since: Option<String>,
@@ -45,6 +50,28 @@ pub struct DatabaseStatus {
     pub problems: Vec<String>,
     /// What the last probe could not read (or why the server is down).
     pub probe_errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SemisyncStatus {
+    /// "strict" or "available".
+    pub durability: String,
+    /// What this node says in its probes ("effective", "asynchronous
+    /// (announcement N)", "acking", ...).
+    pub advertised: String,
+    /// A primary: effective (every commit waits for the peer) since.
+    pub effective_since: Option<String>,
+    /// A primary: may acknowledge without the peer since (or announced it).
+    pub asynchronous_since: Option<String>,
+    /// A primary: commits acknowledged without a replica's acknowledgement
+    /// since it was promoted.
+    pub commits_without_ack: Option<u64>,
+    /// A primary: commits waiting for an acknowledgement now.
+    pub waiting_commits: Option<u64>,
+    /// What the peer said while it was the primary, and since when.
+    pub peer_said: Option<String>,
+    /// Why a promotion is held (durability = "strict").
+    pub promotion_held: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -74,9 +101,13 @@ pub struct PromotionStatus {
     /// Planned handover: how the old primary's last transactions were awaited.
     #[serde(default)]
     pub handoff: Option<String>,
-    /// `applier` or `io_thread`: see `PromotionReport::frozen_by`.
+    /// How the received set was frozen: see `PromotionReport::frozen_by`.
     #[serde(default)]
     pub frozen_by: Option<String>,
+    /// Promoted although the old primary may have acknowledged writes that
+    /// are not here (durability = "available", or forced): why.
+    #[serde(default)]
+    pub possibly_lost: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -91,6 +122,15 @@ pub struct RejoinStatus {
     /// MariaDB: how their row changes were undone.
     #[serde(default)]
     pub undone: Option<String>,
+    /// Rows the undo reversed.
+    #[serde(default)]
+    pub undone_rows: Option<u64>,
+    /// The directory with what was undone (rows.txt, undo.sql, summary.txt).
+    #[serde(default)]
+    pub undo_record: Option<String>,
+    /// Given up without an operator: proved never acknowledged.
+    #[serde(default)]
+    pub automatic: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -100,6 +140,9 @@ pub struct ErrantStatus {
     pub transactions: u64,
     pub details: Vec<String>,
     pub since: String,
+    /// Why they were not undone automatically.
+    #[serde(default)]
+    pub not_undone_because: Option<String>,
 }
 
 impl DatabaseStatus {
@@ -155,7 +198,41 @@ impl DatabaseStatus {
         if let Some(g) = &self.executed_gtids {
             let _ = writeln!(o, "  executed GTIDs: {g}");
         }
-        if let Some(s) = self.semisync_effective {
+        if let Some(s) = &self.semisync {
+            let _ = writeln!(
+                o,
+                "  semi-sync ({}): {}{}{}",
+                s.durability,
+                s.advertised,
+                s.effective_since
+                    .as_deref()
+                    .map(|t| format!(", effective since {t}"))
+                    .unwrap_or_default(),
+                s.asynchronous_since
+                    .as_deref()
+                    .map(|t| format!(", asynchronous since {t}"))
+                    .unwrap_or_default(),
+            );
+            if let Some(n) = s.commits_without_ack {
+                let _ = writeln!(
+                    o,
+                    "    commits without an acknowledgement since the promotion: {n}{}",
+                    s.waiting_commits
+                        .filter(|w| *w > 0)
+                        .map(|w| format!("; {w} waiting now"))
+                        .unwrap_or_default()
+                );
+            }
+            if let Some(p) = &s.peer_said {
+                let _ = writeln!(o, "    the primary said: {p}");
+            }
+            if let Some(h) = &s.promotion_held {
+                let _ = writeln!(
+                    o,
+                    "  PROMOTION HELD: {h}; run `ha-agent promote --force` to accept the loss"
+                );
+            }
+        } else if let Some(s) = self.semisync_effective {
             let _ = writeln!(
                 o,
                 "  semi-sync: {}",
@@ -186,7 +263,10 @@ impl DatabaseStatus {
                 let _ = writeln!(o, "    handover: {h}");
             }
             if let Some(f) = &p.frozen_by {
-                let _ = writeln!(o, "    received set frozen by stopping the {f}");
+                let _ = writeln!(o, "    received set frozen: {f}");
+            }
+            if let Some(l) = &p.possibly_lost {
+                let _ = writeln!(o, "    ACKNOWLEDGED WRITES MAY BE MISSING: {l}");
             }
         }
         if let Some(r) = &self.last_rejoin {
@@ -199,7 +279,12 @@ impl DatabaseStatus {
                 r.discarded
                     .as_deref()
                     .map(|d| format!(
-                        "; DISCARDED {d}{}",
+                        "; {} {d}{}",
+                        if r.automatic {
+                            "UNACKNOWLEDGED, UNDONE AUTOMATICALLY:"
+                        } else {
+                            "DISCARDED"
+                        },
                         r.undone
                             .as_deref()
                             .map(|u| format!(", {u}"))
@@ -216,6 +301,9 @@ impl DatabaseStatus {
             );
             for d in &e.details {
                 let _ = writeln!(o, "    {d}");
+            }
+            if let Some(w) = &e.not_undone_because {
+                let _ = writeln!(o, "    not undone automatically: {w}");
             }
         }
         for p in &self.problems {

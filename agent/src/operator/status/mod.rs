@@ -540,6 +540,7 @@ mod tests {
                     transactions: 2,
                     details: vec![],
                     since: "2026-01-01T00:00:01.000Z".into(),
+                    not_undone_because: None,
                 }),
                 ..Default::default()
             }),

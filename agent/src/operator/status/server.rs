@@ -26,6 +26,7 @@ pub enum Request {
     Status,
     Switchover,
     RejoinForce,
+    PromoteForce,
 }
 
 impl Request {
@@ -34,6 +35,7 @@ impl Request {
             "status" => Some(Request::Status),
             "switchover" => Some(Request::Switchover),
             "rejoin-force" => Some(Request::RejoinForce),
+            "promote-force" => Some(Request::PromoteForce),
             _ => None,
         }
     }
@@ -43,6 +45,7 @@ impl Request {
             Request::Status => "status",
             Request::Switchover => "switchover",
             Request::RejoinForce => "rejoin-force",
+            Request::PromoteForce => "promote-force",
         }
     }
 
@@ -266,7 +269,7 @@ where
     let reply = match Request::parse(&line) {
         None => Reply::Error {
             message: format!(
-                "unknown command {:?} (use status, switchover or rejoin-force)",
+                "unknown command {:?} (use status, switchover, rejoin-force or promote-force)",
                 line.trim()
             ),
         },
@@ -320,12 +323,18 @@ mod tests {
         };
         let never = |_: Peer, _: u32| false;
         let always = |_: Peer, _: u32| true;
-        for req in [Request::Status, Request::Switchover, Request::RejoinForce] {
+        for req in [
+            Request::Status,
+            Request::Switchover,
+            Request::RejoinForce,
+            Request::PromoteForce,
+        ] {
             assert!(allowed(root, req, None, never));
         }
         assert!(allowed(member, Request::Status, Some(50), never));
         assert!(!allowed(member, Request::Switchover, Some(50), always));
         assert!(!allowed(member, Request::RejoinForce, Some(50), always));
+        assert!(!allowed(member, Request::PromoteForce, Some(50), always));
         assert!(!allowed(other, Request::Status, Some(50), never));
         assert!(
             allowed(other, Request::Status, Some(50), always),
