@@ -236,6 +236,14 @@ impl Runner {
                     if changed.is_err() {
                         return; // the handle is gone
                     }
+                    // The services set the peer's view before the wish: a
+                    // wish must never be acted on with an older view (a
+                    // promotion after a death would wait to drain a dead
+                    // primary).
+                    if peer_rx.has_changed().unwrap_or(false) {
+                        let p = *peer_rx.borrow_and_update();
+                        self.ctl.handle_input(Input::Peer(p), now());
+                    }
                     let w = *wish_rx.borrow_and_update();
                     self.ctl.handle_input(Input::Wish(w), now());
                 }
