@@ -26,7 +26,7 @@ use crate::protocol::{Key, Origin, Signer, Template};
 /// Accepted probes passed to userspace unchanged once in this many slots: a
 /// periodic full check (HMAC) of what the kernel accepts by its tag alone.
 /// Changes pass at once, so this only costs wakes.
-const PASS_EVERY: u32 = 50;
+const PASS_EVERY: u32 = 100;
 
 impl ElectionLoop {
     pub(super) async fn start(
