@@ -112,6 +112,27 @@ pub struct Control {
 }
 
 impl Control {
+    /// A plausible peer for tests: eligible, reaching its one witness,
+    /// heard on both links, no database.
+    #[cfg(test)]
+    pub(crate) fn for_tests(role: Role) -> Control {
+        Control {
+            role,
+            priority: 100,
+            epoch: 1,
+            eligible: true,
+            want_takeover: false,
+            witness_reach: 1,
+            witness_count: 1,
+            links_up: 3,
+            witness_links: 1,
+            router_id: u32::from(Ipv4Addr::new(10, 0, 0, 2)),
+            replica_ok: false,
+            fresh_takeover: false,
+            semisync: SemisyncAdvert::None,
+        }
+    }
+
     fn reach_ok(&self) -> bool {
         self.witness_count == 0 || self.witness_reach > 0
     }

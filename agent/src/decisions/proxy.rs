@@ -246,19 +246,10 @@ peer_address = "192.168.1.100:3306"
 
     fn control(role: Role, replica_ok: bool) -> Control {
         Control {
-            role,
-            priority: 100,
             epoch: 2,
-            eligible: true,
-            want_takeover: false,
-            witness_reach: 1,
-            witness_count: 1,
-            links_up: 3,
-            witness_links: 1,
             router_id: 1,
             replica_ok,
-            fresh_takeover: false,
-            semisync: crate::decisions::database::SemisyncAdvert::None,
+            ..Control::for_tests(role)
         }
     }
 

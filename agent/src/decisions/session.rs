@@ -223,19 +223,8 @@ mod tests {
             lease_ms: 24,
             node: "server2".into(),
             control: Control {
-                role: Role::Backup,
-                priority: 100,
-                epoch: 1,
-                eligible: true,
-                want_takeover: false,
-                witness_reach: 1,
-                witness_count: 1,
-                links_up: 3,
-                witness_links: 1,
                 router_id: u32::from(PEER),
-                replica_ok: false,
-                fresh_takeover: false,
-                semisync: crate::decisions::database::SemisyncAdvert::None,
+                ..Control::for_tests(Role::Backup)
             },
         }
     }

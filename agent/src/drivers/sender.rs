@@ -626,21 +626,11 @@ mod tests {
     use crate::decisions::election::{Control, Role};
     use crate::protocol::{decode, Key, Origin};
 
-    fn template(ctl_gen: u32) -> Template {
+    pub(super) fn template(ctl_gen: u32) -> Template {
         let c = Control {
-            role: Role::Backup,
-            priority: 100,
             epoch: 3,
-            eligible: true,
-            want_takeover: false,
-            witness_reach: 0,
-            witness_count: 0,
-            links_up: 0,
-            witness_links: 0,
             router_id: 1,
-            replica_ok: false,
-            fresh_takeover: false,
-            semisync: crate::decisions::database::SemisyncAdvert::None,
+            ..Control::for_tests(Role::Backup)
         };
         let o = Origin {
             sender: Ipv4Addr::new(198, 51, 100, 11),
@@ -733,34 +723,7 @@ mod tests {
 #[cfg(test)]
 mod loop_tests {
     use super::*;
-    use crate::decisions::election::{Control, Role};
-    use crate::protocol::{Key, Origin};
-
-    fn template() -> Template {
-        let c = Control {
-            role: Role::Master,
-            priority: 100,
-            epoch: 1,
-            eligible: true,
-            want_takeover: false,
-            witness_reach: 0,
-            witness_count: 0,
-            links_up: 0,
-            witness_links: 0,
-            router_id: 1,
-            replica_ok: false,
-            fresh_takeover: false,
-            semisync: crate::decisions::database::SemisyncAdvert::None,
-        };
-        let o = Origin {
-            sender: Ipv4Addr::new(127, 0, 0, 1),
-            token: 9,
-            boot: 1,
-            node: "t".into(),
-            lease_ms: 24,
-        };
-        Template::new(&o, 0, 1, 0, &c)
-    }
+    use crate::protocol::Key;
 
     fn received(rx: &UdpSocket, within: Duration) -> usize {
         let end = Instant::now() + within;
@@ -793,7 +756,7 @@ mod loop_tests {
                 sockets: vec![tx.try_clone().unwrap(), tx],
                 witness: None,
             }],
-            &[template()],
+            &[super::tests::template(1)],
             None,
             Arc::new(SenderStats::default()),
         )

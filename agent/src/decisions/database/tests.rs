@@ -4,7 +4,6 @@
 use super::*;
 use crate::drivers::mysql::flavor::ServerKind;
 use crate::drivers::mysql::replica::{Columns, ReplicaState};
-use std::net::Ipv4Addr;
 
 const PEER: &str = "203.0.113.12:3306";
 
@@ -13,21 +12,7 @@ fn peer() -> SocketAddr {
 }
 
 fn control(role: Role) -> Control {
-    Control {
-        role,
-        priority: 100,
-        epoch: 1,
-        eligible: true,
-        want_takeover: false,
-        witness_reach: 1,
-        witness_count: 1,
-        links_up: 3,
-        witness_links: 1,
-        router_id: u32::from(Ipv4Addr::new(10, 0, 0, 2)),
-        replica_ok: false,
-        fresh_takeover: false,
-        semisync: SemisyncAdvert::None,
-    }
+    Control::for_tests(role)
 }
 
 #[test]
