@@ -743,19 +743,9 @@ fn equal_epoch_tie_goes_to_priority() {
     e.handle_timeout(now + Duration::from_millis(100));
     assert_eq!(e.role(), Role::Master);
     let peer = Control {
-        role: Role::Master,
         priority: 101,
-        epoch: 1,
-        eligible: true,
-        want_takeover: false,
-        witness_reach: 1,
-        witness_count: 1,
-        links_up: 3,
-        witness_links: 1,
         router_id: u32::from(Ipv4Addr::new(10, 0, 0, 1)),
-        replica_ok: false,
-        fresh_takeover: false,
-        semisync: SemisyncAdvert::None,
+        ..Control::for_tests(Role::Master)
     };
     let later = now + Duration::from_millis(101);
     e.handle_input(
