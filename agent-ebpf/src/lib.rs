@@ -172,6 +172,11 @@ pub struct LinkState {
     pub _pad: u32,
     /// Frames to a VIP dropped because the lease had lapsed.
     pub lease_drops: u64,
+    /// The last session not accepted (yet) whose probe went up, and that
+    /// probe's seq: its older probes (replays) never take the rate-limited
+    /// slot from newer ones, nor count once the session is accepted.
+    pub unknown_token: u64,
+    pub unknown_seq: u64,
 }
 
 /// Event kinds (`Event::kind`).

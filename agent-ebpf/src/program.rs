@@ -252,19 +252,30 @@ fn on_ipv4(ctx: &XdpContext, data: usize, end: usize) -> u32 {
         // Another session: userspace verifies it and accepts it only once
         // its probes echo our own session (a replay of an old session
         // cannot). Old boots are replays: dropped here.
+        // A replay of the same session's earlier probes is dropped before
+        // the rate limit, so a flood of them cannot starve the newest.
         if u64::from_be_bytes(hdr.boot) < cfg.peer_min_boot
+            || (token == st.unknown_token && seq <= st.unknown_seq)
             || now.wrapping_sub(st.unknown_last_ns) < cfg.unknown_gap_ns
         {
             st.rejected += 1;
             return xdp_action::XDP_DROP;
         }
         st.unknown_last_ns = now;
+        st.unknown_token = token;
+        st.unknown_seq = seq;
         st.unknown += 1;
         return xdp_action::XDP_PASS;
     }
 
     if st.seq_token != token {
-        // First probe of a newly accepted session.
+        // First probe of a newly accepted session: not older than what
+        // went up before it was accepted (a replay of a pre-acceptance
+        // probe is not liveness).
+        if token == st.unknown_token && seq <= st.unknown_seq {
+            st.duplicates += 1;
+            return xdp_action::XDP_DROP;
+        }
         st.seq_token = token;
     } else if seq <= st.last_seq {
         // A redundant sender's copy of a slot already counted, or a replay.

@@ -76,11 +76,15 @@ async fn run_inner(cfg: Arc<Config>) -> Result<()> {
                 if changed.is_err() {
                     break; // the election thread ended
                 }
-                services.sync(&view.borrow_and_update());
+                // A copy: the election thread (real-time) must never wait
+                // on this lock while the services work.
+                let v = view.borrow_and_update().clone();
+                services.sync(&v);
             }
             db = services.next_db_change() => {
                 // The proxy's wish depends on our replica's state too.
-                services.sync(&view.borrow());
+                let v = view.borrow().clone();
+                services.sync(&v);
                 let _ = to_election.send(Command::LocalDb(db)).await;
             }
             notice = notices.recv() => match notice {

@@ -1148,8 +1148,15 @@ impl DbController {
     }
 
     fn promote(&mut self) {
-        if self.health.is_none() {
+        let Some(h) = self.health.as_ref() else {
             // Not blind: the first probe says whether this is a replica.
+            return;
+        };
+        if self.s.semisync.is_some() && (!h.up || h.replica_unknown) {
+            // Whether this server replicates from the peer decides the
+            // semi-sync gate below: wait for a probe that can tell (the
+            // promotion would read its replication status itself, later,
+            // past the gate).
             return;
         }
         let planned = self.peer.heard;
@@ -1208,7 +1215,9 @@ impl DbController {
                 if st.clients > 1 {
                     warn!(clients = st.clients, "mysql: more than one semi-sync replica acknowledges: the peer may lack a write another replica acknowledged");
                 }
-                if acking {
+                // Only the peer may acknowledge: another semi-sync replica's
+                // acknowledgement does not put a commit on the peer.
+                if acking && st.clients == 1 {
                     self.not_acking_since = None;
                     return;
                 }
@@ -1249,6 +1258,16 @@ impl DbController {
             return;
         }
         match self.primary {
+            Primary::Relaxed { .. } if self.journal_says_effective() => {
+                // Relaxed behind the agent's back (a restarted mysqld, a
+                // hand edit): the record must stop vouching for commits at
+                // once, or a later undo would take acknowledged ones for
+                // unacknowledged.
+                warn!("mysql: semi-sync is relaxed but the journal still says effective: journaling asynchronous");
+                self.start(Job::Relax {
+                    timeout: ss.timeout,
+                });
+            }
             Primary::Relaxed { .. } => {
                 let ready = self.health_is_fresh()
                     && self.health.as_ref().is_some_and(|h| {
@@ -1273,6 +1292,12 @@ impl DbController {
             }
             Primary::Effective { .. } | Primary::None => {}
         }
+    }
+
+    fn journal_says_effective(&self) -> bool {
+        self.journal.as_ref().is_some_and(|j| {
+            j.role == JournalRole::Primary && j.semisync == JournalSemisync::Effective
+        })
     }
 
     /// The next announcement number: 1 to 255, then 1 again (0 is "none").

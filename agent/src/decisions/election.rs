@@ -358,6 +358,10 @@ pub enum SwitchoverError {
     ShuttingDown,
     #[error("the local database is down (unfit): this node must not take the VIPs")]
     LocalDbUnfit,
+    #[error(
+        "this node is not eligible (not reaching a witness, or yielding): it cannot take the VIPs"
+    )]
+    NotCandidate,
 }
 
 #[derive(Clone, Debug)]
@@ -642,6 +646,10 @@ impl Election {
                 | Timer::Conflict
                 | Timer::Shutdown => {}
                 Timer::Yield | Timer::Heard => self.timers.stop(t),
+                Timer::Switchover => {
+                    self.timers.stop(t);
+                    self.want_takeover = false;
+                }
                 Timer::Carrier => {
                     self.timers.stop(t);
                     self.apply_carrier_loss();
@@ -690,7 +698,15 @@ impl Election {
                 if !self.db_fit {
                     return Err(SwitchoverError::LocalDbUnfit);
                 }
+                let me = self.control(now);
+                if !(me.eligible && me.reach_ok()) {
+                    // The holder would not yield to us now, and a request
+                    // kept for later would preempt it without reason.
+                    return Err(SwitchoverError::NotCandidate);
+                }
                 self.want_takeover = true;
+                self.timers
+                    .set(Timer::Switchover, now + self.cfg.handover_hold);
             }
             other => return Err(SwitchoverError::WrongRole(other)),
         }
@@ -1156,6 +1172,9 @@ impl Election {
             !(from == Role::Master && self.timers.is_set(Timer::Settle))
         };
         self.role = to;
+        // A switchover request is for the role it was made in.
+        self.want_takeover = false;
+        self.timers.stop(Timer::Switchover);
         if from == Role::Master {
             self.outputs.push_back(Output::RemoveVips);
             self.timers.stop(Timer::Settle);

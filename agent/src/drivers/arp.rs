@@ -169,7 +169,21 @@ impl ArpSocket {
         })
     }
 
+    /// [`Self::send_request`] for a real-time thread: nothing is allocated,
+    /// a failure is its errno.
+    pub fn send_request_raw(&self, src: Ipv4Addr, target: Ipv4Addr) -> Result<(), i32> {
+        self.send_raw(&request_frame(self.mac, src, target))
+    }
+
     fn send(&self, frame: &[u8; FRAME_LEN], what: impl Fn() -> String) -> Result<(), ArpError> {
+        self.send_raw(frame).map_err(|errno| ArpError::Send {
+            ifname: self.ifname.clone(),
+            what: what(),
+            source: io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    fn send_raw(&self, frame: &[u8; FRAME_LEN]) -> Result<(), i32> {
         // The destination address gives the frame's protocol (ETH_P_ARP) to
         // the kernel, which the bind with protocol 0 does not.
         let addr = sockaddr(self.ifindex, libc::ETH_P_ARP as u16, BROADCAST);
@@ -186,18 +200,16 @@ impl ArpSocket {
                 size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         };
-        let source = if sent < 0 {
-            io::Error::last_os_error()
+        if sent < 0 {
+            Err(io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO))
         } else if sent as usize != frame.len() {
-            io::Error::other(format!("short send: {sent} of {} bytes", frame.len()))
+            // A short send of one frame: the frame did not go out whole.
+            Err(libc::EMSGSIZE)
         } else {
-            return Ok(());
-        };
-        Err(ArpError::Send {
-            ifname: self.ifname.clone(),
-            what: what(),
-            source,
-        })
+            Ok(())
+        }
     }
 }
 

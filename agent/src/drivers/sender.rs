@@ -268,6 +268,14 @@ struct Shared {
     lease_ns: u64,
     /// When a thread last found itself later than an interval (0 = never).
     stalled_ns: AtomicU64,
+    /// The latest lease end written (or being written) to the kernel: a
+    /// thread that was preempted after reading the clock must not shorten
+    /// a sibling's newer renewal.
+    lease_until_ns: AtomicU64,
+    /// One more than the last slot whose lateness was recorded (0 = none):
+    /// recorded once per slot whether its sends succeeded or not (a link
+    /// whose sends fail is not a stalled sender).
+    recorded_slots: AtomicU64,
     stats: Arc<SenderStats>,
     /// The common start of every grid.
     start: Instant,
@@ -330,6 +338,8 @@ impl Senders {
             lease,
             lease_ns: u64::try_from(cfg.lease.as_nanos()).unwrap_or(u64::MAX),
             stalled_ns: AtomicU64::new(0),
+            lease_until_ns: AtomicU64::new(0),
+            recorded_slots: AtomicU64::new(0),
             stats,
             start: Instant::now(),
             interval: cfg.interval.max(Duration::from_micros(100)),
@@ -447,12 +457,16 @@ pub fn set_realtime(priority: u8) -> std::io::Result<()> {
     }
 }
 
-/// The start of slot `k`.
+/// The start of slot `k`. In nanoseconds: a `u32` slot count would stop
+/// growing after 2^32 slots (99 days at 2 ms) and the threads would spin.
 fn slot_time(shared: &Shared, k: u64) -> Instant {
-    shared.start
-        + shared
-            .interval
-            .saturating_mul(u32::try_from(k).unwrap_or(u32::MAX))
+    // At most u64::MAX ns (584 years) past the start: no Instant overflow.
+    shared.start + slot_offset(shared.interval, k)
+}
+
+fn slot_offset(interval: Duration, k: u64) -> Duration {
+    let interval_ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(k.saturating_mul(interval_ns))
 }
 
 fn current_slot(shared: &Shared, now: Instant) -> u64 {
@@ -483,6 +497,13 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
         let slot = current_slot(shared, now);
         let alive = anchor_ns.saturating_sub(shared.loop_alive_ns.load(Ordering::Acquire))
             < LOOP_STALE.as_nanos() as u64;
+        if now.saturating_duration_since(due) > shared.interval {
+            // This thread was not scheduled for more than a slot: the
+            // machine (or this CPU) stalled. Recorded even when the stall
+            // makes the decision loop look stale: the kernel's grace for
+            // our own stalls reads it.
+            shared.stalled_ns.fetch_max(anchor_ns, Ordering::AcqRel);
+        }
         if !alive {
             // The decision loop hangs: fall silent so the peer takes over,
             // and let the lease lapse so our kernel stops serving the VIPs.
@@ -498,11 +519,6 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
                 seen_gen = generation;
             }
             let late = now.saturating_duration_since(slot_time(shared, slot));
-            if now.saturating_duration_since(due) > shared.interval {
-                // This thread was not scheduled for more than a slot: the
-                // machine (or this CPU) stalled.
-                shared.stalled_ns.fetch_max(anchor_ns, Ordering::AcqRel);
-            }
             let report = lateness_units(shared.stats.recent_late().max(late));
             let mut attempted = false;
             for (i, link) in links.iter().enumerate() {
@@ -520,10 +536,14 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
                 } else {
                     continue;
                 };
+                let next = slot.saturating_add(1);
                 if i == 0 && seq == regular {
-                    record_slot(shared, slot, last, now);
-                    if slot.is_multiple_of(slots_per_second) {
-                        shared.stats.roll_window();
+                    let recorded = shared.recorded_slots.fetch_max(next, Ordering::AcqRel);
+                    if recorded < next {
+                        record_slot(shared, slot, recorded, now);
+                        if slot.is_multiple_of(slots_per_second) {
+                            shared.stats.roll_window();
+                        }
                     }
                 }
                 let probe = shared.signer.finish(t, seq, report);
@@ -549,13 +569,11 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
             // Renewed when this thread did the slot's sends (whether the
             // network took them or not: a dead peer's unresolved address
             // fails sends, and the holder must keep serving then).
-            if attempted {
+            let until = anchor_ns.saturating_add(shared.lease_ns);
+            if attempted && shared.lease_until_ns.fetch_max(until, Ordering::AcqRel) < until {
                 if let Some(lease) = &shared.lease {
-                    let renewed = lease.renew(
-                        anchor_ns.saturating_add(shared.lease_ns),
-                        anchor_ns,
-                        shared.stalled_ns.load(Ordering::Acquire),
-                    );
+                    let renewed =
+                        lease.renew(until, anchor_ns, shared.stalled_ns.load(Ordering::Acquire));
                     if renewed.is_err() {
                         shared.stats.lease_errors.fetch_add(1, Ordering::Relaxed);
                     }
@@ -576,14 +594,14 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
 
 /// Records the lateness of slot `slot` (and of the slots before it that no
 /// thread sent: they are as late as this send, seen from the peer).
-fn record_slot(shared: &Shared, slot: u64, last_seq: u64, now: Instant) {
+/// `recorded` is one more than the last slot recorded (0 = none).
+fn record_slot(shared: &Shared, slot: u64, recorded: u64, now: Instant) {
     let stats = &shared.stats;
-    let sent_before = last_seq >> SEQ_SHIFT;
-    if last_seq != 0 && slot > sent_before + 1 {
-        let missed = slot - sent_before - 1;
+    if recorded != 0 && slot > recorded {
+        let missed = slot - recorded;
         stats.missed.fetch_add(missed, Ordering::Relaxed);
         // Bounded: after a very long stall the oldest are all "very late".
-        for k in (sent_before + 1..slot).rev().take(64) {
+        for k in (recorded..slot).rev().take(64) {
             stats.record_late(now.saturating_duration_since(slot_time(shared, k)));
         }
     }
@@ -601,7 +619,7 @@ fn send_witness_requests(links: &[SenderLink], shared: &Shared, now: Instant) {
         if shared.witness_sent[i].load(Ordering::Acquire) > k {
             continue;
         }
-        if w.arp.send_request(w.local_ip, w.target).is_err() {
+        if w.arp.send_request_raw(w.local_ip, w.target).is_err() {
             shared.stats.witness_errors.fetch_add(1, Ordering::Relaxed);
         }
         shared.witness_sent[i].fetch_max(k + 1, Ordering::AcqRel);
@@ -625,6 +643,16 @@ mod tests {
     use super::*;
     use crate::decisions::election::{Control, Role};
     use crate::protocol::{decode, Key, Origin};
+
+    #[test]
+    fn the_grid_keeps_growing_past_two_to_the_32_slots() {
+        // 99 days at 2 ms: a u32 slot count would stop the grid there and
+        // every sender would spin on a wake time in the past.
+        let ms2 = Duration::from_millis(2);
+        let k = u64::from(u32::MAX) + 10;
+        assert_eq!(slot_offset(ms2, k + 1) - slot_offset(ms2, k), ms2);
+        assert_eq!(slot_offset(ms2, u64::MAX), Duration::from_nanos(u64::MAX));
+    }
 
     pub(super) fn template(ctl_gen: u32) -> Template {
         let c = Control {

@@ -45,6 +45,8 @@ use crate::protocol::{self, Key, Origin, Signer};
 /// senders' `LOOP_STALE`), counters, GARP refresh. Each wake costs tens of
 /// microseconds on a VM.
 const TICK: Duration = Duration::from_millis(40);
+/// A VIP that could not be added or removed is tried again this often.
+const VIP_RETRY: Duration = Duration::from_secs(1);
 /// False alarms kept for the status.
 const FALSE_ALARMS_KEPT: usize = 16;
 
@@ -199,6 +201,12 @@ struct ElectionLoop {
     reported_missed: u64,
     reported_send_errors: u64,
     last_garp_refresh: Instant,
+    /// Some VIP could not be added (holding) or removed (not holding):
+    /// tried again then.
+    vip_retry_at: Option<Instant>,
+    /// The spaced gratuitous ARP rounds still to come: stopped when the
+    /// VIPs go, or late rounds would pull traffic from the new holder.
+    garp_rounds: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ElectionLoop {
@@ -235,8 +243,19 @@ impl ElectionLoop {
             tokio::select! {
                 biased;
                 events = self.liveness.next_events() => {
-                    for e in events? {
-                        self.on_kernel_event(e);
+                    match events {
+                        Ok(events) => {
+                            for e in events {
+                                self.on_kernel_event(e);
+                            }
+                        }
+                        Err(e) => {
+                            // Without the kernel's events we are blind and
+                            // the peer takes over: hold nothing meanwhile.
+                            error!(error = %e, "cannot read the kernel's liveness events: releasing the VIPs and stopping");
+                            self.remove_vips().await;
+                            return Err(e.into());
+                        }
                     }
                 }
                 Some(got) = probes.recv() => self.on_probe(got.link, got.source, got.payload()),
@@ -245,7 +264,10 @@ impl ElectionLoop {
                 _ = sigterm.recv() => self.begin_shutdown("SIGTERM"),
                 _ = sigint.recv() => self.begin_shutdown("SIGINT"),
                 Some(cmd) = commands.recv() => self.on_command(cmd),
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => {
+                    self.on_tick();
+                    self.retry_vips().await;
+                }
             }
         }
         let stopped = std::mem::replace(&mut self.holds, false);
@@ -564,8 +586,9 @@ impl ElectionLoop {
         let t = Instant::now();
         let (added, errors) = self.vip_driver.add_all(&self.vips).await;
         for (vip, e) in &errors {
-            error!(vip = %vip.address, interface = %vip.interface, error = %e, "cannot add VIP");
+            error!(vip = %vip.address, interface = %vip.interface, error = %e, "cannot add VIP (retried every second)");
         }
+        self.vip_retry_at = (!errors.is_empty()).then(|| t + VIP_RETRY);
         self.holds = true;
         self.sync_kernel_vips();
         info!(
@@ -579,9 +602,13 @@ impl ElectionLoop {
     async fn remove_vips(&mut self) {
         let t = Instant::now();
         let (removed, errors) = self.vip_driver.remove_all(&self.vips).await;
-        for (vip, e) in &errors {
-            error!(vip = %vip.address, interface = %vip.interface, error = %e, "cannot remove VIP");
+        if let Some(h) = self.garp_rounds.take() {
+            h.abort();
         }
+        for (vip, e) in &errors {
+            error!(vip = %vip.address, interface = %vip.interface, error = %e, "cannot remove VIP (retried every second)");
+        }
+        self.vip_retry_at = (!errors.is_empty()).then(|| t + VIP_RETRY);
         let was = std::mem::replace(&mut self.holds, false);
         self.sync_kernel_vips();
         if was || removed > 0 {
@@ -590,6 +617,21 @@ impl ElectionLoop {
                 took_us = t.elapsed().as_micros() as u64,
                 "VIPs removed"
             );
+        }
+    }
+
+    /// Adds or removes again what the last attempt could not.
+    async fn retry_vips(&mut self) {
+        if self.vip_retry_at.is_none_or(|t| Instant::now() < t) {
+            return;
+        }
+        if self.holds {
+            self.add_vips().await;
+            if self.vip_retry_at.is_none() {
+                self.announce(1, Duration::ZERO);
+            }
+        } else {
+            self.remove_vips().await;
         }
     }
 
@@ -619,7 +661,7 @@ impl ElectionLoop {
     }
 
     /// Gratuitous ARP for every VIP: the first round now, the rest spaced.
-    fn announce(&self, count: u32, spacing: Duration) {
+    fn announce(&mut self, count: u32, spacing: Duration) {
         let targets: Vec<(Arc<ArpSocket>, Ipv4Addr)> = self
             .vip_links()
             .map(|(link, ip)| (self.arp[link].clone(), ip))
@@ -633,12 +675,15 @@ impl ElectionLoop {
         };
         send(&targets);
         if count > 1 {
-            tokio::spawn(async move {
+            if let Some(h) = self.garp_rounds.take() {
+                h.abort();
+            }
+            self.garp_rounds = Some(tokio::spawn(async move {
                 for _ in 1..count {
                     tokio::time::sleep(spacing).await;
                     send(&targets);
                 }
-            });
+            }));
         }
     }
 

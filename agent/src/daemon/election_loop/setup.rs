@@ -195,6 +195,8 @@ impl ElectionLoop {
             reported_missed: 0,
             reported_send_errors: 0,
             last_garp_refresh: now,
+            vip_retry_at: None,
+            garp_rounds: None,
             cfg,
         };
         for (i, info) in interfaces.iter().enumerate() {

@@ -870,6 +870,51 @@ fn a_server_that_relaxed_behind_the_agents_back_is_announced_at_once() {
 }
 
 #[test]
+fn a_server_that_relaxed_behind_the_agents_back_stops_the_journal_vouching() {
+    let mut sim = effective_primary();
+    // What the Strict job wrote, read back by the runner.
+    let effective = journal(JournalSemisync::Effective, Some("0-1-100"));
+    sim.input(Input::Journal(Ok(Some(effective))));
+    // A restarted mysqld comes back with the semi-sync of its my.cnf.
+    let mut ss = primary_ss(false, 1, 0, 5).unwrap();
+    ss.source_on = false;
+    sim.server.semisync = Some(ss);
+    sim.run(250);
+    // The journal first: an undo later must not count on it.
+    assert_eq!(sim.take_job(), Job::Relax { timeout: MS(1000) });
+    // The runner hands the journal read back before the outcome.
+    let relaxed = journal(JournalSemisync::Asynchronous, None);
+    sim.input(Input::Journal(Ok(Some(relaxed))));
+    sim.done(Done::Relaxed(Ok(sim.server.semisync.clone().unwrap())));
+    sim.run(250);
+    assert!(sim.job.is_none(), "journaled once: {:?}", sim.job);
+}
+
+#[test]
+fn a_strict_replica_whose_replication_status_is_unknown_waits_to_promote() {
+    let mut sim = Sim::new(settings(Some(Durability::Strict)));
+    sim.server.replica = replicating();
+    sim.server.semisync = acking_replica();
+    sim.peer(true, true, SemisyncAdvert::None);
+    sim.wish(DbWish::ReplicaOf(peer()));
+    sim.take_job();
+    sim.done(Done::Rejoined(Box::new(Ok(rejoined()))));
+    sim.run(300);
+    // Its server stops answering, then the primary dies: whether it was
+    // the peer's replica (and so whether the gate applies) is unknown.
+    sim.server.up = false;
+    sim.run(300);
+    sim.peer(false, false, SemisyncAdvert::None);
+    sim.wish(DbWish::Primary);
+    sim.run(2000);
+    assert!(sim.job.is_none(), "no promotion while unknown");
+    sim.server.up = true;
+    sim.run(300);
+    assert!(sim.job.is_none(), "held by the gate once known");
+    assert!(sim.status().semisync.unwrap().promotion_held.is_some());
+}
+
+#[test]
 fn available_primary_says_effective_after_the_fact_and_never_goes_strict() {
     let mut sim = Sim::new(settings(Some(Durability::Available)));
     sim.run(50);

@@ -633,6 +633,27 @@ fn switchover_from_the_backup_asks_the_holder() {
 }
 
 #[test]
+fn a_backup_that_cannot_take_is_refused_a_switchover() {
+    let mut w = World::started();
+    // server2's witness stops answering: it is no candidate.
+    w.witness[1] = [false; LINKS];
+    w.run(200);
+    let now = w.now();
+    assert_eq!(
+        w.nodes[1].e.switchover(now),
+        Err(SwitchoverError::NotCandidate)
+    );
+    w.witness[1] = [true; LINKS];
+    w.run(200);
+    // Once it reaches its witness again, the request goes through, and is
+    // gone with the role it was made in.
+    let now = w.now();
+    w.nodes[1].e.switchover(now).unwrap();
+    w.run_until(20, "server2 takes over", |w| w.holders() == vec![1]);
+    assert!(!w.nodes[1].e.control(w.now()).want_takeover);
+}
+
+#[test]
 fn switchover_refused_when_peer_cannot_take() {
     let mut w = World::started();
     w.kill(1);

@@ -29,10 +29,13 @@ pub(super) enum Timer {
     Heard,
     /// A carrier loss on some links is acted on then (see `carrier_settle`).
     Carrier,
+    /// A backup's switchover request lapses then if the holder has not
+    /// yielded (an old request must not preempt a healthy holder later).
+    Switchover,
 }
 
 impl Timer {
-    pub(super) const ALL: [Timer; 11] = [
+    pub(super) const ALL: [Timer; 12] = [
         Timer::Init,
         Timer::Fence,
         Timer::Preempt,
@@ -44,6 +47,7 @@ impl Timer {
         Timer::Yield,
         Timer::Heard,
         Timer::Carrier,
+        Timer::Switchover,
     ];
 }
 

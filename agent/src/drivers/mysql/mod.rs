@@ -313,7 +313,10 @@ impl MysqlDriver {
         if h.up {
             match Self::replica_status(&mut s).await {
                 Ok(r) => h.replica = r,
-                Err(e) => failed.push(e),
+                Err(e) => {
+                    h.replica_unknown = true;
+                    failed.push(e);
+                }
             }
             match Self::gtids(&mut s).await {
                 Ok((has, _)) => {

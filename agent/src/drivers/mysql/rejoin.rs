@@ -227,6 +227,14 @@ impl MysqlDriver {
                 "the operator's `rejoin --force`"
             };
             if kind.flavor == Flavor::Mariadb {
+                if report.automatic {
+                    // The journal stops vouching for the tail before any
+                    // of it is undone: an undo that fails or is cut short
+                    // half way is never repeated automatically on rows it
+                    // already changed (the next attempt is refused and
+                    // waits for the operator).
+                    self.journal_in(s, JournalUpdate::Replica).await?;
+                }
                 // Their rows go too, or the first primary write reusing one
                 // of their keys would stop replication (see `flashback`).
                 let undone = flashback::undo_after(

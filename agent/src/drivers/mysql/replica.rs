@@ -106,7 +106,13 @@ impl ReplicaState {
             .as_ref()
             .is_some_and(|r| missing(r, &executed).is_empty());
         Ok(ReplicaState {
-            source: format!("{host}:{port}"),
+            // As a SocketAddr prints (an IPv6 host in brackets), to be
+            // compared with the configured peer.
+            source: if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            },
             io_running: io_state.eq_ignore_ascii_case("yes"),
             io_state,
             sql_running: sql.eq_ignore_ascii_case("yes"),

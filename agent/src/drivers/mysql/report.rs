@@ -41,6 +41,9 @@ pub struct Health {
     /// Up and accepting application writes.
     pub writable: bool,
     pub replica: Option<ReplicaState>,
+    /// Up, but its replication status could not be read: whether it
+    /// replicates from the peer is unknown.
+    pub replica_unknown: bool,
     /// Everything it has (MySQL `gtid_executed`; MariaDB the binlog state
     /// merged with `gtid_slave_pos`, as a position).
     pub executed_gtids: Option<GtidSet>,
@@ -66,6 +69,7 @@ impl Health {
             super_read_only: false,
             writable: false,
             replica: None,
+            replica_unknown: false,
             executed_gtids: None,
             semisync: None,
             problems: Vec::new(),
