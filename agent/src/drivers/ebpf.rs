@@ -193,6 +193,27 @@ const UNKNOWN_SESSION_GAP_NS: u64 = 100_000;
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`, so
 /// comparable with `Event::ts_ns` and `LinkState::*_last_ns`.
+/// The running kernel's release (`uname -r`).
+fn kernel_release() -> Option<String> {
+    // SAFETY: utsname is plain data; uname fills it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return None;
+    }
+    // SAFETY: the kernel NUL-terminates the field.
+    let r = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
+    Some(r.to_string_lossy().into_owned())
+}
+
+/// "6.18.44-fc-v782" -> (6, 18).
+fn major_minor(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
 pub fn monotonic_now_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -227,6 +248,14 @@ impl Liveness {
     /// verifies the program. Must run inside a tokio runtime (the event ring
     /// buffer is registered with it).
     pub fn load(override_path: Option<&Path>) -> Result<Self, EbpfError> {
+        if let Some((major, minor)) = kernel_release().as_deref().and_then(major_minor) {
+            if (major, minor) < (6, 7) {
+                tracing::warn!(
+                    kernel = %format!("{major}.{minor}"),
+                    "kernels before 6.7 cannot pin a BPF timer to the CPU of the probe that armed it: a stalled receiving CPU may then look like a dead peer; run 6.7 or later"
+                );
+            }
+        }
         let (bytes, origin): (std::borrow::Cow<'_, [u8]>, String) = match override_path {
             Some(path) => (
                 std::fs::read(path)
@@ -590,6 +619,15 @@ fn if_mac(ifname: &str) -> Result<[u8; 6], EbpfError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_release_major_minor() {
+        assert_eq!(major_minor("6.18.44-fc-v782"), Some((6, 18)));
+        assert_eq!(major_minor("6.1.0-28-amd64"), Some((6, 1)));
+        assert_eq!(major_minor("5.15"), Some((5, 15)));
+        assert_eq!(major_minor("garbage"), None);
+        assert!(major_minor("6.1.0").unwrap() < (6, 7));
+    }
 
     #[test]
     fn kernel_byte_orders() {
