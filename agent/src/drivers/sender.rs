@@ -276,6 +276,9 @@ struct Shared {
     /// recorded once per slot whether its sends succeeded or not (a link
     /// whose sends fail is not a stalled sender).
     recorded_slots: AtomicU64,
+    /// Per thread: one more than the slot it last woke in (0 = never).
+    /// A sibling that missed its own slot is covered for (see `run`).
+    woke: Vec<AtomicU64>,
     stats: Arc<SenderStats>,
     /// The common start of every grid.
     start: Instant,
@@ -340,6 +343,9 @@ impl Senders {
             stalled_ns: AtomicU64::new(0),
             lease_until_ns: AtomicU64::new(0),
             recorded_slots: AtomicU64::new(0),
+            woke: (0..thread_count(cfg.threads))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             stats,
             start: Instant::now(),
             interval: cfg.interval.max(Duration::from_micros(100)),
@@ -474,6 +480,32 @@ fn current_slot(shared: &Shared, now: Instant) -> u64 {
     u64::try_from(since / shared.interval.as_nanos().max(1)).unwrap_or(u64::MAX)
 }
 
+/// Whether some other thread did not wake for its own most recent slot
+/// before `slot`: its CPU stalls, and this thread then wakes for every slot
+/// until it runs again. Taking turns halves the wakes at rest, but a lone
+/// thread on its own turns leaves gaps of two intervals, and any lateness
+/// on top of that would look like silence to the peer for as long as the
+/// stall lasts; covering, only the first gap is two intervals.
+fn sibling_missed(shared: &Shared, thread: usize, slot: u64) -> bool {
+    let n = shared.threads.max(1);
+    (0..n as usize).filter(|&j| j != thread).any(|j| {
+        let Some(own) = own_slot_before(slot, j, n) else {
+            return false;
+        };
+        shared
+            .woke
+            .get(j)
+            .is_some_and(|w| w.load(Ordering::Acquire) <= own)
+    })
+}
+
+/// The most recent slot before `slot` that belongs to thread `j` of `n`.
+fn own_slot_before(slot: u64, j: usize, n: u64) -> Option<u64> {
+    let n = n.max(1);
+    let back = (slot % n + n - j as u64 % n) % n;
+    slot.checked_sub(if back == 0 { n } else { back })
+}
+
 /// The first slot after `slot` that belongs to `thread`.
 fn next_own_slot(slot: u64, thread: usize, threads: u64) -> u64 {
     let j = thread as u64 % threads.max(1);
@@ -495,6 +527,9 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
         let now = Instant::now();
         let anchor_ns = monotonic_now_ns();
         let slot = current_slot(shared, now);
+        if let Some(w) = shared.woke.get(thread) {
+            w.fetch_max(slot.saturating_add(1), Ordering::AcqRel);
+        }
         let alive = anchor_ns.saturating_sub(shared.loop_alive_ns.load(Ordering::Acquire))
             < LOOP_STALE.as_nanos() as u64;
         if now.saturating_duration_since(due) > shared.interval {
@@ -581,8 +616,14 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
             }
             send_witness_requests(links, shared, now);
         }
-        // Sleep until this thread's next own slot.
-        let wake = slot_time(shared, next_own_slot(slot, thread, shared.threads));
+        // Sleep until this thread's next own slot, or the next slot while
+        // a sibling stalls.
+        let next = if sibling_missed(shared, thread, slot) {
+            slot.saturating_add(1)
+        } else {
+            next_own_slot(slot, thread, shared.threads)
+        };
+        let wake = slot_time(shared, next);
         due = wake;
         let now = Instant::now();
         if wake > now {
@@ -643,6 +684,19 @@ mod tests {
     use super::*;
     use crate::decisions::election::{Control, Role};
     use crate::protocol::{decode, Key, Origin};
+
+    #[test]
+    fn a_siblings_most_recent_own_slot() {
+        // Two threads: 0 owns even slots, 1 odd ones.
+        assert_eq!(own_slot_before(10, 1, 2), Some(9));
+        assert_eq!(own_slot_before(10, 0, 2), Some(8));
+        assert_eq!(own_slot_before(11, 1, 2), Some(9));
+        assert_eq!(own_slot_before(0, 1, 2), None);
+        // Three threads.
+        assert_eq!(own_slot_before(9, 2, 3), Some(8));
+        assert_eq!(own_slot_before(9, 0, 3), Some(6));
+        assert_eq!(own_slot_before(9, 1, 3), Some(7));
+    }
 
     #[test]
     fn the_grid_keeps_growing_past_two_to_the_32_slots() {
