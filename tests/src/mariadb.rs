@@ -573,6 +573,15 @@ impl Mariadb {
         )
     }
 
+    /// Waits until `app.t` holds at least `n` rows (writers may still run).
+    pub fn wait_count_at_least(&self, n: u64, timeout: Duration) -> Result<Duration> {
+        wait_until(
+            timeout,
+            format!("server {} to hold at least {n} rows", self.opts.server_id),
+            || self.count().is_ok_and(|c| c >= n),
+        )
+    }
+
     /// The agent's `[mysql]` section for this server, with `peer` as the peer.
     pub fn agent_config(&self, peer: SocketAddr) -> MysqlConfig {
         MysqlConfig {

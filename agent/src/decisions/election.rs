@@ -231,6 +231,9 @@ pub enum Output {
     RemoveVips,
     /// Announce the VIPs by gratuitous ARP (a burst).
     AnnounceVips,
+    /// Another host claimed one of our VIPs: announce them again (the
+    /// driver paces these: one claim per VIP may come at once).
+    ReannounceVips,
     /// Our advertised control state changed: send it to the peer now.
     Advertise(Control),
     /// A role change, for logs, status and (when `hooks`) the notify hooks.
@@ -600,7 +603,7 @@ impl Election {
             }
             Input::VipConflict { .. } => {
                 if self.role == Role::Master {
-                    self.outputs.push_back(Output::AnnounceVips);
+                    self.outputs.push_back(Output::ReannounceVips);
                 }
             }
             Input::Shutdown => {

@@ -45,6 +45,11 @@ use crate::protocol::{self, Key, Origin, Signer};
 /// senders' `LOOP_STALE`), counters, GARP refresh. Each wake costs tens of
 /// microseconds on a VM.
 const TICK: Duration = Duration::from_millis(40);
+/// Re-announcements after other hosts claimed our VIPs: at most one round
+/// this often. A peer's takeover burst claims every VIP at once (256 VIPs:
+/// 512 claims), and a round per claim kept the decision loop busy past
+/// the senders' heartbeat.
+const REANNOUNCE_MIN: Duration = Duration::from_millis(50);
 /// A VIP that could not be added or removed is tried again this often.
 const VIP_RETRY: Duration = Duration::from_secs(1);
 /// False alarms kept for the status.
@@ -207,6 +212,12 @@ struct ElectionLoop {
     /// The spaced gratuitous ARP rounds still to come: stopped when the
     /// VIPs go, or late rounds would pull traffic from the new holder.
     garp_rounds: Option<tokio::task::JoinHandle<()>>,
+    /// Claims of our VIPs by other hosts since the last re-announcement,
+    /// with the last one seen (link name, VIP).
+    conflicts: u64,
+    last_conflict: Option<(String, Ipv4Addr)>,
+    reannounce_pending: bool,
+    last_reannounce: Option<Instant>,
 }
 
 impl ElectionLoop {
@@ -232,6 +243,7 @@ impl ElectionLoop {
             if self.drain_outputs().await {
                 break;
             }
+            self.reannounce();
             self.publish_view();
             self.heartbeat.beat();
             let deadline = self
@@ -385,7 +397,11 @@ impl ElectionLoop {
             }
             EVENT_VIP_CONFLICT => {
                 let vip = Ipv4Addr::from((e.value as u32).to_ne_bytes());
-                warn!(link = %name, %vip, "another host claims a VIP we hold: re-announcing");
+                // Logged once per re-announcement (`reannounce`), not per claim.
+                debug!(link = %name, %vip, "another host claims a VIP we hold");
+                let name = name.to_string();
+                self.conflicts += 1;
+                self.last_conflict = Some((name, vip));
                 Input::VipConflict { vip }
             }
             other => {
@@ -556,6 +572,7 @@ impl ElectionLoop {
                     self.cfg.garp.count,
                     Duration::from_millis(self.cfg.garp.spacing_ms),
                 ),
+                Output::ReannounceVips => self.reannounce_pending = true,
                 Output::Advertise(c) => self.publish_templates(&c),
                 Output::Transition(t) => self.on_transition(t),
                 Output::TakeoverConfirmed { epoch } => {
@@ -618,6 +635,29 @@ impl ElectionLoop {
                 "VIPs removed"
             );
         }
+    }
+
+    /// One round of gratuitous ARP for claims of our VIPs, paced.
+    fn reannounce(&mut self) {
+        if !self.reannounce_pending {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last_reannounce
+            .is_some_and(|t| now < t + REANNOUNCE_MIN)
+        {
+            return; // the tick comes back for it
+        }
+        self.reannounce_pending = false;
+        self.last_reannounce = Some(now);
+        if self.holds {
+            if let Some((link, vip)) = self.last_conflict.take() {
+                warn!(claims = self.conflicts, link = %link, last_vip = %vip, "other hosts claim VIPs we hold: re-announcing them");
+            }
+            self.announce(1, Duration::ZERO);
+        }
+        self.conflicts = 0;
     }
 
     /// Adds or removes again what the last attempt could not.

@@ -197,6 +197,10 @@ impl ElectionLoop {
             last_garp_refresh: now,
             vip_retry_at: None,
             garp_rounds: None,
+            conflicts: 0,
+            last_conflict: None,
+            reannounce_pending: false,
+            last_reannounce: None,
             cfg,
         };
         for (i, info) in interfaces.iter().enumerate() {

@@ -97,7 +97,7 @@ impl Node {
             match o {
                 Output::AddVips => self.holds = true,
                 Output::RemoveVips => self.holds = false,
-                Output::AnnounceVips => self.announces += 1,
+                Output::AnnounceVips | Output::ReannounceVips => self.announces += 1,
                 Output::Advertise(c) => {
                     self.advertised = c;
                     self.dirty = true;
