@@ -339,12 +339,20 @@ fn u(v: &Value, path: &[&str]) -> u64 {
 /// The window's share of one agent's counters (`after` minus `before`).
 pub fn agent_soak(server: Server, before: &Value, after: &Value) -> AgentSoak {
     let d = |path: &[&str]| u(after, path).saturating_sub(u(before, path));
+    // The status's histogram: `counts` has one more entry than
+    // `bounds_us` (the overflow bucket, no bound).
     let buckets = |v: &Value| -> Vec<(Option<u64>, u64)> {
-        v["sender"]["lateness_buckets"]
+        let h = &v["sender"]["lateness"];
+        let bounds: Vec<u64> = h["bounds_us"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
+        h["counts"]
             .as_array()
             .map(|a| {
                 a.iter()
-                    .map(|b| (b["le_us"].as_u64(), b["count"].as_u64().unwrap_or(0)))
+                    .enumerate()
+                    .map(|(i, n)| (bounds.get(i).copied(), n.as_u64().unwrap_or(0)))
                     .collect()
             })
             .unwrap_or_default()
@@ -758,11 +766,7 @@ mod tests {
                 "sender": {
                     "threads": 2, "realtime_threads": 2, "slots": 1000 * fa + 10, "missed_slots": fa,
                     "lateness_max_us": max, "send_errors": 0, "loop_stale": 0,
-                    "lateness_buckets": [
-                        {"le_us": 25, "count": counts[0]},
-                        {"le_us": 50, "count": counts[1]},
-                        {"le_us": null, "count": counts[2]},
-                    ],
+                    "lateness": {"bounds_us": [25, 50], "counts": counts, "sum_us": 0},
                 },
             })
         };
