@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::process::{spawn_in, LabProcess};
 use crate::topology::{Lab, Link, Server};
@@ -330,10 +330,19 @@ impl Lab {
             .with_context(|| format!("status of {server} has no \"state\": {s}"))
     }
 
-    /// `ha-agent switchover --socket S` against `server`'s agent.
-    pub fn switchover(&self, server: Server) -> Result<Output> {
+    /// `ha-agent switchover --socket S` against `server`'s agent; fails
+    /// with what the command printed when the agent refuses.
+    pub fn switchover(&self, server: Server) -> Result<()> {
         let sock = self.status_socket(server);
-        self.agent_cli(&["switchover", "--socket", path_str(&sock)?])
+        let out = self.agent_cli(&["switchover", "--socket", path_str(&sock)?])?;
+        ensure!(
+            out.status.success(),
+            "switchover on {server} refused ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
     }
 
     /// True when `server` holds both VIPs and the other server holds none.

@@ -214,12 +214,7 @@ fn switchover_and_sigterm_hand_over_gracefully() -> Result<()> {
         .lab
         .start_pinger(Link::Outside.vip(), Duration::from_millis(1))?;
     wait_until(SETTLE, "first reply", || pinger.log().answered() > 0)?;
-    let out = r.lab.switchover(S1)?;
-    ensure!(
-        out.status.success(),
-        "switchover: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    r.lab.switchover(S1).with_context(|| r.logs())?;
     let took = r.wait_sole_holder(S2, FAILOVER)?;
     r.wait_state(S1, "BACKUP")?;
     let mac2 = server2_mac_outside(&r);
@@ -273,12 +268,7 @@ fn notify_hooks_run_on_transitions() -> Result<()> {
         wait_until_ok(SETTLE, "server1 BACKUP", || {
             Ok(lab.agent_state(S1)? == "BACKUP")
         })?;
-        let out = lab.switchover(S1)?;
-        ensure!(
-            out.status.success(),
-            "switchover: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        lab.switchover(S1).with_context(|| a1.log_tail(30))?;
     }
     wait_until(SETTLE, "server1's MASTER hooks ran", || {
         // The last hook of the MASTER transition.

@@ -88,20 +88,18 @@ fn replayed_and_forged_probes_move_nothing() -> Result<()> {
     let mut r = started()?;
     // Probes of server2's first run, including its request for the VIPs.
     let old_run: Vec<Frame> = capture(&r, S2, Link::Outside, Duration::from_millis(300))?;
-    ensure!(
-        r.lab.switchover(S2)?.status.success(),
-        "server2 asks for the VIPs"
-    );
+    r.lab
+        .switchover(S2)
+        .with_context(|| format!("server2 asks for the VIPs\n{}", r.logs()))?;
     let asking = capture(&r, S2, Link::Outside, Duration::from_millis(100))?;
     r.wait_sole_holder(S2, FAILOVER)?;
     // server1 yielded: it is not a candidate until its handover hold ends.
     wait_until_ok(SETTLE, "server1 eligible again", || {
         Ok(r.lab.agent_status(S2)?["peer"]["eligible"] == true)
     })?;
-    ensure!(
-        r.lab.switchover(S2)?.status.success(),
-        "server2 hands them back"
-    );
+    r.lab
+        .switchover(S2)
+        .with_context(|| format!("server2 hands them back\n{}", r.logs()))?;
     r.wait_sole_holder(S1, FAILOVER)?;
     // server1's own probes (its current run), and server2's after a restart.
     let own = capture(&r, S1, Link::Outside, Duration::from_millis(200))?;

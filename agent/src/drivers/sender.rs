@@ -9,13 +9,14 @@
 //! threads pinned one per CPU was never more than 0.73 ms late in 15,000
 //! cycles). A single sender would make the peer see a false death.
 //!
-//! With `n` threads, thread `j` wakes for the slots `k` with `k % n == j`
-//! (each wake costs tens of microseconds on a VM: one per slot in all, not
-//! one per thread and slot) and sends the current slot unless a sibling
-//! already did (per-link atomics). One stalled thread thus leaves a probe
-//! every `n` slots on every link: with two threads, gaps of two intervals,
-//! under the three of the detection time; a false death needs every
-//! thread late at once.
+//! Every thread wakes for every slot and sends it unless a sibling already
+//! did (per-link atomics): a slot is late only when every CPU is late at
+//! once. Taking turns (one wake per slot in all) was tried and measured
+//! worse: the slot then rests on one CPU, and on a kernel without
+//! preemption (this VM's: `PREEMPT_NONE`) any long system call or softirq
+//! on that CPU delays it; a sibling could only cover from its own next
+//! slot on. Over five runs of the replay test, turns missed 45-736 slots
+//! per agent and every-slot wakes 9-105 (the rest: stalls of both vCPUs).
 //!
 //! Nothing here blocks, locks, allocates or logs once running: the probe
 //! bytes come from a seqlock of atomics written by the decision loop, the
@@ -276,14 +277,11 @@ struct Shared {
     /// recorded once per slot whether its sends succeeded or not (a link
     /// whose sends fail is not a stalled sender).
     recorded_slots: AtomicU64,
-    /// Per thread: one more than the slot it last woke in (0 = never).
-    /// A sibling that missed its own slot is covered for (see `run`).
-    woke: Vec<AtomicU64>,
     stats: Arc<SenderStats>,
     /// The common start of every grid.
     start: Instant,
     interval: Duration,
-    /// Sender threads (each wakes for every `threads`-th slot).
+    /// Sender threads.
     threads: u64,
 }
 
@@ -343,9 +341,6 @@ impl Senders {
             stalled_ns: AtomicU64::new(0),
             lease_until_ns: AtomicU64::new(0),
             recorded_slots: AtomicU64::new(0),
-            woke: (0..thread_count(cfg.threads))
-                .map(|_| AtomicU64::new(0))
-                .collect(),
             stats,
             start: Instant::now(),
             interval: cfg.interval.max(Duration::from_micros(100)),
@@ -480,43 +475,9 @@ fn current_slot(shared: &Shared, now: Instant) -> u64 {
     u64::try_from(since / shared.interval.as_nanos().max(1)).unwrap_or(u64::MAX)
 }
 
-/// Whether some other thread did not wake for its own most recent slot
-/// before `slot`: its CPU stalls, and this thread then wakes for every slot
-/// until it runs again. Taking turns halves the wakes at rest, but a lone
-/// thread on its own turns leaves gaps of two intervals, and any lateness
-/// on top of that would look like silence to the peer for as long as the
-/// stall lasts; covering, only the first gap is two intervals.
-fn sibling_missed(shared: &Shared, thread: usize, slot: u64) -> bool {
-    let n = shared.threads.max(1);
-    (0..n as usize).filter(|&j| j != thread).any(|j| {
-        let Some(own) = own_slot_before(slot, j, n) else {
-            return false;
-        };
-        shared
-            .woke
-            .get(j)
-            .is_some_and(|w| w.load(Ordering::Acquire) <= own)
-    })
-}
-
-/// The most recent slot before `slot` that belongs to thread `j` of `n`.
-fn own_slot_before(slot: u64, j: usize, n: u64) -> Option<u64> {
-    let n = n.max(1);
-    let back = (slot % n + n - j as u64 % n) % n;
-    slot.checked_sub(if back == 0 { n } else { back })
-}
-
-/// The first slot after `slot` that belongs to `thread`.
-fn next_own_slot(slot: u64, thread: usize, threads: u64) -> u64 {
-    let j = thread as u64 % threads.max(1);
-    let next = slot.saturating_add(1);
-    let r = next % threads.max(1);
-    next.saturating_add((j + threads.max(1) - r) % threads.max(1))
-}
-
 fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
     let n = links.len();
-    // When this thread meant to run (its own slot's start).
+    // When this thread meant to run (the start of the slot it slept for).
     let mut due = Instant::now();
     // This thread's copy of the probes: sent when a torn read gives up.
     let mut local: [Option<Template>; agent_ebpf::MAX_LINKS as usize] = [None; 4];
@@ -527,9 +488,6 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
         let now = Instant::now();
         let anchor_ns = monotonic_now_ns();
         let slot = current_slot(shared, now);
-        if let Some(w) = shared.woke.get(thread) {
-            w.fetch_max(slot.saturating_add(1), Ordering::AcqRel);
-        }
         let alive = anchor_ns.saturating_sub(shared.loop_alive_ns.load(Ordering::Acquire))
             < LOOP_STALE.as_nanos() as u64;
         if now.saturating_duration_since(due) > shared.interval {
@@ -616,14 +574,7 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
             }
             send_witness_requests(links, shared, now);
         }
-        // Sleep until this thread's next own slot, or the next slot while
-        // a sibling stalls.
-        let next = if sibling_missed(shared, thread, slot) {
-            slot.saturating_add(1)
-        } else {
-            next_own_slot(slot, thread, shared.threads)
-        };
-        let wake = slot_time(shared, next);
+        let wake = slot_time(shared, slot.saturating_add(1));
         due = wake;
         let now = Instant::now();
         if wake > now {
@@ -684,19 +635,6 @@ mod tests {
     use super::*;
     use crate::decisions::election::{Control, Role};
     use crate::protocol::{decode, Key, Origin};
-
-    #[test]
-    fn a_siblings_most_recent_own_slot() {
-        // Two threads: 0 owns even slots, 1 odd ones.
-        assert_eq!(own_slot_before(10, 1, 2), Some(9));
-        assert_eq!(own_slot_before(10, 0, 2), Some(8));
-        assert_eq!(own_slot_before(11, 1, 2), Some(9));
-        assert_eq!(own_slot_before(0, 1, 2), None);
-        // Three threads.
-        assert_eq!(own_slot_before(9, 2, 3), Some(8));
-        assert_eq!(own_slot_before(9, 0, 3), Some(6));
-        assert_eq!(own_slot_before(9, 1, 3), Some(7));
-    }
 
     #[test]
     fn the_grid_keeps_growing_past_two_to_the_32_slots() {
@@ -763,22 +701,6 @@ mod tests {
         }
         writer.join().unwrap();
         assert_eq!(cell.load(), Some(template(19_999)));
-    }
-
-    #[test]
-    fn threads_take_turns_on_the_grid() {
-        // Two threads: 0 takes the even slots, 1 the odd ones.
-        assert_eq!(next_own_slot(0, 0, 2), 2);
-        assert_eq!(next_own_slot(0, 1, 2), 1);
-        assert_eq!(next_own_slot(1, 0, 2), 2);
-        assert_eq!(next_own_slot(1, 1, 2), 3);
-        // After a stall thread 0 woke in slot 7: its next is 8.
-        assert_eq!(next_own_slot(7, 0, 2), 8);
-        // One thread: every slot.
-        assert_eq!(next_own_slot(5, 0, 1), 6);
-        // Three threads.
-        assert_eq!(next_own_slot(4, 2, 3), 5);
-        assert_eq!(next_own_slot(5, 2, 3), 8);
     }
 
     #[test]
