@@ -235,6 +235,16 @@ pub(super) fn templates(
         .collect()
 }
 
+/// A holder silent for less than this after we took its VIPs gets them
+/// back (a false alarm), and the database stays fenced until it ends: it is
+/// longer than the stalls measured on a 2-vCPU VM (a real-time thread up to
+/// 37 ms late, both vCPUs at once up to 25 ms under a 10 kHz frame flood),
+/// and every ms of it is a ms more before a dead primary's replica takes
+/// writes (fault -> writable: 6 ms detection + this + the promotion). The
+/// old holder's lease (24 ms at the default timers) holds the promotion
+/// back by itself when it is the longer (`Timer::Settle`).
+pub const RECLAIM_WINDOW_MIN: Duration = Duration::from_millis(40);
+
 fn election_config(cfg: &Config) -> ElectionConfig {
     let detect = cfg.detect_time();
     let witness_links = cfg
@@ -251,7 +261,7 @@ fn election_config(cfg: &Config) -> ElectionConfig {
         fence_timeout: Duration::from_millis(cfg.node.fence_timeout_ms),
         detect_time: detect,
         contest_delay: detect,
-        reclaim_window: (detect * 4).max(Duration::from_millis(50)),
+        reclaim_window: (detect * 4).max(RECLAIM_WINDOW_MIN),
         handover_hold: (detect * 20).max(Duration::from_millis(500)),
         shutdown_wait: (detect * 10).max(Duration::from_millis(300)),
         // Cables pulled together reach the agent a few ms apart (3.4 ms
@@ -275,5 +285,34 @@ fn random_token() -> Result<u64> {
         if t != 0 {
             return Ok(t);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::{election_config, RECLAIM_WINDOW_MIN};
+    use crate::operator::config::Config;
+
+    /// The shipped example config, at the default timers.
+    fn shipped() -> Config {
+        let text = include_str!("../../../../config/server1.toml");
+        Config::parse(text, Path::new("config/server1.toml")).expect("the shipped config parses")
+    }
+
+    #[test]
+    fn at_the_default_timers_the_reclaim_window_outlasts_the_lease() {
+        let cfg = shipped();
+        let e = election_config(&cfg);
+        assert_eq!(e.reclaim_window, RECLAIM_WINDOW_MIN);
+        // A stalled holder whose lease has not lapsed yet is never replaced
+        // for good: the window (the false-alarm hand-back) covers it.
+        assert!(
+            e.reclaim_window > cfg.lease(),
+            "{:?} vs {:?}",
+            e.reclaim_window,
+            cfg.lease()
+        );
     }
 }
