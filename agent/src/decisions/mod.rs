@@ -5,4 +5,5 @@
 pub mod database;
 pub mod election;
 pub mod proxy;
+pub mod reannounce;
 pub mod session;

@@ -30,6 +30,7 @@ use crate::decisions::database::LocalDb;
 use crate::decisions::election::{
     Control, Election, FalseAlarm, Input, Output, PeerMessage, Role, Transition,
 };
+use crate::decisions::reannounce::Reannounce;
 use crate::decisions::session::{Rejection, Sessions, Verdict};
 use crate::drivers::arp::ArpSocket;
 use crate::drivers::carrier::CarrierWatch;
@@ -46,10 +47,8 @@ use crate::protocol::{self, Key, Origin, Signer};
 /// microseconds on a VM.
 const TICK: Duration = Duration::from_millis(40);
 /// Re-announcements after other hosts claimed our VIPs: at most one round
-/// this often. A peer's takeover burst claims every VIP at once (256 VIPs:
-/// 512 claims), and a round per claim kept the decision loop busy past
-/// the senders' heartbeat.
-const REANNOUNCE_MIN: Duration = Duration::from_millis(50);
+/// this often (see `decisions::reannounce`).
+pub(super) const REANNOUNCE_MIN: Duration = Duration::from_millis(50);
 /// A VIP that could not be added or removed is tried again this often.
 const VIP_RETRY: Duration = Duration::from_secs(1);
 /// False alarms kept for the status.
@@ -214,10 +213,7 @@ struct ElectionLoop {
     garp_rounds: Option<tokio::task::JoinHandle<()>>,
     /// Claims of our VIPs by other hosts since the last re-announcement,
     /// with the last one seen (link name, VIP).
-    conflicts: u64,
-    last_conflict: Option<(String, Ipv4Addr)>,
-    reannounce_pending: bool,
-    last_reannounce: Option<Instant>,
+    reannounce: Reannounce,
 }
 
 impl ElectionLoop {
@@ -399,9 +395,7 @@ impl ElectionLoop {
                 let vip = Ipv4Addr::from((e.value as u32).to_ne_bytes());
                 // Logged once per re-announcement (`reannounce`), not per claim.
                 debug!(link = %name, %vip, "another host claims a VIP we hold");
-                let name = name.to_string();
-                self.conflicts += 1;
-                self.last_conflict = Some((name, vip));
+                self.reannounce.claimed(name.to_string(), vip);
                 Input::VipConflict { vip }
             }
             other => {
@@ -572,7 +566,7 @@ impl ElectionLoop {
                     self.cfg.garp.count,
                     Duration::from_millis(self.cfg.garp.spacing_ms),
                 ),
-                Output::ReannounceVips => self.reannounce_pending = true,
+                Output::ReannounceVips => self.reannounce.request(),
                 Output::Advertise(c) => self.publish_templates(&c),
                 Output::Transition(t) => self.on_transition(t),
                 Output::TakeoverConfirmed { epoch } => {
@@ -639,25 +633,16 @@ impl ElectionLoop {
 
     /// One round of gratuitous ARP for claims of our VIPs, paced.
     fn reannounce(&mut self) {
-        if !self.reannounce_pending {
+        // Not due yet: the tick comes back for it.
+        let Some(claims) = self.reannounce.poll(Instant::now()) else {
             return;
-        }
-        let now = Instant::now();
-        if self
-            .last_reannounce
-            .is_some_and(|t| now < t + REANNOUNCE_MIN)
-        {
-            return; // the tick comes back for it
-        }
-        self.reannounce_pending = false;
-        self.last_reannounce = Some(now);
+        };
         if self.holds {
-            if let Some((link, vip)) = self.last_conflict.take() {
-                warn!(claims = self.conflicts, link = %link, last_vip = %vip, "other hosts claim VIPs we hold: re-announcing them");
+            if let Some((link, vip)) = claims.last {
+                warn!(claims = claims.count, link = %link, last_vip = %vip, "other hosts claim VIPs we hold: re-announcing them");
             }
             self.announce(1, Duration::ZERO);
         }
-        self.conflicts = 0;
     }
 
     /// Adds or removes again what the last attempt could not.

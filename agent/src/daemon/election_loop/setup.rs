@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use super::{ElectionLoop, ElectionView, Notice};
 use crate::decisions::election::{Control, Election, ElectionConfig, Input};
+use crate::decisions::reannounce::Reannounce;
 use crate::decisions::session::{SessionConfig, Sessions};
 use crate::drivers::arp::ArpSocket;
 use crate::drivers::carrier::CarrierWatch;
@@ -197,10 +198,7 @@ impl ElectionLoop {
             last_garp_refresh: now,
             vip_retry_at: None,
             garp_rounds: None,
-            conflicts: 0,
-            last_conflict: None,
-            reannounce_pending: false,
-            last_reannounce: None,
+            reannounce: Reannounce::new(super::REANNOUNCE_MIN),
             cfg,
         };
         for (i, info) in interfaces.iter().enumerate() {
