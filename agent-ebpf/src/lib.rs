@@ -210,3 +210,117 @@ mod pod {
     unsafe impl aya::Pod for super::Global {}
     unsafe impl aya::Pod for super::Lease {}
 }
+
+/// What a peer or witness detection timer does when it fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerVerdict {
+    /// Not silent for the detection time yet: look again in this many ns.
+    Rearm(u64),
+    /// Silent, but this machine just stalled: look again after the grace.
+    Grace,
+    /// Silent: the peer (or witness) is down on this link.
+    Down,
+}
+
+/// How long our own senders' stalls may stretch a silence: three
+/// detection times, after which it counts whatever they do. Unbounded, a
+/// machine whose senders keep running late (a busy VM: a late slot every
+/// few tens of ms) never declared anything down: an isolated holder kept
+/// its VIPs for 3 s because its witness's silence kept getting grace.
+/// (Additions: a 64-bit multiply needs a 128-bit helper BPF lacks.)
+pub const fn grace_silence_cap(detect: u64) -> u64 {
+    detect.saturating_add(detect).saturating_add(detect)
+}
+
+/// The verdict of a detection timer. `elapsed`: the silence so far; `late`:
+/// how late this timer fired; `senders_stalled`: our senders ran late
+/// recently or have not renewed the lease for a stall's length; `stall_ns`
+/// (0 = no grace at all) and `detect` from the link's config.
+///
+/// A timer that fired late ran on a CPU that just stalled: the probes
+/// queued behind the stall are processed before it looks again, so it
+/// always gets the grace (each stall gets one; a timer that keeps firing
+/// late is a CPU that keeps stalling). Stalls of the senders only stretch
+/// a silence up to [`grace_silence_cap`].
+pub const fn timer_verdict(
+    elapsed: u64,
+    detect: u64,
+    late: u64,
+    stall_ns: u64,
+    senders_stalled: bool,
+) -> TimerVerdict {
+    if elapsed < detect {
+        return TimerVerdict::Rearm(detect - elapsed);
+    }
+    if stall_ns == 0 {
+        return TimerVerdict::Down;
+    }
+    if late > stall_ns {
+        return TimerVerdict::Grace;
+    }
+    if senders_stalled && elapsed < grace_silence_cap(detect) {
+        return TimerVerdict::Grace;
+    }
+    TimerVerdict::Down
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const DETECT: u64 = 6 * MS;
+    const STALL: u64 = 2 * MS;
+
+    #[test]
+    fn silence_shorter_than_detection_rearms_for_the_rest() {
+        assert_eq!(
+            timer_verdict(4 * MS, DETECT, 0, STALL, true),
+            TimerVerdict::Rearm(2 * MS)
+        );
+    }
+
+    #[test]
+    fn a_late_timer_always_gets_the_grace() {
+        // This CPU stalled 50 ms: its queued probes come before it looks again.
+        assert_eq!(
+            timer_verdict(56 * MS, DETECT, 50 * MS, STALL, false),
+            TimerVerdict::Grace
+        );
+    }
+
+    #[test]
+    fn stalling_senders_delay_a_death_but_never_forever() {
+        assert_eq!(
+            timer_verdict(DETECT, DETECT, 0, STALL, true),
+            TimerVerdict::Grace
+        );
+        assert_eq!(
+            timer_verdict(3 * DETECT - 1, DETECT, 0, STALL, true),
+            TimerVerdict::Grace
+        );
+        // A dead peer on a machine whose senders keep running late.
+        assert_eq!(
+            timer_verdict(3 * DETECT, DETECT, 0, STALL, true),
+            TimerVerdict::Down
+        );
+        // The witness: 80 ms of detection, at most 240 ms of silence.
+        assert_eq!(
+            timer_verdict(240 * MS, 80 * MS, 0, STALL, true),
+            TimerVerdict::Down
+        );
+    }
+
+    #[test]
+    fn without_a_stall_silence_is_a_death() {
+        assert_eq!(
+            timer_verdict(DETECT, DETECT, 0, STALL, false),
+            TimerVerdict::Down
+        );
+        // Grace off in the config.
+        assert_eq!(
+            timer_verdict(DETECT, DETECT, 50 * MS, 0, true),
+            TimerVerdict::Down
+        );
+    }
+}

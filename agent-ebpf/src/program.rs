@@ -31,9 +31,10 @@
 use core::ffi::c_void;
 
 use agent_ebpf::{
-    siphash::siphash24, Event, Global, Lease, LinkConfig, LinkState, ProbeHeader, EVENT_PEER_DOWN,
-    EVENT_PEER_UP, EVENT_VIP_CONFLICT, EVENT_WITNESS_DOWN, EVENT_WITNESS_UP, MAX_LINKS, MAX_VIPS,
-    PROBE_HEADER_LEN, PROBE_KIND_PROBE, PROBE_MAGIC, PROBE_VERSION, SEQ_SHIFT, TAGGED_LEN,
+    siphash::siphash24, timer_verdict, Event, Global, Lease, LinkConfig, LinkState, ProbeHeader,
+    TimerVerdict, EVENT_PEER_DOWN, EVENT_PEER_UP, EVENT_VIP_CONFLICT, EVENT_WITNESS_DOWN,
+    EVENT_WITNESS_UP, MAX_LINKS, MAX_VIPS, PROBE_HEADER_LEN, PROBE_KIND_PROBE, PROBE_MAGIC,
+    PROBE_VERSION, SEQ_SHIFT, TAGGED_LEN,
 };
 use aya_ebpf::{
     bindings::{bpf_timer, xdp_action},
@@ -451,15 +452,12 @@ unsafe fn start_pinned(timer: *mut bpf_timer, ns: u64) {
     }
 }
 
-/// Whether this machine just stalled, so that a silence may be ours: the
-/// timer ran late, or our own senders ran late within the detection time,
-/// or have not renewed the lease for longer than a stall (they were not
-/// scheduled: the peer's probes may be queued behind the same stall).
+/// Whether our own senders just stalled, so that a silence may be ours:
+/// they ran late within the detection time, or have not renewed the lease
+/// for longer than a stall (they were not scheduled: the peer's probes may
+/// be queued behind the same stall).
 #[inline(always)]
-fn stalled_here(now: u64, due: u64, detect: u64, cfg: &LinkConfig) -> bool {
-    if now.saturating_sub(due) > cfg.stall_ns {
-        return true;
-    }
+fn senders_stalled(now: u64, detect: u64, cfg: &LinkConfig) -> bool {
     let Some(l) = LEASE.get(0) else {
         return false;
     };
@@ -471,11 +469,12 @@ fn stalled_here(now: u64, due: u64, detect: u64, cfg: &LinkConfig) -> bool {
 /// witness down when it stayed silent for the detection time, else re-arms
 /// for the remainder (a probe may have arrived just as the timer fired).
 ///
-/// A callback that runs while this machine is stalling or just stalled (see
-/// `stalled_here`) may be looking at probes not processed yet (on another
-/// CPU, or queued behind the stall). It never declares a death then; it
-/// looks again `grace_ns` later. A stall of the receiving side can thus
-/// delay a detection, never fake one.
+/// A callback that runs while this machine is stalling or just stalled (it
+/// fired late, or `senders_stalled`) may be looking at probes not processed
+/// yet (on another CPU, or queued behind the stall). It does not declare a
+/// death then; it looks again `grace_ns` later. A stall of the receiving
+/// side can thus delay a detection, not fake one, and the senders' stalls
+/// delay it by a bounded time (`timer_verdict`).
 #[inline(never)]
 unsafe extern "C" fn timer_cb(_map: *mut c_void, key: *mut u32, value: *mut LinkTimer) -> i32 {
     // SAFETY: the kernel passes the element's key and value.
@@ -507,12 +506,17 @@ unsafe extern "C" fn timer_cb(_map: *mut c_void, key: *mut u32, value: *mut Link
         )
     };
     let elapsed = now.saturating_sub(last);
-    let (rearm, down) = if elapsed < detect {
-        (detect - elapsed, false)
-    } else if cfg.stall_ns != 0 && stalled_here(now, due, detect, cfg) {
-        (cfg.grace_ns, false)
-    } else {
-        (0, true)
+    let stalled = cfg.stall_ns != 0 && senders_stalled(now, detect, cfg);
+    let (rearm, down) = match timer_verdict(
+        elapsed,
+        detect,
+        now.saturating_sub(due),
+        cfg.stall_ns,
+        stalled,
+    ) {
+        TimerVerdict::Rearm(ns) => (ns, false),
+        TimerVerdict::Grace => (cfg.grace_ns, false),
+        TimerVerdict::Down => (0, true),
     };
     if down {
         if *up == 1 {
