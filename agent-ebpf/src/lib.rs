@@ -89,6 +89,8 @@ pub struct Lease {
     /// machine stalled. The peer's silence right after that may be ours
     /// (its probes not processed yet), not its: the timers give it grace.
     pub stalled_ns: u64,
+    /// How late that sender was then: how long this machine stalled.
+    pub stalled_len_ns: u64,
 }
 
 /// Per-link settings written by the agent (map `LINK_CONFIG`, index = link).
@@ -222,32 +224,37 @@ pub enum TimerVerdict {
     Down,
 }
 
-/// How long our own senders' stalls may stretch a silence: three
-/// detection times, after which it counts whatever they do. Unbounded, a
-/// machine whose senders keep running late (a busy VM: a late slot every
-/// few tens of ms) never declared anything down: an isolated holder kept
-/// its VIPs for 3 s because its witness's silence kept getting grace.
-/// (Additions: a 64-bit multiply needs a 128-bit helper BPF lacks.)
-pub const fn grace_silence_cap(detect: u64) -> u64 {
-    detect.saturating_add(detect).saturating_add(detect)
+/// Our senders' stalls as the kernel sees them when a timer fires.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SenderStall {
+    /// They have not renewed the lease for longer than a stall: they are
+    /// not running now (the peer's probes may be queued behind the same
+    /// stall). Ends when they run again.
+    pub in_progress: bool,
+    /// Length of a stall they noticed within the detection time (0 = none).
+    pub recent_len: u64,
 }
 
 /// The verdict of a detection timer. `elapsed`: the silence so far; `late`:
-/// how late this timer fired; `senders_stalled`: our senders ran late
-/// recently or have not renewed the lease for a stall's length; `stall_ns`
-/// (0 = no grace at all) and `detect` from the link's config.
+/// how late this timer fired; `stall_ns` (0 = no grace at all), `grace_ns`
+/// and `detect` from the link's config.
 ///
-/// A timer that fired late ran on a CPU that just stalled: the probes
-/// queued behind the stall are processed before it looks again, so it
-/// always gets the grace (each stall gets one; a timer that keeps firing
-/// late is a CPU that keeps stalling). Stalls of the senders only stretch
-/// a silence up to [`grace_silence_cap`].
+/// A timer that fired late ran on a CPU that just stalled, and senders that
+/// are not running are a stall in progress: either way the peer's probes
+/// may be queued behind it, and the timer looks again after the grace. A
+/// stall the senders noticed and that is over stretches the silence by
+/// its own length (and one grace for the peer, which may have stalled
+/// with us, to speak again), no more. Without that bound a machine whose
+/// senders keep running late never declared anything down: an isolated
+/// holder kept its VIPs for 3 s because its witness's silence kept
+/// getting grace from stalls of a few ms.
 pub const fn timer_verdict(
     elapsed: u64,
     detect: u64,
     late: u64,
     stall_ns: u64,
-    senders_stalled: bool,
+    grace_ns: u64,
+    senders: SenderStall,
 ) -> TimerVerdict {
     if elapsed < detect {
         return TimerVerdict::Rearm(detect - elapsed);
@@ -255,10 +262,15 @@ pub const fn timer_verdict(
     if stall_ns == 0 {
         return TimerVerdict::Down;
     }
-    if late > stall_ns {
+    if late > stall_ns || senders.in_progress {
         return TimerVerdict::Grace;
     }
-    if senders_stalled && elapsed < grace_silence_cap(detect) {
+    if senders.recent_len > 0
+        && elapsed
+            < detect
+                .saturating_add(senders.recent_len)
+                .saturating_add(grace_ns)
+    {
         return TimerVerdict::Grace;
     }
     TimerVerdict::Down
@@ -271,55 +283,63 @@ mod tests {
     const MS: u64 = 1_000_000;
     const DETECT: u64 = 6 * MS;
     const STALL: u64 = 2 * MS;
+    const GRACE: u64 = 4 * MS;
+    const NONE: SenderStall = SenderStall {
+        in_progress: false,
+        recent_len: 0,
+    };
+
+    fn verdict(elapsed: u64, late: u64, senders: SenderStall) -> TimerVerdict {
+        timer_verdict(elapsed, DETECT, late, STALL, GRACE, senders)
+    }
 
     #[test]
     fn silence_shorter_than_detection_rearms_for_the_rest() {
-        assert_eq!(
-            timer_verdict(4 * MS, DETECT, 0, STALL, true),
-            TimerVerdict::Rearm(2 * MS)
-        );
+        assert_eq!(verdict(4 * MS, 0, NONE), TimerVerdict::Rearm(2 * MS));
     }
 
     #[test]
-    fn a_late_timer_always_gets_the_grace() {
+    fn a_late_timer_or_a_stall_in_progress_gets_the_grace() {
         // This CPU stalled 50 ms: its queued probes come before it looks again.
-        assert_eq!(
-            timer_verdict(56 * MS, DETECT, 50 * MS, STALL, false),
-            TimerVerdict::Grace
-        );
+        assert_eq!(verdict(56 * MS, 50 * MS, NONE), TimerVerdict::Grace);
+        let running_late = SenderStall {
+            in_progress: true,
+            recent_len: 0,
+        };
+        assert_eq!(verdict(30 * MS, 0, running_late), TimerVerdict::Grace);
     }
 
     #[test]
-    fn stalling_senders_delay_a_death_but_never_forever() {
-        assert_eq!(
-            timer_verdict(DETECT, DETECT, 0, STALL, true),
-            TimerVerdict::Grace
-        );
-        assert_eq!(
-            timer_verdict(3 * DETECT - 1, DETECT, 0, STALL, true),
-            TimerVerdict::Grace
-        );
-        // A dead peer on a machine whose senders keep running late.
-        assert_eq!(
-            timer_verdict(3 * DETECT, DETECT, 0, STALL, true),
-            TimerVerdict::Down
-        );
-        // The witness: 80 ms of detection, at most 240 ms of silence.
-        assert_eq!(
-            timer_verdict(240 * MS, 80 * MS, 0, STALL, true),
-            TimerVerdict::Down
-        );
+    fn a_stall_that_is_over_stretches_the_silence_by_its_length() {
+        // The stall test's case: a 24 ms stall of the whole machine.
+        let s = SenderStall {
+            in_progress: false,
+            recent_len: 24 * MS,
+        };
+        assert_eq!(verdict(27 * MS, 0, s), TimerVerdict::Grace);
+        assert_eq!(verdict(DETECT + 24 * MS + GRACE, 0, s), TimerVerdict::Down);
+    }
+
+    #[test]
+    fn short_stalls_over_and_over_never_hide_a_death() {
+        // The witness (80 ms) of an isolated holder whose senders keep
+        // running a few ms late: at most 80 + 3 + 4 ms, not forever.
+        let s = SenderStall {
+            in_progress: false,
+            recent_len: 3 * MS,
+        };
+        let w = |elapsed| timer_verdict(elapsed, 80 * MS, 0, STALL, GRACE, s);
+        assert_eq!(w(86 * MS), TimerVerdict::Grace);
+        assert_eq!(w(87 * MS), TimerVerdict::Down);
+        assert_eq!(w(3_000 * MS), TimerVerdict::Down);
     }
 
     #[test]
     fn without_a_stall_silence_is_a_death() {
-        assert_eq!(
-            timer_verdict(DETECT, DETECT, 0, STALL, false),
-            TimerVerdict::Down
-        );
+        assert_eq!(verdict(DETECT, 0, NONE), TimerVerdict::Down);
         // Grace off in the config.
         assert_eq!(
-            timer_verdict(DETECT, DETECT, 50 * MS, 0, true),
+            timer_verdict(DETECT, DETECT, 50 * MS, 0, GRACE, NONE),
             TimerVerdict::Down
         );
     }

@@ -32,9 +32,9 @@ use core::ffi::c_void;
 
 use agent_ebpf::{
     siphash::siphash24, timer_verdict, Event, Global, Lease, LinkConfig, LinkState, ProbeHeader,
-    TimerVerdict, EVENT_PEER_DOWN, EVENT_PEER_UP, EVENT_VIP_CONFLICT, EVENT_WITNESS_DOWN,
-    EVENT_WITNESS_UP, MAX_LINKS, MAX_VIPS, PROBE_HEADER_LEN, PROBE_KIND_PROBE, PROBE_MAGIC,
-    PROBE_VERSION, SEQ_SHIFT, TAGGED_LEN,
+    SenderStall, TimerVerdict, EVENT_PEER_DOWN, EVENT_PEER_UP, EVENT_VIP_CONFLICT,
+    EVENT_WITNESS_DOWN, EVENT_WITNESS_UP, MAX_LINKS, MAX_VIPS, PROBE_HEADER_LEN, PROBE_KIND_PROBE,
+    PROBE_MAGIC, PROBE_VERSION, SEQ_SHIFT, TAGGED_LEN,
 };
 use aya_ebpf::{
     bindings::{bpf_timer, xdp_action},
@@ -452,17 +452,22 @@ unsafe fn start_pinned(timer: *mut bpf_timer, ns: u64) {
     }
 }
 
-/// Whether our own senders just stalled, so that a silence may be ours:
-/// they ran late within the detection time, or have not renewed the lease
-/// for longer than a stall (they were not scheduled: the peer's probes may
-/// be queued behind the same stall).
+/// Our own senders' stalls, so that a silence may be ours: they have not
+/// renewed the lease for longer than a stall (not scheduled now), or
+/// noticed a stall of theirs within the detection time.
 #[inline(always)]
-fn senders_stalled(now: u64, detect: u64, cfg: &LinkConfig) -> bool {
+fn senders_stalled(now: u64, detect: u64, cfg: &LinkConfig) -> SenderStall {
     let Some(l) = LEASE.get(0) else {
-        return false;
+        return SenderStall::default();
     };
-    (l.stalled_ns != 0 && now.saturating_sub(l.stalled_ns) < detect)
-        || (l.renewed_ns != 0 && now.saturating_sub(l.renewed_ns) > cfg.renew_gap_ns)
+    SenderStall {
+        in_progress: l.renewed_ns != 0 && now.saturating_sub(l.renewed_ns) > cfg.renew_gap_ns,
+        recent_len: if l.stalled_ns != 0 && now.saturating_sub(l.stalled_ns) < detect {
+            l.stalled_len_ns
+        } else {
+            0
+        },
+    }
 }
 
 /// Timer callback (peer or witness of one link): declares the link's peer or
@@ -506,13 +511,13 @@ unsafe extern "C" fn timer_cb(_map: *mut c_void, key: *mut u32, value: *mut Link
         )
     };
     let elapsed = now.saturating_sub(last);
-    let stalled = cfg.stall_ns != 0 && senders_stalled(now, detect, cfg);
     let (rearm, down) = match timer_verdict(
         elapsed,
         detect,
         now.saturating_sub(due),
         cfg.stall_ns,
-        stalled,
+        cfg.grace_ns,
+        senders_stalled(now, detect, cfg),
     ) {
         TimerVerdict::Rearm(ns) => (ns, false),
         TimerVerdict::Grace => (cfg.grace_ns, false),

@@ -523,14 +523,21 @@ const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 impl LeaseWriter {
     /// The kernel serves our VIPs until `until_ns` (CLOCK_MONOTONIC); the
     /// senders renewed at `renewed_ns` and last found themselves late at
-    /// `stalled_ns` (0 = never).
-    pub fn renew(&self, until_ns: u64, renewed_ns: u64, stalled_ns: u64) -> io::Result<()> {
+    /// `stalled_ns` (0 = never), by `stalled_len_ns`.
+    pub fn renew(
+        &self,
+        until_ns: u64,
+        renewed_ns: u64,
+        stalled_ns: u64,
+        stalled_len_ns: u64,
+    ) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         let key: u32 = 0;
         let value = Lease {
             until_ns,
             renewed_ns,
             stalled_ns,
+            stalled_len_ns,
         };
         let attr = MapElemAttr {
             map_fd: self.fd.as_raw_fd() as u32,

@@ -269,6 +269,8 @@ struct Shared {
     lease_ns: u64,
     /// When a thread last found itself later than an interval (0 = never).
     stalled_ns: AtomicU64,
+    /// How late that thread was then (ns): how long the stall lasted.
+    stalled_len_ns: AtomicU64,
     /// The latest lease end written (or being written) to the kernel: a
     /// thread that was preempted after reading the clock must not shorten
     /// a sibling's newer renewal.
@@ -339,6 +341,7 @@ impl Senders {
             lease,
             lease_ns: u64::try_from(cfg.lease.as_nanos()).unwrap_or(u64::MAX),
             stalled_ns: AtomicU64::new(0),
+            stalled_len_ns: AtomicU64::new(0),
             lease_until_ns: AtomicU64::new(0),
             recorded_slots: AtomicU64::new(0),
             stats,
@@ -495,6 +498,10 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
             // machine (or this CPU) stalled. Recorded even when the stall
             // makes the decision loop look stale: the kernel's grace for
             // our own stalls reads it.
+            let late = now.saturating_duration_since(due).as_nanos();
+            shared
+                .stalled_len_ns
+                .store(u64::try_from(late).unwrap_or(u64::MAX), Ordering::Release);
             shared.stalled_ns.fetch_max(anchor_ns, Ordering::AcqRel);
         }
         if !alive {
@@ -565,8 +572,12 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
             let until = anchor_ns.saturating_add(shared.lease_ns);
             if attempted && shared.lease_until_ns.fetch_max(until, Ordering::AcqRel) < until {
                 if let Some(lease) = &shared.lease {
-                    let renewed =
-                        lease.renew(until, anchor_ns, shared.stalled_ns.load(Ordering::Acquire));
+                    let renewed = lease.renew(
+                        until,
+                        anchor_ns,
+                        shared.stalled_ns.load(Ordering::Acquire),
+                        shared.stalled_len_ns.load(Ordering::Acquire),
+                    );
                     if renewed.is_err() {
                         shared.stats.lease_errors.fetch_add(1, Ordering::Relaxed);
                     }
