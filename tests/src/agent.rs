@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::process::{spawn_in, LabProcess};
 use crate::topology::{Lab, Link, Server};
@@ -302,23 +302,20 @@ impl Lab {
         crate::netns::output(Command::new(bin).args(args))
     }
 
+    /// Runs `ha-agent ARGS...`; fails with what it printed on stderr (the
+    /// agent's refusal) unless it exits 0. Returns stdout.
+    pub fn agent_cli_ok(&self, args: &[&str]) -> Result<String> {
+        let bin = self.agent_binary()?;
+        crate::netns::run(Command::new(bin).args(args))
+    }
+
     /// `ha-agent status --socket S --json`, parsed.
     pub fn agent_status(&self, server: Server) -> Result<serde_json::Value> {
         let sock = self.status_socket(server);
-        let out = self.agent_cli(&["status", "--socket", path_str(&sock)?, "--json"])?;
-        if !out.status.success() {
-            bail!(
-                "ha-agent status for {server} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        serde_json::from_slice(&out.stdout).with_context(|| {
-            format!(
-                "status of {server} is not JSON: {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        let out = self
+            .agent_cli_ok(&["status", "--socket", path_str(&sock)?, "--json"])
+            .with_context(|| format!("status of {server}"))?;
+        serde_json::from_str(&out).with_context(|| format!("status of {server} is not JSON: {out}"))
     }
 
     /// The agent's state ("MASTER", "BACKUP", "FAULT", "INIT") by its status.
@@ -331,17 +328,11 @@ impl Lab {
     }
 
     /// `ha-agent switchover --socket S` against `server`'s agent; fails
-    /// with what the command printed when the agent refuses.
+    /// with the agent's answer when it refuses.
     pub fn switchover(&self, server: Server) -> Result<()> {
         let sock = self.status_socket(server);
-        let out = self.agent_cli(&["switchover", "--socket", path_str(&sock)?])?;
-        ensure!(
-            out.status.success(),
-            "switchover on {server} refused ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.agent_cli_ok(&["switchover", "--socket", path_str(&sock)?])
+            .with_context(|| format!("switchover on {server}"))?;
         Ok(())
     }
 

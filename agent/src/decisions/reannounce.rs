@@ -6,6 +6,9 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+/// At most one round this often.
+pub const REANNOUNCE_MIN: Duration = Duration::from_millis(50);
+
 /// The claims a round answers: how many since the last round, and the
 /// latest (link name, VIP).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -493,15 +493,16 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
         let slot = current_slot(shared, now);
         let alive = anchor_ns.saturating_sub(shared.loop_alive_ns.load(Ordering::Acquire))
             < LOOP_STALE.as_nanos() as u64;
-        if now.saturating_duration_since(due) > shared.interval {
+        let woke_late = now.saturating_duration_since(due);
+        if woke_late > shared.interval {
             // This thread was not scheduled for more than a slot: the
             // machine (or this CPU) stalled. Recorded even when the stall
             // makes the decision loop look stale: the kernel's grace for
             // our own stalls reads it.
-            let late = now.saturating_duration_since(due).as_nanos();
-            shared
-                .stalled_len_ns
-                .store(u64::try_from(late).unwrap_or(u64::MAX), Ordering::Release);
+            shared.stalled_len_ns.store(
+                u64::try_from(woke_late.as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Release,
+            );
             shared.stalled_ns.fetch_max(anchor_ns, Ordering::AcqRel);
         }
         if !alive {

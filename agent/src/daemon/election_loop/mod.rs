@@ -46,9 +46,6 @@ use crate::protocol::{self, Key, Origin, Signer};
 /// senders' `LOOP_STALE`), counters, GARP refresh. Each wake costs tens of
 /// microseconds on a VM.
 const TICK: Duration = Duration::from_millis(40);
-/// Re-announcements after other hosts claimed our VIPs: at most one round
-/// this often (see `decisions::reannounce`).
-pub(super) const REANNOUNCE_MIN: Duration = Duration::from_millis(50);
 /// A VIP that could not be added or removed is tried again this often.
 const VIP_RETRY: Duration = Duration::from_secs(1);
 /// False alarms kept for the status.

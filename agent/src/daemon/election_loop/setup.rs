@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::{ElectionLoop, ElectionView, Notice};
 use crate::decisions::election::{Control, Election, ElectionConfig, Input};
-use crate::decisions::reannounce::Reannounce;
+use crate::decisions::reannounce::{Reannounce, REANNOUNCE_MIN};
 use crate::decisions::session::{SessionConfig, Sessions};
 use crate::drivers::arp::ArpSocket;
 use crate::drivers::carrier::CarrierWatch;
@@ -198,7 +198,7 @@ impl ElectionLoop {
             last_garp_refresh: now,
             vip_retry_at: None,
             garp_rounds: None,
-            reannounce: Reannounce::new(super::REANNOUNCE_MIN),
+            reannounce: Reannounce::new(REANNOUNCE_MIN),
             cfg,
         };
         for (i, info) in interfaces.iter().enumerate() {
