@@ -175,6 +175,36 @@ fn vip_fenced(link: u32, ip: u32) -> bool {
     lapsed
 }
 
+/// A UDP datagram with IP options, or the first fragment of one: never a
+/// probe. Dropped when it is for the probe port, so that nobody can reach
+/// the agent's socket past the source and tag checks below by shaping a
+/// frame oddly.
+#[inline(always)]
+fn odd_udp(link: u32, ip: usize, ver_ihl: u8, end: usize, port: u16) -> u32 {
+    if ver_ihl >> 4 != 4 {
+        return xdp_action::XDP_PASS;
+    }
+    // 20..=60 bytes: bounded, so the verifier can follow the offset.
+    let ihl = usize::from(ver_ihl & 0x0f) * 4;
+    if ihl < IPV4_HLEN {
+        return xdp_action::XDP_PASS;
+    }
+    let udp = ip + ihl;
+    if udp + 4 > end {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: within [udp, udp + 4), checked above.
+    let dport = u16::from_ne_bytes(unsafe { *((udp + 2) as *const [u8; 2]) });
+    if dport != port {
+        return xdp_action::XDP_PASS;
+    }
+    if let Some(st) = LINK_STATE.get_ptr_mut(link) {
+        // SAFETY: `st` points into the array map's value for `link`.
+        unsafe { (*st).rejected += 1 };
+    }
+    xdp_action::XDP_DROP
+}
+
 #[inline(always)]
 fn on_ipv4(ctx: &XdpContext, data: usize, end: usize) -> u32 {
     if data + IP_END > end {
@@ -200,9 +230,14 @@ fn on_ipv4(ctx: &XdpContext, data: usize, end: usize) -> u32 {
             *((ip + 6) as *const [u8; 2]),
         )
     };
-    // IPv4 without options, UDP, not a fragment (MF clear, offset 0).
-    if ver_ihl != 0x45 || proto != 17 || frag[0] & 0x3f != 0 || frag[1] != 0 {
+    // Probes are IPv4 without options, UDP, not fragments (MF clear,
+    // offset 0). A later fragment carries no UDP header (and cannot be
+    // reassembled without its first, dropped below if it is for us).
+    if proto != 17 || frag[0] & 0x1f != 0 || frag[1] != 0 {
         return xdp_action::XDP_PASS;
+    }
+    if ver_ihl != 0x45 || frag[0] & 0x20 != 0 {
+        return odd_udp(link, ip, ver_ihl, end, cfg.port);
     }
     if data + UDP_END > end {
         return xdp_action::XDP_PASS;

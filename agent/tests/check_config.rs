@@ -56,6 +56,7 @@ name = "server1"
 priority = 101
 key_file = "{dir}/key"
 status_socket = "{dir}/agent.sock"
+state_dir = "{dir}/state"
 preempt_delay_ms = 0
 fence_timeout_ms = 300
 init_timeout_ms = 100
@@ -350,6 +351,14 @@ fn missing_or_unsafe_secret_files_are_refused_by_check_config_and_run() {
         0o644,
     );
     refused(&d, "missing hook executable", "hooks.notify_master");
+    d.write("agent.toml", &good, 0o644);
+    // A state directory others may write (the boot counter that orders
+    // this node's sessions lives there).
+    let state = d.path("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused(&d, "state_dir writable by all", "node.state_dir");
+    std::fs::remove_dir(&state).unwrap();
 }
 
 #[test]

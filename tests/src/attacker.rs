@@ -62,11 +62,33 @@ impl Frame {
         self.0[0..6].copy_from_slice(&mac);
     }
 
+    /// The same datagram with a 4-byte IP option (three NOPs and an end):
+    /// still a valid frame for the IP stack, never a probe's shape.
+    pub fn with_ip_option(&self) -> Frame {
+        let mut b = self.0.clone();
+        b.splice(UDP_OFF..UDP_OFF, [1u8, 1, 1, 0]);
+        b[ETH_HLEN] = 0x46;
+        let total = u16::from_be_bytes([b[ETH_HLEN + 2], b[ETH_HLEN + 3]]).saturating_add(4);
+        b[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&total.to_be_bytes());
+        let mut f = Frame(b);
+        f.fix_checksums();
+        f
+    }
+
+    /// The same datagram marked as the first fragment of a longer one (MF).
+    pub fn as_first_fragment(&self) -> Frame {
+        let mut f = self.clone();
+        f.0[ETH_HLEN + 6] |= 0x20;
+        f.fix_checksums();
+        f
+    }
+
     /// After the payload changed: the IP checksum again, UDP's off (0).
     pub fn fix_checksums(&mut self) {
+        let ihl = usize::from(self.0[ETH_HLEN] & 0x0f) * 4;
         self.0[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
         let mut sum = 0u32;
-        for w in self.0[ETH_HLEN..ETH_HLEN + IP_HLEN].chunks(2) {
+        for w in self.0[ETH_HLEN..ETH_HLEN + ihl].chunks(2) {
             sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
         }
         while sum > 0xffff {
@@ -74,7 +96,7 @@ impl Frame {
         }
         let c = !(sum as u16);
         self.0[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&c.to_be_bytes());
-        self.0[UDP_OFF + 6..UDP_OFF + 8].fill(0);
+        self.0[ETH_HLEN + ihl + 6..ETH_HLEN + ihl + 8].fill(0);
     }
 }
 

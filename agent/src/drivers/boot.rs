@@ -72,23 +72,38 @@ fn ensure_dir(dir: &Path) -> Result<(), BootError> {
             path: dir.to_owned(),
             source,
         }),
-        Ok(m) => {
-            // SAFETY: geteuid has no preconditions.
-            let euid = unsafe { libc::geteuid() };
-            let mode = m.permissions().mode() & 0o777;
-            if !m.is_dir() || m.uid() != euid || mode & 0o022 != 0 {
-                return Err(BootError::Unsafe {
-                    path: dir.to_owned(),
-                    what: format!(
-                        "{}owned by uid {}, mode {mode:o}",
-                        if m.is_dir() { "" } else { "not a directory, " },
-                        m.uid()
-                    ),
-                });
-            }
-            Ok(())
-        }
+        Ok(m) => check_existing(dir, &m),
     }
+}
+
+/// What start-up will say of `dir` as the state directory, without
+/// creating anything (for `check-config`): a missing one is made at start.
+pub fn check_dir(dir: &Path) -> Result<(), BootError> {
+    match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(BootError::Dir {
+            path: dir.to_owned(),
+            source,
+        }),
+        Ok(m) => check_existing(dir, &m),
+    }
+}
+
+fn check_existing(dir: &Path, m: &fs::Metadata) -> Result<(), BootError> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let mode = m.permissions().mode() & 0o777;
+    if !m.is_dir() || m.uid() != euid || mode & 0o022 != 0 {
+        return Err(BootError::Unsafe {
+            path: dir.to_owned(),
+            what: format!(
+                "{}owned by uid {}, mode {mode:o}",
+                if m.is_dir() { "" } else { "not a directory, " },
+                m.uid()
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn store(dir: &Path, path: &Path, boot: u64) -> io::Result<()> {

@@ -848,6 +848,9 @@ impl Config {
                     None
                 }
             });
+        if let Err(e) = crate::drivers::boot::check_dir(&self.node.state_dir) {
+            bad("node.state_dir", e.to_string());
+        }
         match std::fs::symlink_metadata(&self.node.status_socket) {
             Ok(meta) if !meta.file_type().is_socket() => bad(
                 "node.status_socket",

@@ -106,6 +106,22 @@ pub fn group_id(name: &str) -> Result<u32, BindError> {
     Ok(grp.gr_gid)
 }
 
+/// The first directory above `path` whose search permission members of
+/// `gid` lack (neither "others" nor its group when it is `gid` may enter).
+fn closed_to_group(path: &Path, gid: u32) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    path.ancestors().skip(1).find_map(|dir| {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let open = std::fs::metadata(dir)
+            .is_ok_and(|m| m.mode() & 0o001 != 0 || (m.gid() == gid && m.mode() & 0o010 != 0));
+        (!open).then(|| dir.to_owned())
+    })
+}
+
 impl StatusServer {
     /// Binds `path` safely (see the module doc). `group`: the gid whose
     /// members may read the status.
@@ -161,6 +177,12 @@ impl StatusServer {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A directory above the socket that members of `status_group` cannot
+    /// enter (they could never reach the socket), if any.
+    pub fn closed_to_group(&self) -> Option<PathBuf> {
+        self.group.and_then(|gid| closed_to_group(&self.path, gid))
     }
 
     /// Accepts connections; for each allowed request calls `handle` and
@@ -295,6 +317,46 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_the_group_cannot_enter_is_found() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = std::env::temp_dir().join(format!("ha-sock-dirs-{}", std::process::id()));
+        let inner = top.join("run");
+        std::fs::create_dir_all(&inner).unwrap();
+        let sock = inner.join("ha-agent.sock");
+        let gid = 4242;
+        let set =
+            |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+        set(&top, 0o755).unwrap();
+        // A root-owned 0750 directory (as systemd makes RuntimeDirectory=
+        // with RuntimeDirectoryMode=0750): the group cannot enter.
+        set(&inner, 0o750).unwrap();
+        assert_eq!(closed_to_group(&sock, gid), Some(inner.clone()));
+        set(&inner, 0o751).unwrap();
+        assert_eq!(closed_to_group(&sock, gid), None);
+        std::os::unix::fs::chown(&inner, None, Some(gid)).unwrap();
+        set(&inner, 0o750).unwrap();
+        assert_eq!(closed_to_group(&sock, gid), None);
+        set(&top, 0o700).unwrap();
+        assert_eq!(closed_to_group(&sock, gid), Some(top.clone()));
+        std::fs::remove_dir_all(&top).unwrap();
+    }
+
+    #[test]
+    fn the_shipped_unit_lets_status_group_reach_the_socket() {
+        // /run/ha-agent is root's: members of status_group need "others"
+        // search permission on it (the socket's own mode and SO_PEERCRED
+        // decide who may talk).
+        let unit = include_str!("../../../../config/ha-agent.service");
+        let mode = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("RuntimeDirectoryMode="))
+            .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
+            .expect("the unit sets RuntimeDirectoryMode");
+        assert_ne!(mode & 0o001, 0, "RuntimeDirectoryMode={mode:o}");
+        assert_eq!(mode & 0o022, 0, "RuntimeDirectoryMode={mode:o}");
+    }
 
     #[test]
     fn commands_parse_once() {
