@@ -19,7 +19,7 @@ use crate::drivers::boot;
 use crate::drivers::hooks::HookRunner;
 use crate::operator::config::Config;
 use crate::operator::status::server::{group_id, Request, StatusServer};
-use crate::operator::status::{HookStatus, HookTotal, Reply};
+use crate::operator::status::{Reply, ServicesStatus};
 use election_loop::{Command, ElectionThread, ElectionView, Notice};
 use services::Services;
 
@@ -55,6 +55,14 @@ async fn run_inner(cfg: Arc<Config>) -> Result<()> {
     // back first (locked pages could not be).
     lock_memory();
     let server = StatusServer::bind(&cfg.node.status_socket, status_group)?;
+    if let Some(dir) = server.closed_to_group() {
+        warn!(
+            socket = %server.path().display(),
+            dir = %dir.display(),
+            "members of node.status_group cannot enter this directory, so they cannot read the status: \
+             give it search permission for others (chmod o+x) or for that group"
+        );
+    }
     let (request_tx, mut requests) = mpsc::channel::<(Request, oneshot::Sender<Reply>)>(8);
     if let Some(m) = &cfg.metrics {
         // Metrics are made from a status snapshot asked like the socket does.
@@ -131,31 +139,17 @@ async fn answer(
                 let _ = reply.send(stopping());
                 return;
             }
-            let hook_totals = hooks
-                .totals()
-                .into_iter()
-                .map(|(state, runs, failures)| HookTotal {
-                    state: state.to_string(),
-                    runs,
-                    failures,
-                })
-                .collect();
-            let (hooks, database, atlas, warnings) = (
-                hook_status(hooks),
-                services.database_status(),
-                services.atlas_status(),
-                services.warnings(),
-            );
+            let (hooks, hook_totals) = hooks.snapshot();
+            let services = ServicesStatus {
+                hooks,
+                hook_totals,
+                database: services.database_status(),
+                atlas: services.atlas_status(),
+                warnings: services.warnings(),
+            };
             tokio::spawn(async move {
                 let answer = match rx.await {
-                    Ok(mut s) => {
-                        s.hooks = hooks;
-                        s.hook_totals = hook_totals;
-                        s.database = database;
-                        s.atlas = atlas;
-                        s.warnings.extend(warnings);
-                        Reply::Status(s)
-                    }
+                    Ok(s) => Reply::Status(Box::new(s.with_services(services))),
                     Err(_) => stopping(),
                 };
                 let _ = reply.send(answer);
@@ -180,24 +174,6 @@ async fn answer(
         Request::RejoinForce => services.rejoin_force(reply),
         Request::PromoteForce => services.promote_force(reply),
     }
-}
-
-fn hook_status(hooks: &HookRunner) -> Vec<HookStatus> {
-    hooks
-        .recent()
-        .into_iter()
-        .map(|h| HookStatus {
-            ok: h.succeeded(),
-            detail: match (&h.error, h.timed_out, h.exit) {
-                (Some(e), _, _) => e.clone(),
-                (None, true, _) => "timed out".into(),
-                (None, false, Some(c)) => format!("exit {c} in {} ms", h.duration.as_millis()),
-                (None, false, None) => "killed".into(),
-            },
-            command: h.command,
-            state: h.state.to_string(),
-        })
-        .collect()
 }
 
 /// Keeps the agent's pages in memory (the real-time senders must never

@@ -28,6 +28,7 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
 use crate::operator::config::HooksConfig;
+use crate::operator::status::{HookStatus, HookTotal};
 
 /// How many outcomes `recent()` keeps.
 pub const RECENT: usize = 20;
@@ -281,19 +282,36 @@ impl HookRunner {
         lock(&self.shared.recent).iter().cloned().collect()
     }
 
-    /// Commands run and failed since start, by state: (state, runs, failures).
-    pub fn totals(&self) -> Vec<(HookState, u64, u64)> {
-        HookState::ALL
-            .iter()
-            .map(|s| {
-                (
-                    *s,
-                    self.shared.runs[s.index()].load(Ordering::Relaxed),
-                    self.shared.failures[s.index()].load(Ordering::Relaxed),
-                )
+    /// The hooks' part of `ha-agent status`: the last outcomes, and the
+    /// commands run and failed since start for every state, zeros included
+    /// (a first failure is then an increase a metrics alert can see).
+    pub fn snapshot(&self) -> (Vec<HookStatus>, Vec<HookTotal>) {
+        let recent = self
+            .recent()
+            .into_iter()
+            .map(|h| HookStatus {
+                ok: h.succeeded(),
+                detail: match (&h.error, h.timed_out, h.exit) {
+                    (Some(e), _, _) => e.clone(),
+                    (None, true, _) => "timed out".into(),
+                    (None, false, Some(c)) => {
+                        format!("exit {c} in {} ms", h.duration.as_millis())
+                    }
+                    (None, false, None) => "killed".into(),
+                },
+                command: h.command,
+                state: h.state.to_string(),
             })
-            .filter(|(_, runs, _)| *runs > 0)
-            .collect()
+            .collect();
+        let totals = HookState::ALL
+            .iter()
+            .map(|s| HookTotal {
+                state: s.to_string(),
+                runs: self.shared.runs[s.index()].load(Ordering::Relaxed),
+                failures: self.shared.failures[s.index()].load(Ordering::Relaxed),
+            })
+            .collect();
+        (recent, totals)
     }
 
     /// Waits until the hooks of every transition queued before this call have
@@ -630,10 +648,28 @@ mod tests {
             vec![],
             100,
         );
+        // Every state is in the totals from the start, zeros included.
+        let (_, totals) = r.snapshot();
+        let zeros: Vec<(String, u64, u64)> = ["MASTER", "BACKUP", "FAULT", "STOP"]
+            .iter()
+            .map(|s| (s.to_string(), 0, 0))
+            .collect();
+        let as_tuples = |t: Vec<HookTotal>| -> Vec<(String, u64, u64)> {
+            t.into_iter()
+                .map(|h| (h.state, h.runs, h.failures))
+                .collect()
+        };
+        assert_eq!(as_tuples(totals), zeros);
         r.notify(HookState::Master);
         drained(&r).await;
         assert_eq!(lines(&log), [r#"[two words][say "hi"][plain]"#]);
         assert_eq!(r.recent()[0].exit, Some(0));
+        let (recent, totals) = r.snapshot();
+        assert!(
+            recent[0].ok && recent[0].detail.starts_with("exit 0 in "),
+            "{recent:?}"
+        );
+        assert_eq!(as_tuples(totals)[0], ("MASTER".to_string(), 1, 0));
     }
 
     #[tokio::test]

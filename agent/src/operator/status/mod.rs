@@ -204,6 +204,27 @@ pub struct HookStatus {
     pub detail: String,
 }
 
+/// What the services runtime adds to the election thread's status.
+pub struct ServicesStatus {
+    pub hooks: Vec<HookStatus>,
+    pub hook_totals: Vec<HookTotal>,
+    pub database: Option<DatabaseStatus>,
+    pub atlas: Option<AtlasSection>,
+    pub warnings: Vec<String>,
+}
+
+impl Status {
+    /// The whole status: the election's, with the services' part.
+    pub fn with_services(mut self, p: ServicesStatus) -> Status {
+        self.hooks = p.hooks;
+        self.hook_totals = p.hook_totals;
+        self.database = p.database;
+        self.atlas = p.atlas;
+        self.warnings.extend(p.warnings);
+        self
+    }
+}
+
 /// The daemon's answer to one command.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
