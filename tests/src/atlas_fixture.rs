@@ -116,6 +116,11 @@ pub struct FixtureConfig {
     /// The checker thread's period (None: no checker; states change only
     /// through [`AtlasFixture::set_state`] and the proxy's failures).
     pub checker: Option<Duration>,
+    /// When the checker's first pass comes after the start (None: Atlas's
+    /// 1 s). A real Atlas has been running for a while when a failover
+    /// comes, so the phase of its checker against the failover is anyone's:
+    /// the benchmark spreads it over the trials.
+    pub checker_first_pass: Option<Duration>,
     /// The proxy port (None: none).
     pub proxy_address: Option<SocketAddr>,
     /// `pwds`: the users the proxy port accepts (plain passwords) and that
@@ -133,6 +138,7 @@ impl Default for FixtureConfig {
             ro_weights: BTreeMap::new(),
             cnf_path: None,
             checker: Some(ATLAS_CHECKER_PERIOD),
+            checker_first_pass: None,
             proxy_address: None,
             proxy_users: vec![],
         }
@@ -584,7 +590,17 @@ impl AtlasFixture {
             );
         }
         if let Some(period) = self.shared.cfg.checker {
-            threads.push(proxy::checker(self.shared.clone(), period, stop.clone())?);
+            let first = self
+                .shared
+                .cfg
+                .checker_first_pass
+                .unwrap_or(period.min(Duration::from_secs(1)));
+            threads.push(proxy::checker(
+                self.shared.clone(),
+                first,
+                period,
+                stop.clone(),
+            )?);
         }
         *running = Some(Running {
             stop,
@@ -1075,7 +1091,7 @@ fn execute(shared: &Shared, query: &str) -> Reply {
         ["save", c] if config_pattern(c) => {
             if let Some(path) = &shared.cfg.cnf_path {
                 let (rw, ro) = (g.backends.list(Kind::Rw), g.backends.list(Kind::Ro));
-                if let Err(e) = glib::save_config(path, &rw, &ro, "") {
+                if let Err(e) = glib::save_config(path, &rw, &ro) {
                     // Atlas: g_critical("g_key_file_load_from_file: ...") and success.
                     g.save_errors.push(format!("{}: {e}", path.display()));
                 }

@@ -39,6 +39,8 @@ pub struct StackOptions {
     /// The fixture Atlases' checker period (None: [`TEST_ATLAS_CHECKER`];
     /// the benchmark uses Atlas's own 4 s).
     pub atlas_checker: Option<Duration>,
+    /// Their checker's first pass after start (None: Atlas's 1 s).
+    pub atlas_checker_first_pass: Option<Duration>,
     /// `mysql.durability` ("strict" or "available"; None: the default).
     pub durability: Option<&'static str>,
     /// The test's name: a stack that is dropped before [`Stack::pass`] (an
@@ -386,6 +388,7 @@ pub fn stack(opts: StackOptions) -> Result<Stack> {
                 ro,
                 cnf_path: Some(lab.dir().join(format!("atlas-{}.cnf", s.name()))),
                 checker: Some(opts.atlas_checker.unwrap_or(TEST_ATLAS_CHECKER)),
+                checker_first_pass: opts.atlas_checker_first_pass,
                 proxy_address: Some(ATLAS_PROXY.parse().expect("a socket address")),
                 proxy_users: vec![(APP_USER.into(), APP_PASSWORD.into())],
                 ..Default::default()

@@ -145,14 +145,21 @@ impl KeyFile {
 }
 
 /// `SAVE CONFIG` on `path`: the four keys set from the run-time values,
-/// the whole file rewritten GLib's way with mode 0644.
-pub fn save_config(path: &Path, rw: &str, ro: &str, client_ips: &str) -> io::Result<()> {
+/// the whole file rewritten GLib's way with mode 0644. The fixture has no
+/// run-time client allow-list or users of its own (no `ADD CLIENT`, no
+/// `ADD PWD`): Atlas's are the file's as loaded, written back as they are
+/// (`client-ips=` appears empty when the file had none).
+pub fn save_config(path: &Path, rw: &str, ro: &str) -> io::Result<()> {
     let text = fs::read_to_string(path)?;
     let mut kf = KeyFile::parse(&text);
     let pwds = kf.get("mysql-proxy", "pwds").unwrap_or("").to_string();
+    let client_ips = kf
+        .get("mysql-proxy", "client-ips")
+        .unwrap_or("")
+        .to_string();
     kf.set("mysql-proxy", "proxy-backend-addresses", rw);
     kf.set("mysql-proxy", "proxy-read-only-backend-addresses", ro);
-    kf.set("mysql-proxy", "client-ips", client_ips);
+    kf.set("mysql-proxy", "client-ips", &client_ips);
     kf.set("mysql-proxy", "pwds", &pwds);
     // g_file_set_contents: a temporary file renamed over the old one.
     let name = path
@@ -184,5 +191,26 @@ mod tests {
             kf.to_data(),
             "# top comment\n\n[mysql-proxy]\n# backends\nproxy-backend-addresses=127.0.0.1:3306\nproxy-read-only-backend-addresses=127.0.0.1:3308\npwds=root:abc==\nadmin-password=pw\nclient-ips=\n\n[other]\nx=1\n"
         );
+    }
+
+    #[test]
+    fn save_config_keeps_the_client_allow_list() {
+        let dir = std::env::temp_dir().join(format!("glib-clients-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("test.cnf");
+        fs::write(
+            &path,
+            "[mysql-proxy]\nproxy-backend-addresses = 127.0.0.1:3306\nclient-ips = 10.0.0.5, 10.0.0.6\npwds = root:abc==\n",
+        )
+        .unwrap();
+        save_config(&path, "127.0.0.1:3306", "127.0.0.1:3308").unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("client-ips=10.0.0.5, 10.0.0.6\n"), "{text}");
+        assert!(text.contains("pwds=root:abc==\n"), "{text}");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -92,17 +92,18 @@ pub(crate) fn check_once(shared: &Shared) {
     }
 }
 
-/// The checker thread: a pass every `period` until `stop`.
+/// The checker thread: a first pass after `first` (Atlas's thread sleeps
+/// 1 s before it), then one every `period`, until `stop`.
 pub(crate) fn checker(
     shared: Arc<Shared>,
+    first: Duration,
     period: Duration,
     stop: Arc<AtomicBool>,
 ) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("atlas-checker".into())
         .spawn(move || {
-            // Atlas's thread sleeps 1 s before its first pass, then `period`.
-            let mut wait = period.min(Duration::from_secs(1));
+            let mut wait = first;
             loop {
                 if shared.sleep_unless_stopped(&stop, wait) {
                     return;

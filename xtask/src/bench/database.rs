@@ -59,6 +59,8 @@ const PHASE: Duration = Duration::from_secs(15);
 const HANG: Duration = Duration::from_secs(2);
 /// How long the inside link stays cut (`inside-cut`).
 const CUT: Duration = Duration::from_secs(3);
+/// Trials spread the Atlases' checker phase over this many steps.
+const PHASES: usize = 20;
 
 /// What happens to server1, the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -110,6 +112,8 @@ pub struct DbTrial {
     /// From the catch-up to the first read through server2's Atlas proxy
     /// port that the returning replica (server1) served.
     pub atlas_reads_after_catchup_ms: Option<f64>,
+    /// When the Atlases' checker first ran after their start (its phase).
+    pub atlas_checker_first_pass_ms: f64,
     /// Polls of server2's Atlas that saw no rw backend (must stay 0).
     pub atlas_without_rw: usize,
     /// Samples of server2's agent status that said "in sync" while its
@@ -146,8 +150,14 @@ pub fn run(
     durability: Option<&'static str>,
     fault: DbFault,
 ) -> Result<DbTrial> {
+    // The checker's phase against the failover, spread evenly over the
+    // trials (1 s..5 s after Atlas's start): a real Atlas that has run for
+    // a while is at any phase of its 4 s checker when a server fails.
+    let phase = ATLAS_CHECKER_PERIOD.mul_f64((index % PHASES) as f64 / PHASES as f64);
+    let first_pass = Duration::from_secs(1) + phase;
     let mut t = DbTrial {
         index,
+        atlas_checker_first_pass_ms: ms(first_pass),
         ..Default::default()
     };
     let st = match started(StackOptions {
@@ -155,6 +165,7 @@ pub fn run(
         lab_base: LAB_BASE,
         down_handover_ms: None,
         atlas_checker: Some(ATLAS_CHECKER_PERIOD),
+        atlas_checker_first_pass: Some(first_pass),
         test: "bench-database",
         durability,
     }) {
@@ -681,6 +692,7 @@ pub fn json(trials: &[DbTrial], meta: Value) -> Value {
                 "rejoin_replicating_ms": t.rejoin_replicating_ms, "rejoin_caught_up_ms": t.rejoin_caught_up_ms,
                 "atlas_ro_after_catchup_ms": t.atlas_ro_after_catchup_ms,
                 "atlas_reads_after_catchup_ms": t.atlas_reads_after_catchup_ms,
+                "atlas_checker_first_pass_ms": t.atlas_checker_first_pass_ms,
                 "in_sync_without_up_rw": t.in_sync_without_up_rw, "in_sync_samples": t.in_sync_samples,
                 "atlas_without_rw": t.atlas_without_rw, "rejoin_blocked": t.rejoin_blocked,
                 "rejoin_blocked_because": t.rejoin_blocked_because,

@@ -75,6 +75,12 @@ impl Access {
     pub fn readable_by_others(&self) -> bool {
         self.mode & 0o044 != 0
     }
+
+    /// Group or other may read the file and could not under `before` (a
+    /// 0640 file that became 0644 exposes its passwords to everyone).
+    pub fn exposes_more_than(&self, before: &Access) -> bool {
+        self.mode & 0o044 & !before.mode != 0
+    }
 }
 
 /// One entry of a backend line: `host:port` with an optional `@weight`.
@@ -609,6 +615,15 @@ proxy-read-only-backend-addresses = 10.0.0.2:3306\nevent-threads = 8"
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let mut want = Access::of(&path).unwrap();
         assert!(want.readable_by_others());
+        let at = |mode| Access {
+            mode,
+            uid: 0,
+            gid: 0,
+        };
+        assert!(at(0o644).exposes_more_than(&at(0o600)));
+        assert!(at(0o644).exposes_more_than(&at(0o640)));
+        assert!(!at(0o640).exposes_more_than(&at(0o640)));
+        assert!(!at(0o600).exposes_more_than(&at(0o640)));
         want.mode = 0o600;
         check_writable(&path, want).unwrap();
         write_as(&path, "[mysql-proxy]\n", want).unwrap();

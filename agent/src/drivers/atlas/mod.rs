@@ -718,8 +718,8 @@ impl AtlasReconciler {
     }
 
     /// Compares the `.cnf`'s mode and owner with the operator's; returns
-    /// them when the file must get them back (it became readable by group
-    /// or other, which only a `SAVE CONFIG` does unasked).
+    /// them when the file must get them back (group or other may now read
+    /// what they could not, which only a `SAVE CONFIG` does unasked).
     fn settle(&mut self, path: &Path, found: Access) -> Option<Access> {
         let Some(r) = self.reference else {
             self.reference = Some(found);
@@ -727,7 +727,7 @@ impl AtlasReconciler {
         };
         if found == r {
             None
-        } else if found.readable_by_others() && !r.readable_by_others() {
+        } else if found.exposes_more_than(&r) {
             tracing::warn!(
                 "atlas: {} is mode {:o} owner {}:{} (a SAVE CONFIG?), putting back mode {:o} owner {}:{}",
                 path.display(),
