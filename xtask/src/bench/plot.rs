@@ -9,11 +9,16 @@ use anyhow::{Context, Result};
 use plotters::prelude::*;
 use serde_json::Value;
 
-const FAULTS: [(&str, &str); 3] = [
+/// Every fault the failover bench knows, in the order drawn, with its label.
+const FAULTS: [(&str, &str); 5] = [
     ("links_down", "server1 links down"),
+    ("death", "server1 dies"),
     ("isolate", "server1 isolated (silent)"),
+    ("outside_carrier", "outside cable pulled"),
     ("hang", "daemon hung (SIGSTOP)"),
 ];
+/// Outages past the axis (and failed trials) are drawn at its top.
+const AXIS_MAX_MS: f64 = 10_000.0;
 const COLOURS: [RGBColor; 4] = [
     RGBColor(0, 114, 178),
     RGBColor(213, 94, 0),
@@ -50,18 +55,35 @@ fn contenders(json: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Client outage (longest ping gap, ms) of every successful trial.
-fn gaps(json: &Value, contender: &str, fault: &str) -> Vec<f64> {
-    json["trials"]
+/// The faults the report has trials of, in drawing order.
+fn faults(json: &Value) -> Vec<(&'static str, &'static str)> {
+    let trials = json["trials"].as_array().cloned().unwrap_or_default();
+    FAULTS
+        .into_iter()
+        .filter(|(f, _)| trials.iter().any(|t| t["fault"] == *f))
+        .collect()
+}
+
+/// Client outage (longest ping gap, ms) of every successful trial within
+/// the axis, and how many trials failed or went past it.
+fn gaps(json: &Value, contender: &str, fault: &str) -> (Vec<f64>, usize) {
+    let trials: Vec<Value> = json["trials"]
         .as_array()
         .map(|a| {
             a.iter()
                 .filter(|t| t["contender"] == contender && t["fault"] == fault)
-                .filter(|t| t["failed"] != true)
-                .filter_map(|t| t["gap_ms"].as_f64())
+                .cloned()
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let shown: Vec<f64> = trials
+        .iter()
+        .filter(|t| t["failed"] != true)
+        .filter_map(|t| t["gap_ms"].as_f64())
+        .filter(|g| *g < AXIS_MAX_MS)
+        .collect();
+    let beyond = trials.len() - shown.len();
+    (shown, beyond)
 }
 
 fn median(v: &[f64]) -> Option<f64> {
@@ -108,9 +130,15 @@ pub fn render(json: &Value) -> Result<String> {
             json["meta"]["date"].as_str().unwrap_or("")
         );
         let root = root.titled(&title, ("sans-serif", 20))?;
-        let (top, bottom) = root.split_vertically(HEIGHT * 62 / 100);
-        outages(&top, json, &names)?;
-        soak(&bottom, json, &names)?;
+        let soaked = json["soak_secs"].as_f64().is_some_and(|s| s > 0.0)
+            && json["soaks"].as_array().is_some_and(|a| !a.is_empty());
+        if soaked {
+            let (top, bottom) = root.split_vertically(HEIGHT * 62 / 100);
+            outages(&top, json, &names)?;
+            soak(&bottom, json, &names)?;
+        } else {
+            outages(&root, json, &names)?;
+        }
         root.present()?;
     }
     Ok(svg)
@@ -126,18 +154,19 @@ fn outages(
     names: &[String],
 ) -> Result<()> {
     let n = names.len();
-    let slots = FAULTS.len() * n;
+    let faults = faults(json);
+    let slots = (faults.len() * n).max(1);
     let mut chart = ChartBuilder::on(area)
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(70)
         .caption(
-            "longest gap in 2 ms pings to the outside VIP, every trial (dash: median)",
+            "longest gap in pings to the outside VIP, every trial (dash: median of those drawn; x at the top: failed or over 10 s)",
             ("sans-serif", 15),
         )
         .build_cartesian_2d(
             -0.5f64..(slots as f64 - 0.5),
-            (1.0f64..10_000.0f64).log_scale(),
+            (1.0f64..AXIS_MAX_MS).log_scale(),
         )?;
     let fault_label = |x: &f64| {
         let i = x.round();
@@ -147,7 +176,7 @@ fn outages(
         let i = i as usize;
         // The label sits under the middle contender of each fault.
         if i % n == n / 2 {
-            FAULTS
+            faults
                 .get(i / n)
                 .map(|f| f.1.to_string())
                 .unwrap_or_default()
@@ -163,11 +192,15 @@ fn outages(
         .y_desc("client outage (ms, log scale)")
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
-    for (fi, (fault, _)) in FAULTS.iter().enumerate() {
+    for (fi, (fault, _)) in faults.iter().enumerate() {
         for (ci, name) in names.iter().enumerate() {
             let x = (fi * n + ci) as f64;
-            let values = gaps(json, name, fault);
+            let (values, beyond) = gaps(json, name, fault);
             let c = colour(ci);
+            chart.draw_series((0..beyond).map(|i| {
+                let dx = (i as f64 / beyond as f64 - 0.5) * 0.5;
+                Cross::new((x + dx, AXIS_MAX_MS * 0.85), 5, c.stroke_width(2))
+            }))?;
             let k = values.len().max(1) as f64;
             chart.draw_series(values.iter().enumerate().map(|(i, v)| {
                 // Spread the points sideways so equal values stay visible.
@@ -288,6 +321,26 @@ mod tests {
         assert_eq!(seconds_of("+12.3 s outside: server1+server2"), Some(12.3));
         assert_eq!(seconds_of("gap +483.223..+483.263 s; GARPs"), Some(483.223));
         assert_eq!(seconds_of("no time"), None);
+    }
+
+    #[test]
+    fn every_fault_is_drawn_and_no_empty_soak() {
+        let mut trials = Vec::new();
+        for (fault, _) in FAULTS {
+            for k in 0..3 {
+                trials.push(serde_json::json!({"contender": "ha-agent", "fault": fault, "gap_ms": 5.0 + f64::from(k), "failed": false}));
+            }
+        }
+        trials.push(serde_json::json!({"contender": "ha-agent", "fault": "hang", "failed": true}));
+        trials.push(serde_json::json!({"contender": "ha-agent", "fault": "hang", "gap_ms": 12_000.0, "failed": false}));
+        let json = serde_json::json!({"contenders": ["ha-agent"], "trials": trials, "trials_per_fault": 3, "soak_secs": 0, "soaks": []});
+        let svg = render(&json).unwrap();
+        for (_, label) in FAULTS {
+            assert!(svg.contains(label), "{label} missing");
+        }
+        assert!(!svg.contains("soak:"), "an empty soak panel is drawn");
+        // The 15 trials within the axis, and the legend's two circles.
+        assert_eq!(svg.matches("<circle").count(), 5 * 3 + 2);
     }
 
     #[test]

@@ -351,6 +351,13 @@ impl<'a> Translator<'a> {
             return;
         }
         t.push_str("\n# keepalived's notify scripts, run one at a time in transition order, each\n# bounded by hooks.timeout_ms. If a script promotes MySQL or edits Atlas\n# (like the seed's mysqlfailover-*.sh), remove it and uncomment [mysql]\n# and [atlas] below instead: ha-agent does that work without the race.\n[hooks]\n");
+        // keepalived never kills a notify script; ha-agent bounds each (10 s
+        // by default), which would cut short a script that waits first (the
+        // seed's sleeps 10 s before it promotes).
+        t.push_str("# keepalived let notify scripts run as long as they took: a minute here.\ntimeout_ms = 60000\n");
+        self.notes.push(
+            "hooks.timeout_ms = 60000: keepalived never stopped a notify script, ha-agent stops one after hooks.timeout_ms (10 s by default) and runs the next; the seed's script sleeps 10 s before it acts, so it would have been cut short. Lower it once the script's work is done by [mysql] and [atlas]".to_string(),
+        );
         for (k, c) in chosen.iter().enumerate() {
             let Some((owner, script)) = c else { continue };
             if k == 3 && owner.starts_with("vrrp_instance") {

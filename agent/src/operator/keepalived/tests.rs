@@ -108,6 +108,10 @@ fn seed_server1_becomes_a_valid_config() {
     );
     assert!(notes.contains("authentication PASS"), "{notes}");
     assert!(notes.contains("runs 3 times per transition"), "{notes}");
+    // The seed's script sleeps 10 s first: the default 10 s bound would
+    // stop it before it acts; keepalived never stopped it.
+    assert_eq!(c.hooks.timeout_ms, 60_000);
+    assert!(notes.contains("hooks.timeout_ms = 60000"), "{notes}");
     // The password itself never reaches the output.
     assert!(!i.toml.contains("3489"), "{}", i.toml);
     // The inside link has no witness: a TODO says what to put there.
@@ -152,8 +156,13 @@ fn seed_server2_fixed_imports_with_the_peer_checked() {
     // written with the subnet both servers share, and said so.
     assert_eq!(c.vips()[0].prefix_len, 24);
     let notes = i.notes.join("\n");
-    assert!(notes.contains("192.168.1.150/32 here is /24"), "{notes}");
-    assert!(notes.contains("had no prefix"), "{notes}");
+    assert!(
+        notes.contains("VIP 192.168.1.150 had no prefix")
+            && notes.contains("written as 192.168.1.150/24"),
+        "{notes}"
+    );
+    // One account of that VIP's prefix, not two that disagree.
+    assert!(!notes.contains("uses /32"), "{notes}");
 }
 
 #[test]

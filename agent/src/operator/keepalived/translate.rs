@@ -391,7 +391,8 @@ impl<'a> Translator<'a> {
                 continue;
             }
             for (a, b) in i.vips.iter().zip(&p.vips) {
-                if a.prefix_len != b.prefix_len {
+                // Without a prefix here the rendering picks one and says so.
+                if a.explicit_prefix && a.prefix_len != b.prefix_len {
                     self.notes.push(format!(
                         "line {}: VIP {}/{} here is /{} in the peer's file ({}:{}){}: ha-agent uses /{} on both servers (use the same config on both)",
                         a.line,
