@@ -484,12 +484,17 @@ impl Reader<'_> {
             line: s.line,
         };
         if s.words.len() > 2 {
-            let user: Vec<&str> = s.args().skip(1).collect();
+            // keepalived's `script [username [groupname]]`.
+            let mut who = s.args().skip(1);
+            let user = who.next().unwrap_or_default();
+            let group = who
+                .next()
+                .map(|g| format!(" (group {g})"))
+                .unwrap_or_default();
             self.out.untranslated.push(format!(
-                "line {}: {} runs as user {}: ha-agent runs hooks as root",
+                "line {}: {} runs as user {user}{group}: ha-agent runs hooks as root",
                 s.line,
                 s.keyword(),
-                user.join(" ")
             ));
         }
         match s.keyword() {

@@ -227,7 +227,7 @@ fn documented_options_translate_or_are_listed() {
         "garp_master_delay",
         "label eth0:vip",
         "notify_stop /etc/keepalived/stop.sh",
-        "runs as user root root",
+        "runs as user root (group root)",
         "virtual_server 10.0.0.100 80",
         "notification_email",
         "smtp_alert",
