@@ -109,14 +109,16 @@ fn seed_checks_with_mysql_and_atlas() -> Result<()> {
                 Ok(st.db(S2).slave_status("Slave_IO_Running")?.is_none())
             })
             .with_context(|| st.logs())?;
+            // The status shows the server as its latest look found it: one
+            // look after the promotion (taken as the promotion ends).
+            wait_until_ok(STEP, "server2's status shows a primary", || {
+                Ok(st.lab.agent_status(S2)?["database"]["role"] == "primary")
+            })
+            .with_context(|| st.logs())?;
             let s = st.lab.agent_status(S2)?;
             let promo = &s["database"]["last_promotion"];
             println!("server2's promotion: {promo}");
-            ensure!(
-                s["database"]["role"] == "primary" && promo["caught_up"] == true,
-                "{}",
-                s["database"]
-            );
+            ensure!(promo["caught_up"] == true, "{}", s["database"]);
             // Rows written on the new primary while server1 is away.
             st.db(S2).insert_rows(20, "while server1 is down")?;
             let rows = st.db(S2).count()?;

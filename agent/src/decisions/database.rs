@@ -782,9 +782,16 @@ impl DbController {
             warn!(wanted = %self.wish, "mysql: the local server is WRITABLE although this node is not MASTER (restarted?): fencing it");
             self.start_fence();
         }
-        // A probe that began before the last job ended may show the old state.
+        // A probe that began before the last job ended may show the old
+        // state: neither acted on nor shown (the status said "replica" for
+        // a moment after a promotion). The fresh look the job's end asked
+        // for waited behind it: take it now.
         let current = self.acted_at.is_none_or(|t| started > t);
-        if h.up && self.met && current {
+        if !current {
+            self.start_probe();
+            return;
+        }
+        if h.up && self.met {
             let contradicted = match self.wish {
                 DbWish::Primary => !h.writable,
                 DbWish::ReplicaOf(peer) => !replicating_from(&h, peer),
@@ -797,10 +804,8 @@ impl DbController {
             }
         }
         self.replica_ok = replica_caught_up(self.replica_ok, self.wish, &h, self.s.max_lag_s);
-        if current {
-            self.watch_primary_semisync(&h);
-            self.health_started = Some(started);
-        }
+        self.watch_primary_semisync(&h);
+        self.health_started = Some(started);
         self.health = Some(h);
     }
 

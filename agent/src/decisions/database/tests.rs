@@ -536,6 +536,39 @@ fn promotion_after_catch_up_then_retried_while_the_applier_is_behind() {
 }
 
 #[test]
+fn a_probe_older_than_the_promotion_is_neither_shown_nor_acted_on() {
+    let mut sim = Sim::new(settings(None));
+    sim.server.replica = replicating();
+    sim.run(50);
+    sim.wish(DbWish::Primary);
+    assert!(matches!(sim.take_job(), Job::Promote(_)));
+    // A probe is in flight while the promotion runs: it reads the replica.
+    sim.c.handle_timeout(sim.now + MS(300));
+    sim.drain();
+    let stale = sim.server.health();
+    let probe_started = sim.now;
+    sim.now += MS(20);
+    sim.done(Done::Promoted(Ok(promoted(true))));
+    sim.server.writable = true;
+    sim.server.replica = None;
+    sim.seen.clear();
+    sim.now += MS(5);
+    sim.input(Input::Probed {
+        started: probe_started,
+        health: Box::new(stale),
+    });
+    assert!(sim.job.is_none(), "the old state is not acted on");
+    // The look the promotion's end asked for waited behind the old probe:
+    // it is taken now, not a check interval later.
+    assert!(
+        sim.saw(|a| matches!(a, Action::Probe)),
+        "a fresh look is taken at once"
+    );
+    sim.run(10);
+    assert_eq!(sim.status().role, "primary");
+}
+
+#[test]
 fn catch_up_policy_and_timeout_go_to_the_driver_as_configured() {
     for policy in [CatchupPolicy::StayReadOnly, CatchupPolicy::Promote] {
         let mut s = settings(None);
