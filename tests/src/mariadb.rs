@@ -188,7 +188,7 @@ impl Mariadb {
             COUNTER.fetch_add(1, Ordering::SeqCst)
         ));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(dir.join("tmp"))?;
         let mut db = Mariadb {
             opts,
             dir,
@@ -258,6 +258,13 @@ impl Mariadb {
             format!("--socket={}", self.socket().display()),
             format!("--pid-file={}", d.join("pid").display()),
             format!("--log-error={}", d.join("error.log").display()),
+            // A tmpdir of its own: a starting server deletes every `#sql*`
+            // file in its tmpdir (leftovers of its previous run, it
+            // assumes), which in a shared /tmp are the live internal temp
+            // tables of the servers other tests run meanwhile ("Error on
+            // delete of '/tmp/#sql-temptable-...MAI'" failed a promotion's
+            // process-list query once).
+            format!("--tmpdir={}", d.join("tmp").display()),
             format!("--port={}", self.opts.port),
             // In a server namespace: every address, so the inside VIP
             // reaches it once the agent holds it (the seed's 0.0.0.0).
