@@ -233,19 +233,27 @@ impl MysqlDriver {
     /// replica), the peer's server must have applied this server's
     /// position: read there with the replication account, waiting at most
     /// `timeout`. An unreachable peer (the inside link cut) is not caught up.
+    ///
+    /// The peer is asked first while still relaxed: strict, every commit
+    /// waits, and asking an unreachable peer takes the whole `timeout`.
+    /// Going strict first held every commit for `timeout` at each attempt
+    /// while the inside link was cut (writes stood still for about 1 s in
+    /// every 1.2 s).
     pub async fn semisync_strict(&self, timeout: Duration) -> Result<StrictOutcome, MysqlError> {
         let mut s = self.session(&self.action_slot).await?;
         let r = async {
             let kind = s.kind();
+            let relaxed = Self::semisync_state_in(&mut s).await?;
+            let now = Self::position_in(&mut s).await?;
+            if relaxed.clients != 1 || !self.peer_reached(&now, timeout).await {
+                return Ok(StrictOutcome::NotYet(relaxed));
+            }
             s.exec("semi-sync primary (strict)", &kind.semisync_source_strict())
                 .await?;
             let st = Self::semisync_state_in(&mut s).await?;
             let mut caught_up = false;
             if st.source_enabled && st.source_on && st.strict && st.clients == 1 {
-                let position = match Self::gtids(&mut s).await? {
-                    (_, Some(state)) => GtidSet::Mariadb(state.position()),
-                    (has, None) => has,
-                };
+                let position = Self::position_in(&mut s).await?;
                 caught_up = self.peer_reached(&position, timeout).await;
             }
             if caught_up {
@@ -273,6 +281,14 @@ impl MysqlDriver {
             Err(_) => {}
         }
         r
+    }
+
+    /// What this server has committed: the GTID position (MariaDB) or set.
+    async fn position_in(s: &mut Session) -> Result<GtidSet, MysqlError> {
+        Ok(match Self::gtids(s).await? {
+            (_, Some(state)) => GtidSet::Mariadb(state.position()),
+            (has, None) => has,
+        })
     }
 
     /// Whether the peer's server has applied `position` within `timeout`
