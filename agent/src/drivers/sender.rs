@@ -29,9 +29,8 @@
 //! knows when our kernel stops serving the VIPs if we hang. The threads
 //! renew (and send) only while the decision loop is alive: a deadlocked
 //! agent falls silent, its peer takes over, its lease lapses. With each
-//! renewal they tell the kernel when they last all ran late (this machine
-//! stalled: no thread sent a slot in time), so its timers do not take our
-//! own stall for the peer's death.
+//! renewal they tell the kernel when they last ran late (this machine
+//! stalled), so its timers do not take our own stall for the peer's death.
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU64, Ordering};
@@ -495,16 +494,13 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
         let alive = anchor_ns.saturating_sub(shared.loop_alive_ns.load(Ordering::Acquire))
             < LOOP_STALE.as_nanos() as u64;
         let woke_late = now.saturating_duration_since(due);
-        if let Some(len) = machine_stall(
-            woke_late,
-            shared.interval,
-            shared.recorded_slots.load(Ordering::Acquire),
-            current_slot(shared, due),
-        ) {
-            // Recorded even when the stall makes the decision loop look
-            // stale: the kernel's grace for our own stalls reads it.
+        if woke_late > shared.interval {
+            // This thread was not scheduled for more than a slot: the
+            // machine (or this CPU) stalled. Recorded even when the stall
+            // makes the decision loop look stale: the kernel's grace for
+            // our own stalls reads it.
             shared.stalled_len_ns.store(
-                u64::try_from(len.as_nanos()).unwrap_or(u64::MAX),
+                u64::try_from(woke_late.as_nanos()).unwrap_or(u64::MAX),
                 Ordering::Release,
             );
             shared.stalled_ns.fetch_max(anchor_ns, Ordering::AcqRel);
@@ -600,23 +596,6 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
     }
 }
 
-/// How long this machine stalled, as a thread that woke `woke_late` after
-/// the start of slot `due_slot` sees it (`recorded`: one more than the last
-/// slot any thread sent). A stall only when the thread was not scheduled
-/// for more than a slot and no sibling sent the slot it was due for: then
-/// every CPU was held (the peer's probes may be queued behind it too). A
-/// stall of this CPU alone, while a sibling sent, is not ours to excuse:
-/// counted, it stretched the detections that followed it (link-down
-/// failovers took up to 43 ms instead of 8-10).
-fn machine_stall(
-    woke_late: Duration,
-    interval: Duration,
-    recorded: u64,
-    due_slot: u64,
-) -> Option<Duration> {
-    (woke_late > interval && recorded <= due_slot).then_some(woke_late)
-}
-
 /// Records the lateness of slot `slot` (and of the slots before it that no
 /// thread sent: they are as late as this send, seen from the peer).
 /// `recorded` is one more than the last slot recorded (0 = none).
@@ -668,18 +647,6 @@ mod tests {
     use super::*;
     use crate::decisions::election::{Control, Role};
     use crate::protocol::{decode, Key, Origin};
-
-    #[test]
-    fn only_a_slot_nobody_sent_in_time_is_a_stall_of_ours() {
-        let ms = Duration::from_millis;
-        // Woke 20 ms after slot 100 was due, and the last slot sent was 99
-        // (recorded = 100): nobody sent it, the whole machine stalled.
-        assert_eq!(machine_stall(ms(20), ms(2), 100, 100), Some(ms(20)));
-        // A sibling sent slots 100..=109 meanwhile: only this CPU stalled.
-        assert_eq!(machine_stall(ms(20), ms(2), 110, 100), None);
-        // Late, but within the slot: no stall.
-        assert_eq!(machine_stall(ms(1), ms(2), 100, 100), None);
-    }
 
     #[test]
     fn the_grid_keeps_growing_past_two_to_the_32_slots() {
