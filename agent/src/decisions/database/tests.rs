@@ -421,6 +421,24 @@ fn promoted(was_replica: bool) -> PromotionReport {
     }
 }
 
+/// A caught-up replica told to become primary: the promotion job started.
+fn promoting(s: Settings) -> Sim {
+    let mut sim = Sim::new(s);
+    sim.server.replica = replicating();
+    sim.run(50);
+    sim.wish(DbWish::Primary);
+    sim
+}
+
+impl Sim {
+    /// The promotion job succeeded: the server is a writable primary now.
+    fn promotion_succeeded(&mut self) {
+        self.done(Done::Promoted(Ok(promoted(true))));
+        self.server.writable = true;
+        self.server.replica = None;
+    }
+}
+
 fn rejoined() -> RejoinReport {
     RejoinReport {
         io_running: true,
@@ -503,10 +521,7 @@ fn a_database_down_for_the_threshold_makes_the_node_unfit_then_fit_again() {
 
 #[test]
 fn promotion_after_catch_up_then_retried_while_the_applier_is_behind() {
-    let mut sim = Sim::new(settings(None));
-    sim.server.replica = replicating();
-    sim.run(50);
-    sim.wish(DbWish::Primary);
+    let mut sim = promoting(settings(None));
     let Job::Promote(req) = sim.take_job() else {
         panic!("a promotion")
     };
@@ -524,9 +539,7 @@ fn promotion_after_catch_up_then_retried_while_the_applier_is_behind() {
     assert!(sim.job.is_none(), "not before the interval");
     sim.run(100);
     assert!(matches!(sim.take_job(), Job::Promote(_)));
-    sim.done(Done::Promoted(Ok(promoted(true))));
-    sim.server.writable = true;
-    sim.server.replica = None;
+    sim.promotion_succeeded();
     sim.run(300);
     assert!(sim.job.is_none(), "met: nothing more to do");
     let st = sim.status();
@@ -537,10 +550,7 @@ fn promotion_after_catch_up_then_retried_while_the_applier_is_behind() {
 
 #[test]
 fn a_probe_older_than_the_promotion_is_neither_shown_nor_acted_on() {
-    let mut sim = Sim::new(settings(None));
-    sim.server.replica = replicating();
-    sim.run(50);
-    sim.wish(DbWish::Primary);
+    let mut sim = promoting(settings(None));
     assert!(matches!(sim.take_job(), Job::Promote(_)));
     // A probe is in flight while the promotion runs: it reads the replica.
     sim.c.handle_timeout(sim.now + MS(300));
@@ -548,9 +558,7 @@ fn a_probe_older_than_the_promotion_is_neither_shown_nor_acted_on() {
     let stale = sim.server.health();
     let probe_started = sim.now;
     sim.now += MS(20);
-    sim.done(Done::Promoted(Ok(promoted(true))));
-    sim.server.writable = true;
-    sim.server.replica = None;
+    sim.promotion_succeeded();
     sim.seen.clear();
     sim.now += MS(5);
     sim.input(Input::Probed {
@@ -574,10 +582,7 @@ fn catch_up_policy_and_timeout_go_to_the_driver_as_configured() {
         let mut s = settings(None);
         s.catchup_policy = policy;
         s.catchup_timeout = MS(1234);
-        let mut sim = Sim::new(s);
-        sim.server.replica = replicating();
-        sim.run(50);
-        sim.wish(DbWish::Primary);
+        let mut sim = promoting(s);
         let Job::Promote(req) = sim.take_job() else {
             panic!()
         };
@@ -598,10 +603,7 @@ fn catch_up_policy_and_timeout_go_to_the_driver_as_configured() {
 
 #[test]
 fn a_wish_that_changes_mid_promotion_cancels_it_fences_and_rejoins() {
-    let mut sim = Sim::new(settings(None));
-    sim.server.replica = replicating();
-    sim.run(50);
-    sim.wish(DbWish::Primary);
+    let mut sim = promoting(settings(None));
     assert!(matches!(sim.job, Some(Job::Promote(_))));
     sim.seen.clear();
     // The silent holder spoke again after all: BACKUP under it.
