@@ -445,10 +445,13 @@ fn emit(kind: u32, link: u32, ts_ns: u64, value: u64) {
 /// (veth and most NICs process a frame on the CPU it was queued on); when it
 /// runs again the kernel handles NET_RX softirqs before HRTIMER ones, so the
 /// queued probe re-arms the timer (and the callback re-checks the time of
-/// the last probe) before the timer can fire. A timer on a CPU that does
-/// run fires only if no CPU processed a probe for `detect_ns`: the peer's
-/// redundant senders send every slot from distinct CPUs (distinct flows),
-/// so one stalled CPU on either side leaves the other flow counting.
+/// the last probe) before the timer can fire. The peer's sender thread 0
+/// sends almost every slot (its siblings wake a moment later and send only
+/// the slots it was late for), so its flow's CPU holds both the probes and
+/// the timer. A sibling's probe on another flow moves the timer to the CPU
+/// that processed it, and the next one of thread 0 moves it back: a timer
+/// on a CPU that does run fires only if no CPU processed a probe for
+/// `detect_ns`.
 #[inline(always)]
 fn arm_timer(key: u32, ns: u64) {
     let Some(t) = TIMERS.get_ptr_mut(key) else {

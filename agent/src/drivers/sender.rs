@@ -18,6 +18,13 @@
 //! slot on. Over five runs of the replay test, turns missed 45-736 slots
 //! per agent and every-slot wakes 9-105 (the rest: stalls of both vCPUs).
 //!
+//! Thread j wakes [`stagger`] x j after the slot's start, not with thread
+//! 0: woken together, both found the slot unsent and both sent it (the
+//! peer dropped 59-86% of the slots' probes as copies), which doubled the
+//! costliest part of the rest, the sends (and the peer's receiving of
+//! them). Staggered, a sibling sends only when thread 0 was later than the
+//! stagger, and the slot is then later by at most the stagger.
+//!
 //! Nothing here blocks, locks, allocates or logs once running: the probe
 //! bytes come from a seqlock of atomics written by the decision loop, the
 //! counters are atomics the async side reads and reports.
@@ -60,8 +67,9 @@ pub const LATENESS_BUCKETS_US: [u64; 20] = [
 pub struct SenderLink {
     /// One per sender thread (see [`thread_count`]), each connected to the
     /// peer's probe address from its own port, non-blocking: each thread's
-    /// probes are a flow of their own, which NICs with several queues
-    /// spread over CPUs on the receiving side too.
+    /// probes are a flow of their own (NICs with several queues spread them
+    /// over CPUs on the receiving side), so a slot a sibling covers does not
+    /// wait on the receiving CPU of thread 0's flow.
     pub sockets: Vec<UdpSocket>,
     pub witness: Option<Witness>,
 }
@@ -478,8 +486,19 @@ fn current_slot(shared: &Shared, now: Instant) -> u64 {
     u64::try_from(since / shared.interval.as_nanos().max(1)).unwrap_or(u64::MAX)
 }
 
+/// How long after a slot's start thread 1 wakes (thread j: j times this):
+/// longer than thread 0 usually takes to wake and send (p99 <= 50 us
+/// here), much shorter than a slot, and all threads within its first
+/// quarter.
+pub fn stagger(interval: Duration, threads: u64) -> Duration {
+    let quarter = interval / 4 / u32::try_from(threads.max(1)).unwrap_or(u32::MAX);
+    quarter.min(Duration::from_micros(250))
+}
+
 fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
     let n = links.len();
+    let offset = stagger(shared.interval, shared.threads)
+        .saturating_mul(u32::try_from(thread).unwrap_or(u32::MAX));
     // When this thread meant to run (the start of the slot it slept for).
     let mut due = Instant::now();
     // This thread's copy of the probes: sent when a torn read gives up.
@@ -586,7 +605,7 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
             }
             send_witness_requests(links, shared, now);
         }
-        let wake = slot_time(shared, slot.saturating_add(1));
+        let wake = slot_time(shared, slot.saturating_add(1)) + offset;
         due = wake;
         let now = Instant::now();
         if wake > now {
@@ -713,6 +732,22 @@ mod tests {
         }
         writer.join().unwrap();
         assert_eq!(cell.load(), Some(template(19_999)));
+    }
+
+    #[test]
+    fn siblings_wake_staggered_within_the_slots_first_quarter() {
+        let ms = Duration::from_millis;
+        assert_eq!(stagger(ms(2), 2), Duration::from_micros(250));
+        assert_eq!(stagger(ms(1), 2), Duration::from_micros(125));
+        assert_eq!(
+            stagger(ms(1), 4),
+            Duration::from_micros(62) + Duration::from_nanos(500)
+        );
+        for (interval, threads) in [(ms(1), 4), (ms(2), 2), (ms(4), 3), (ms(100), 4)] {
+            let last = stagger(interval, threads) * u32::try_from(threads - 1).unwrap();
+            assert!(last <= interval / 4, "{interval:?} x {threads}");
+            assert!(stagger(interval, threads) > Duration::ZERO);
+        }
     }
 
     #[test]

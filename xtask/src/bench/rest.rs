@@ -8,6 +8,10 @@
 //! a veth is delivered (bridge, peer veth, the peer's XDP program) in the
 //! sender's own softirq, so the sender is charged for the receiving side
 //! too. The figure is an upper bound of what a real NIC costs.
+//!
+//! For ha-agent it also gives the share of the peer's probes that were
+//! copies (a slot sent by two sender threads): each copy is a send and a
+//! receive that bought nothing while both CPUs ran on time.
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +35,10 @@ pub struct RestResult {
     pub threads: Vec<(String, f64)>,
     pub rss_kib: u64,
     pub hwm_kib: u64,
+    /// ha-agent: of the peer's probes this server's kernel took in during
+    /// the window, the share that were copies of a slot already counted
+    /// (a slot sent by more than one sender thread), in percent.
+    pub copies_percent: Option<f64>,
 }
 
 pub fn run(ctx: &Ctx, c: Contender, secs: u64) -> Result<Vec<RestResult>> {
@@ -59,9 +67,20 @@ fn measure(ctx: &Ctx, lab: &ha_lab::Lab, c: Contender, secs: u64) -> Result<Vec<
         .iter()
         .map(|&(s, p)| Sample::take(p).with_context(|| format!("{s}: pid {p}")))
         .collect::<Result<_>>()?;
+    let agent = c == Contender::HaAgent;
+    let probes_before = if agent {
+        Some(probe_counts(lab)?)
+    } else {
+        None
+    };
     let t0 = Instant::now();
     ha_lab::sleep(Duration::from_secs(secs))?;
     pair.check_alive()?;
+    let probes_after = if agent {
+        Some(probe_counts(lab)?)
+    } else {
+        None
+    };
     let after: Vec<Sample> = pids
         .iter()
         .map(|&(s, p)| Sample::take(p).with_context(|| format!("{s}: pid {p}")))
@@ -87,6 +106,12 @@ fn measure(ctx: &Ctx, lab: &ha_lab::Lab, c: Contender, secs: u64) -> Result<Vec<
         threads.sort_by(|x, y| y.1.total_cmp(&x.1));
         let (rss_kib, hwm_kib) = memory(*pid)?;
         let cpu_percent = pct(a.total.saturating_sub(b.total));
+        let copies_percent = probes_before.zip(probes_after).map(|(b, a)| {
+            copies(
+                b[usize::from(server.index() - 1)],
+                a[usize::from(server.index() - 1)],
+            )
+        });
         // keepalived runs a parent and a VRRP child: one row per server.
         if let Some(r) = results.iter_mut().find(|r| r.server == *server) {
             r.cpu_percent += cpu_percent;
@@ -102,11 +127,41 @@ fn measure(ctx: &Ctx, lab: &ha_lab::Lab, c: Contender, secs: u64) -> Result<Vec<
                 threads,
                 rss_kib,
                 hwm_kib,
+                copies_percent,
             });
         }
     }
     pair.shutdown();
     Ok(results)
+}
+
+/// Per server: (probes the kernel counted, copies it dropped), summed over
+/// the links, from the agent's status.
+fn probe_counts(lab: &ha_lab::Lab) -> Result<[(u64, u64); 2]> {
+    let mut out = [(0, 0); 2];
+    for s in Server::ALL {
+        let status = lab.agent_status(s)?;
+        let links = status["links"]
+            .as_array()
+            .with_context(|| format!("{s}: status without links"))?;
+        for l in links {
+            out[usize::from(s.index() - 1)].0 += l["probes_received"].as_u64().unwrap_or(0);
+            out[usize::from(s.index() - 1)].1 += l["probes_duplicate"].as_u64().unwrap_or(0);
+        }
+    }
+    Ok(out)
+}
+
+/// Copies among the probes that arrived between two counts, in percent.
+fn copies(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let counted = after.0.saturating_sub(before.0);
+    let copies = after.1.saturating_sub(before.1);
+    let all = counted + copies;
+    if all == 0 {
+        0.0
+    } else {
+        copies as f64 / all as f64 * 100.0
+    }
 }
 
 /// CPU ticks of a process, in total and per thread.
@@ -197,8 +252,8 @@ fn clock_ticks_per_sec() -> f64 {
 pub fn table(results: &[RestResult]) -> String {
     let window = results.first().map_or(0.0, |r| r.secs);
     let mut out = format!(
-        "at rest, sampled over {window:.0} s\n{:<20} {:<8} {:>8} {:>9} {:>9}  busiest threads (% of one core)\n",
-        "contender", "server", "CPU %", "RSS MiB", "peak MiB"
+        "at rest, sampled over {window:.0} s\n{:<20} {:<8} {:>8} {:>9} {:>9} {:>9}  busiest threads (% of one core)\n",
+        "contender", "server", "CPU %", "RSS MiB", "peak MiB", "copies %"
     );
     for r in results {
         let threads: Vec<String> = r
@@ -208,12 +263,14 @@ pub fn table(results: &[RestResult]) -> String {
             .map(|(n, p)| format!("{n} {p:.2}"))
             .collect();
         out.push_str(&format!(
-            "{:<20} {:<8} {:>8.2} {:>9.1} {:>9.1}  {}\n",
+            "{:<20} {:<8} {:>8.2} {:>9.1} {:>9.1} {:>9}  {}\n",
             r.contender.name(),
             r.server.to_string(),
             r.cpu_percent,
             r.rss_kib as f64 / 1024.0,
             r.hwm_kib as f64 / 1024.0,
+            r.copies_percent
+                .map_or_else(|| "-".to_string(), |p| format!("{p:.1}")),
             threads.join(", ")
         ));
     }
