@@ -155,6 +155,7 @@ fn run(config: &Path) -> Result<()> {
 /// Exit code 2 when anything is wrong, every problem named.
 fn check_config(file: &Path) -> Result<ExitCode> {
     use ha_agent::operator::config::Checked;
+    use ha_agent::operator::status::server;
     match Checked::load(file) {
         Ok(Checked {
             config: cfg,
@@ -175,6 +176,15 @@ fn check_config(file: &Path) -> Result<ExitCode> {
                     "; WARNING: no witness configured, a partition can produce two VIP holders"
                 }
             );
+            let shut_out = cfg
+                .node
+                .status_group
+                .as_deref()
+                .and_then(|g| server::group_id(g).ok())
+                .and_then(|gid| server::closed_to_group(&cfg.node.status_socket, gid));
+            if let Some(dir) = shut_out {
+                println!("WARNING: {}", server::shut_out_warning(&dir));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

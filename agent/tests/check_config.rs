@@ -381,3 +381,37 @@ fn a_status_socket_naming_a_regular_file_is_refused_and_the_file_kept() {
         "the file named by status_socket is untouched"
     );
 }
+
+#[test]
+fn check_config_warns_when_status_group_cannot_reach_the_socket() {
+    let d = Dir::new("group");
+    let run = d.path("run");
+    std::fs::create_dir(&run).unwrap();
+    let config = base(&d)
+        .replace(
+            &format!("{}/agent.sock", d.0.display()),
+            &format!("{}/agent.sock", run.display()),
+        )
+        .replace("[node]\n", "[node]\nstatus_group = \"nogroup\"\n");
+    d.write("agent.toml", &config, 0o644);
+    let warning = format!(
+        "WARNING: members of node.status_group cannot enter {}",
+        run.display()
+    );
+    let warned = |mode: u32| {
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = check_config(&d.path("agent.toml"));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout.contains(&warning)
+    };
+    assert!(
+        warned(0o750),
+        "a directory closed to others and not the group's"
+    );
+    assert!(!warned(0o751), "others may enter");
+}

@@ -17,8 +17,8 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::drivers::boot;
 use crate::drivers::hooks::HookRunner;
-use crate::operator::config::Config;
-use crate::operator::status::server::{group_id, Request, StatusServer};
+use crate::operator::config::{Config, Secrets};
+use crate::operator::status::server::{group_id, shut_out_warning, Request, StatusServer};
 use crate::operator::status::{Reply, ServicesStatus};
 use election_loop::{Command, ElectionThread, ElectionView, Notice};
 use services::Services;
@@ -30,8 +30,9 @@ pub async fn run(cfg: Config) -> Result<()> {
 }
 
 async fn run_inner(cfg: Arc<Config>) -> Result<()> {
-    // The same reading and checks as check-config, before anything else.
-    let key = cfg.read_files()?.key;
+    // The same reading and checks as check-config, before anything else;
+    // the secrets read here are the ones used (each file is read once).
+    let Secrets { key, mysql, atlas } = cfg.read_files()?;
     crate::drivers::privileges::check()?;
     let status_group = cfg.node.status_group.as_deref().map(group_id).transpose()?;
     let (boot, previous) = boot::next(&cfg.node.state_dir)?;
@@ -40,7 +41,7 @@ async fn run_inner(cfg: Arc<Config>) -> Result<()> {
     }
     // First: the database controller fences the local server at once,
     // before the election has heard the peer.
-    let mut services = Services::start(&cfg).await?;
+    let mut services = Services::start(&cfg, mysql, atlas).await?;
     let hooks = HookRunner::spawn(
         cfg.hooks.clone(),
         cfg.node.group.clone(),
@@ -56,12 +57,7 @@ async fn run_inner(cfg: Arc<Config>) -> Result<()> {
     lock_memory();
     let server = StatusServer::bind(&cfg.node.status_socket, status_group)?;
     if let Some(dir) = server.closed_to_group() {
-        warn!(
-            socket = %server.path().display(),
-            dir = %dir.display(),
-            "members of node.status_group cannot enter this directory, so they cannot read the status: \
-             give it search permission for others (chmod o+x) or for that group"
-        );
+        warn!(socket = %server.path().display(), "{}", shut_out_warning(&dir));
     }
     let (request_tx, mut requests) = mpsc::channel::<(Request, oneshot::Sender<Reply>)>(8);
     if let Some(m) = &cfg.metrics {

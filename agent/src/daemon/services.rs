@@ -6,18 +6,18 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use crate::daemon::election_loop::ElectionView;
 use crate::decisions::database::{wish_for, ForceError, LocalDb, PeerView};
 use crate::decisions::proxy::{self, ProxyAddresses};
-use crate::drivers::atlas::{AtlasHandle, AtlasReconciler, Settings};
+use crate::drivers::atlas::{AtlasHandle, AtlasReconciler, Password, Settings};
 use crate::drivers::mysql::runner::DbHandle;
 use crate::drivers::mysql::MysqlDriver;
-use crate::operator::config::Config;
-use crate::operator::status::{AtlasSection, DatabaseStatus, Reply};
+use crate::operator::config::{Config, MysqlPasswords};
+use crate::operator::status::{millis, AtlasSection, DatabaseStatus, Reply};
 
 fn no_database() -> Reply {
     Reply::Error {
@@ -45,11 +45,17 @@ pub struct Services {
 impl Services {
     /// Starts what is configured. The local database is fenced first (within
     /// `mysql.timeout_ms`), before the election starts listening for the
-    /// peer: the rest of the start-up would otherwise delay it.
-    pub async fn start(cfg: &Config) -> Result<Services> {
-        let (db, db_events) = match &cfg.mysql {
-            Some(m) => {
-                let driver = MysqlDriver::new(m).context("[mysql]: cannot prepare the driver")?;
+    /// peer: the rest of the start-up would otherwise delay it. The
+    /// passwords are the ones [`Config::read_files`] read and checked.
+    pub async fn start(
+        cfg: &Config,
+        mysql_passwords: Option<MysqlPasswords>,
+        atlas_password: Option<Password>,
+    ) -> Result<Services> {
+        let (db, db_events) = match (&cfg.mysql, mysql_passwords) {
+            (Some(m), Some(pw)) => {
+                let driver = MysqlDriver::with_passwords(m, pw.admin, pw.replication)
+                    .context("[mysql]: cannot prepare the driver")?;
                 let (h, rx) = DbHandle::spawn(driver);
                 info!(server = %m.address, peer = %m.peer_address, "mysql: managing the local server (fencing it until the election decides)");
                 if let Err(e) = h.fence_now(m.timeout()).await {
@@ -57,11 +63,12 @@ impl Services {
                 }
                 (Some(h), Some(rx))
             }
-            None => (None, None),
+            (Some(_), None) => bail!("[mysql]: its password files were not read before the start"),
+            (None, _) => (None, None),
         };
-        let atlas = match &cfg.atlas {
-            Some(a) => {
-                let settings = Settings::from_config(a).context("[atlas]")?;
+        let atlas = match (&cfg.atlas, atlas_password) {
+            (Some(a), Some(password)) => {
+                let settings = Settings::with_password(a, password);
                 let addrs = ProxyAddresses::from_config(cfg).context("[atlas] rw_backend")?;
                 info!(admin = %a.admin_address, rw = %addrs.rw, "atlas: managing the local proxy's backends");
                 Some(Atlas {
@@ -70,7 +77,8 @@ impl Services {
                     admin_address: a.admin_address.to_string(),
                 })
             }
-            None => None,
+            (Some(_), None) => bail!("[atlas]: its password file was not read before the start"),
+            (None, _) => None,
         };
         Ok(Services {
             db,
@@ -139,17 +147,17 @@ impl Services {
                         (Some(e), Some(u)) => format!(
                             "rejoined {} in {:.0} ms; DISCARDED {e}: {u}, gone from its GTID history and binary logs",
                             rep.peer,
-                            rep.took.as_secs_f64() * 1000.0
+                            millis(rep.took)
                         ),
                         (Some(e), None) => format!(
                             "rejoined {} in {:.0} ms; DISCARDED {e} (still in this server's tables, gone from its GTID history and binary logs)",
                             rep.peer,
-                            rep.took.as_secs_f64() * 1000.0
+                            millis(rep.took)
                         ),
                         (None, _) => format!(
                             "rejoined {} in {:.0} ms; nothing had to be discarded",
                             rep.peer,
-                            rep.took.as_secs_f64() * 1000.0
+                            millis(rep.took)
                         ),
                     },
                 },
@@ -173,7 +181,7 @@ impl Services {
                 Ok(rep) => Reply::Ok {
                     message: format!(
                         "promoted in {:.0} ms{}; writes the old primary acknowledged without this server may be lost: they are in its binary log",
-                        rep.took.as_secs_f64() * 1000.0,
+                        millis(rep.took),
                         rep.received
                             .as_ref()
                             .map(|g| format!(" (with everything received: {g})"))

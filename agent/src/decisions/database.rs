@@ -1446,7 +1446,7 @@ impl DbController {
             Some(h) if h.replica.is_some() => "replica",
             Some(_) => "fenced",
         };
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let ms = crate::operator::status::millis;
         let advert = self.reported.semisync;
         DatabaseStatus {
             server: self.s.server.clone(),

@@ -39,7 +39,7 @@ use crate::drivers::hooks::HookState;
 use crate::drivers::sender::{Heartbeat, SenderStats, Senders};
 use crate::drivers::vip::VipDriver;
 use crate::operator::config::{Config, Vip};
-use crate::operator::status::Status;
+use crate::operator::status::{millis, Status};
 use crate::protocol::{self, Key, Origin, Signer};
 
 /// The loop wakes at least this often: heartbeat (well within the
@@ -321,7 +321,7 @@ impl ElectionLoop {
         if missed > self.reported_missed {
             warn!(
                 slots = missed - self.reported_missed,
-                worst_ms = self.stats.recent_late().as_secs_f64() * 1000.0,
+                worst_ms = millis(self.stats.recent_late()),
                 "probe slots no sender could send in time (every sender thread was late): the peer saw silence"
             );
             self.reported_missed = missed;
@@ -741,10 +741,10 @@ impl ElectionLoop {
         let own = self.stats.recent_late();
         warn!(
             epoch = f.epoch,
-            silence_ms = f.silence.as_secs_f64() * 1000.0,
-            held_ms = f.held.as_secs_f64() * 1000.0,
-            peer_lateness_ms = f.peer_lateness.as_secs_f64() * 1000.0,
-            own_lateness_ms = own.as_secs_f64() * 1000.0,
+            silence_ms = millis(f.silence),
+            held_ms = millis(f.held),
+            peer_lateness_ms = millis(f.peer_lateness),
+            own_lateness_ms = millis(own),
             "FALSE ALARM: took over from a holder that was only silent, handed the VIPs back; no hook ran, the database and the proxy were not touched"
         );
         if self.false_alarms.len() == FALSE_ALARMS_KEPT {

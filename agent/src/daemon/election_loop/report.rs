@@ -6,8 +6,8 @@ use std::time::{Instant, SystemTime};
 use crate::drivers::ebpf::monotonic_now_ns;
 use crate::operator::config::Vip;
 use crate::operator::status::{
-    self, FalseAlarmStatus, LinkStatus, PeerStatus, Status, TransitionCount, TransitionStatus,
-    VipStatus,
+    self, millis, FalseAlarmStatus, LinkStatus, PeerStatus, Status, TransitionCount,
+    TransitionStatus, VipStatus,
 };
 
 impl super::ElectionLoop {
@@ -104,10 +104,7 @@ impl super::ElectionLoop {
                 eligible: c.eligible,
                 witness_reach: c.witness_reach,
                 alive: self.election.peer_alive(),
-                lateness_ms: self
-                    .election
-                    .peer_lateness()
-                    .map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+                lateness_ms: self.election.peer_lateness().map_or(0.0, millis),
             }),
             links,
             vips: self
@@ -133,10 +130,10 @@ impl super::ElectionLoop {
                 .map(|(wall, f, own)| FalseAlarmStatus {
                     time: status::rfc3339(*wall),
                     epoch: f.epoch,
-                    silence_ms: f.silence.as_secs_f64() * 1000.0,
-                    held_ms: f.held.as_secs_f64() * 1000.0,
-                    peer_lateness_ms: f.peer_lateness.as_secs_f64() * 1000.0,
-                    own_lateness_ms: own.as_secs_f64() * 1000.0,
+                    silence_ms: millis(f.silence),
+                    held_ms: millis(f.held),
+                    peer_lateness_ms: millis(f.peer_lateness),
+                    own_lateness_ms: millis(*own),
                 })
                 .collect(),
             sender: Some(self.stats.snapshot()),

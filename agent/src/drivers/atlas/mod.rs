@@ -104,10 +104,15 @@ pub struct Settings {
 impl Settings {
     /// From a validated `[atlas]` section; reads the password file.
     pub fn from_config(c: &AtlasConfig) -> Result<Settings, PasswordError> {
-        Ok(Settings {
+        Ok(Self::with_password(c, Password::load(&c.password_file)?))
+    }
+
+    /// From a validated `[atlas]` section and its password, already read.
+    pub fn with_password(c: &AtlasConfig, password: Password) -> Settings {
+        Settings {
             admin_address: c.admin_address,
             user: c.user.clone(),
-            password: Password::load(&c.password_file)?,
+            password,
             persist: match (c.persist, &c.cnf_path) {
                 (AtlasPersist::SaveConfig, Some(p)) => Persist::SaveConfig(p.clone()),
                 (AtlasPersist::Cnf, Some(p)) => Persist::Cnf(p.clone()),
@@ -122,7 +127,7 @@ impl Settings {
             admin_uid: c.admin_uid,
             ro_weights: c.ro_weights.clone(),
             rw_not_up_alarm: c.rw_not_up_alarm(),
-        })
+        }
     }
 
     /// What is wrong with the `.cnf`'s exposure, checked at start.
@@ -578,7 +583,7 @@ impl AtlasReconciler {
                 serving: e.serving(),
                 listed_since: e.listed_since.and_then(to_system),
                 serving_since: e.up_since.and_then(to_system),
-                time_to_serving_ms: e.time_to_serving.map(|d| d.as_secs_f64() * 1000.0),
+                time_to_serving_ms: e.time_to_serving.map(crate::operator::status::millis),
             })
             .collect();
         let bound = self.serving.bound();

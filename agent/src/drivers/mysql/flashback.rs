@@ -124,7 +124,7 @@ impl fmt::Display for Undone {
             if tables.is_empty() { "" } else { ": " },
             tables.join("; "),
             self.statements,
-            self.took.as_secs_f64() * 1000.0,
+            crate::operator::status::millis(self.took),
             self.record.display()
         )
     }

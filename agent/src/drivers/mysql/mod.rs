@@ -440,5 +440,5 @@ impl MysqlDriver {
 }
 
 fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+    crate::operator::status::millis(d)
 }

@@ -416,33 +416,32 @@ pub fn render(s: &Status) -> String {
     o
 }
 
-/// Formats a wall-clock time as RFC 3339 UTC with milliseconds.
+/// Formats a wall-clock time as RFC 3339 UTC with milliseconds. A clock
+/// set before 1970 or after 9999 is shown at that end (the formatter would
+/// panic on either).
 pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    let last = UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+    humantime::format_rfc3339_millis(t.clamp(UNIX_EPOCH, last)).to_string()
+}
+
+/// A duration in milliseconds, to the microsecond, for logs and the status:
+/// `2.623`, not the `2.6229999999999998` of `as_secs_f64() * 1000.0`.
+pub fn millis(d: Duration) -> f64 {
+    // Exact below 2^53 us (285 years); the division rounds once.
+    d.as_micros() as f64 / 1000.0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn millis_print_as_written() {
+        assert_eq!(millis(Duration::from_micros(2_623)).to_string(), "2.623");
+        assert_eq!(millis(Duration::from_nanos(4_475_900)).to_string(), "4.475");
+        assert_eq!(millis(Duration::ZERO).to_string(), "0");
+        assert_eq!(millis(Duration::from_secs(3)).to_string(), "3000");
+    }
 
     #[test]
     fn rfc3339_known_instants() {
@@ -451,6 +450,10 @@ mod tests {
         assert_eq!(rfc3339(t), "2025-11-25T00:40:56.789Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+        let before = UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(rfc3339(before), "1970-01-01T00:00:00.000Z");
+        let after = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        assert_eq!(rfc3339(after), "9999-12-31T23:59:59.000Z");
     }
 
     #[test]

@@ -108,7 +108,9 @@ pub fn group_id(name: &str) -> Result<u32, BindError> {
 
 /// The first directory above `path` whose search permission members of
 /// `gid` lack (neither "others" nor its group when it is `gid` may enter).
-fn closed_to_group(path: &Path, gid: u32) -> Option<PathBuf> {
+/// A directory that does not exist yet is not judged: `check-config` may run
+/// before systemd makes the unit's `RuntimeDirectory`.
+pub fn closed_to_group(path: &Path, gid: u32) -> Option<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     path.ancestors().skip(1).find_map(|dir| {
         let dir = if dir.as_os_str().is_empty() {
@@ -116,10 +118,19 @@ fn closed_to_group(path: &Path, gid: u32) -> Option<PathBuf> {
         } else {
             dir
         };
-        let open = std::fs::metadata(dir)
-            .is_ok_and(|m| m.mode() & 0o001 != 0 || (m.gid() == gid && m.mode() & 0o010 != 0));
-        (!open).then(|| dir.to_owned())
+        let closed = std::fs::metadata(dir)
+            .is_ok_and(|m| m.mode() & 0o001 == 0 && !(m.gid() == gid && m.mode() & 0o010 != 0));
+        closed.then(|| dir.to_owned())
     })
+}
+
+/// What to tell the operator about a directory [`closed_to_group`] found.
+pub fn shut_out_warning(dir: &Path) -> String {
+    format!(
+        "members of node.status_group cannot enter {}, so they cannot read the status: \
+         give it search permission for others (chmod o+x) or for that group",
+        dir.display()
+    )
 }
 
 impl StatusServer {
@@ -342,8 +353,11 @@ mod tests {
             set(&inner, 0o750).unwrap();
             assert_eq!(closed_to_group(&sock, gid), None);
         }
+        let not_yet = inner.join("absent").join("ha-agent.sock");
+        assert_eq!(closed_to_group(&not_yet, gid), None, "a missing directory");
         set(&top, 0o700).unwrap();
         assert_eq!(closed_to_group(&sock, gid), Some(top.clone()));
+        assert_eq!(closed_to_group(&not_yet, gid), Some(top.clone()));
         std::fs::remove_dir_all(&top).unwrap();
     }
 
