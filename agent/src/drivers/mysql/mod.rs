@@ -55,6 +55,8 @@ pub use report::{FenceReport, Health, PromotionReport, RejoinReport, Step};
 pub use semisync::{SemisyncState, StrictOutcome};
 
 use credentials::{read_password_file, Secret};
+// Durations in logs and reports, here and in the submodules.
+use crate::operator::status::millis as ms;
 use flavor::{Flavor, ServerKind};
 use gtid::{GtidSet, MariadbGtids, MysqlGtidSet};
 use replica::ReplicaState;
@@ -437,8 +439,4 @@ impl MysqlDriver {
             tokio::time::sleep(FENCE_WAITERS_EVERY).await;
         }
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    crate::operator::status::millis(d)
 }
