@@ -85,12 +85,32 @@ pub struct Lease {
     pub until_ns: u64,
     /// When the senders last renewed (the anchor of `until_ns`).
     pub renewed_ns: u64,
-    /// When a sender last found itself later than a probe interval: this
-    /// machine stalled. The peer's silence right after that may be ours
-    /// (its probes not processed yet), not its: the timers give it grace.
-    pub stalled_ns: u64,
-    /// How late that sender was then: how long this machine stalled.
-    pub stalled_len_ns: u64,
+}
+
+/// Probe sender threads (one per CPU) whose beats the kernel watches.
+pub const MAX_SENDERS: u32 = 4;
+
+/// How old a sender's beat may be while its CPU runs: beats come every probe
+/// interval, and a thread up to one interval late is common on a VM (it
+/// is no reason to delay a detection). Both the senders (recording a
+/// stall's end) and the kernel use it.
+pub const fn beat_gap(interval_ns: u64) -> u64 {
+    interval_ns.saturating_mul(2)
+}
+
+/// One probe sender thread's beat (map `BEATS`, index = thread). Each thread
+/// is pinned to its own CPU and writes its beat on every slot, whether it
+/// sent the slot or a sibling did: a beat older than
+/// `LinkConfig::beat_gap_ns` means that CPU is not running our thread now,
+/// so a probe may be waiting on it, unprocessed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SenderBeat {
+    /// CLOCK_MONOTONIC ns of the thread's last beat; 0 = no such thread.
+    pub beat_ns: u64,
+    /// The last beat that came more than `beat_gap_ns` after the one
+    /// before it: when that CPU's last stall ended (0 = never).
+    pub stall_end_ns: u64,
 }
 
 /// Per-link settings written by the agent (map `LINK_CONFIG`, index = link).
@@ -129,10 +149,13 @@ pub struct LinkConfig {
     /// waiting; it gives them `grace_ns` before declaring anything down.
     pub stall_ns: u64,
     pub grace_ns: u64,
-    /// Our own senders renew the lease every slot; a renewal older than
-    /// this means they (this machine) stalled for long enough to fake the
-    /// peer's death: the timers give grace then too.
-    pub renew_gap_ns: u64,
+    /// A sender beat ([`SenderBeat`]) older than this: that CPU is stalled
+    /// now. Beats come every probe interval.
+    pub beat_gap_ns: u64,
+    /// Grace for the stalls of our other CPUs ends when the silence reaches
+    /// `detect_ns` + this: a CPU that keeps stalling delays a detection by
+    /// at most this much, never forever.
+    pub beat_grace_max_ns: u64,
     /// Our MAC on the link: ARP from another MAC claiming one of our VIPs is a conflict.
     pub local_mac: [u8; 6],
     pub _pad1: [u8; 2],
@@ -201,6 +224,11 @@ pub struct Event {
     /// `bpf_ktime_get_ns()` when the kernel decided.
     pub ts_ns: u64,
     pub value: u64,
+    /// PEER_DOWN / WITNESS_DOWN: the graces the silence got before it was
+    /// called a death, by cause (0 otherwise): how much our own stalls
+    /// delayed the detection.
+    pub late_timer_graces: u32,
+    pub our_cpu_graces: u32,
 }
 
 #[cfg(feature = "user")]
@@ -211,6 +239,7 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::Global {}
     unsafe impl aya::Pod for super::Lease {}
+    unsafe impl aya::Pod for super::SenderBeat {}
 }
 
 /// What a peer or witness detection timer does when it fires.
@@ -218,43 +247,55 @@ mod pod {
 pub enum TimerVerdict {
     /// Not silent for the detection time yet: look again in this many ns.
     Rearm(u64),
-    /// Silent, but this machine just stalled: look again after the grace.
-    Grace,
+    /// Silent, but this machine is stalling or just stalled: look again
+    /// after the grace.
+    Grace(GraceCause),
     /// Silent: the peer (or witness) is down on this link.
     Down,
 }
 
-/// Our senders' stalls as the kernel sees them when a timer fires.
+/// Why a silent link got a grace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GraceCause {
+    /// The timer fired late: its own CPU stalled.
+    LateTimer,
+    /// Another CPU of ours is stalled or just ran again.
+    OurCpu,
+}
+
+/// Our CPUs' stalls as the kernel sees them when a timer fires, from the
+/// sender threads' beats (one thread per CPU).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SenderStall {
-    /// They have not renewed the lease for longer than a stall: they are
-    /// not running now (the peer's probes may be queued behind the same
-    /// stall). Ends when they run again.
+pub struct CpuStall {
+    /// One of our CPUs has not run its sender thread for longer than a
+    /// beat gap: it is stalled now, and a probe may be queued on it.
     pub in_progress: bool,
-    /// Length of a stall they noticed within the detection time (0 = none).
-    pub recent_len: u64,
+    /// One of them ran again less than a stall (`stall_ns`) ago.
+    pub just_ended: bool,
 }
 
 /// The verdict of a detection timer. `elapsed`: the silence so far; `late`:
-/// how late this timer fired; `stall_ns` (0 = no grace at all), `grace_ns`
-/// and `detect` from the link's config.
+/// how late this timer fired; `stall_ns` (0 = no grace at all), `grace_max`
+/// (`beat_grace_max_ns`) and `detect` from the link's config. A grace is
+/// the link's `grace_ns`.
 ///
-/// A timer that fired late ran on a CPU that just stalled, and senders that
-/// are not running are a stall in progress: either way the peer's probes
-/// may be queued behind it, and the timer looks again after the grace. A
-/// stall the senders noticed and that is over stretches the silence by
-/// its own length (and one grace for the peer, which may have stalled
-/// with us, to speak again), no more. Without that bound a machine whose
-/// senders keep running late never declared anything down: an isolated
-/// holder kept its VIPs for 3 s because its witness's silence kept
-/// getting grace from stalls of a few ms.
+/// A timer that fired late ran on a CPU that just stalled: the probes
+/// queued behind that stall come first when it looks again after the grace.
+/// A CPU of ours that is stalled now may hold a probe too, and one whose
+/// stall just ended may not have handed it over yet (its softirqs run
+/// before its threads, but on a machine shared with the peer's senders, as
+/// in the lab, the peer's thread may run after ours): grace then as well,
+/// but only up to `grace_max` past the detection, so that a CPU that keeps
+/// stalling cannot hide a death. A stall that ended earlier is no reason:
+/// the probes it held were processed as it ended, and counting it (as the
+/// per-thread lengths did before) stretched detections by tens of ms.
 pub const fn timer_verdict(
     elapsed: u64,
     detect: u64,
     late: u64,
     stall_ns: u64,
-    grace_ns: u64,
-    senders: SenderStall,
+    grace_max: u64,
+    cpus: CpuStall,
 ) -> TimerVerdict {
     if elapsed < detect {
         return TimerVerdict::Rearm(detect - elapsed);
@@ -262,16 +303,11 @@ pub const fn timer_verdict(
     if stall_ns == 0 {
         return TimerVerdict::Down;
     }
-    if late > stall_ns || senders.in_progress {
-        return TimerVerdict::Grace;
+    if late > stall_ns {
+        return TimerVerdict::Grace(GraceCause::LateTimer);
     }
-    if senders.recent_len > 0
-        && elapsed
-            < detect
-                .saturating_add(senders.recent_len)
-                .saturating_add(grace_ns)
-    {
-        return TimerVerdict::Grace;
+    if (cpus.in_progress || cpus.just_ended) && elapsed < detect.saturating_add(grace_max) {
+        return TimerVerdict::Grace(GraceCause::OurCpu);
     }
     TimerVerdict::Down
 }
@@ -283,14 +319,22 @@ mod tests {
     const MS: u64 = 1_000_000;
     const DETECT: u64 = 6 * MS;
     const STALL: u64 = 2 * MS;
-    const GRACE: u64 = 4 * MS;
-    const NONE: SenderStall = SenderStall {
+    const GRACE_MAX: u64 = 20 * MS;
+    const NONE: CpuStall = CpuStall {
         in_progress: false,
-        recent_len: 0,
+        just_ended: false,
+    };
+    const STALLED: CpuStall = CpuStall {
+        in_progress: true,
+        just_ended: false,
+    };
+    const RESUMED: CpuStall = CpuStall {
+        in_progress: false,
+        just_ended: true,
     };
 
-    fn verdict(elapsed: u64, late: u64, senders: SenderStall) -> TimerVerdict {
-        timer_verdict(elapsed, DETECT, late, STALL, GRACE, senders)
+    fn verdict(elapsed: u64, late: u64, cpus: CpuStall) -> TimerVerdict {
+        timer_verdict(elapsed, DETECT, late, STALL, GRACE_MAX, cpus)
     }
 
     #[test]
@@ -299,47 +343,49 @@ mod tests {
     }
 
     #[test]
-    fn a_late_timer_or_a_stall_in_progress_gets_the_grace() {
+    fn a_late_timer_gets_the_grace_however_long_its_stall() {
         // This CPU stalled 50 ms: its queued probes come before it looks again.
-        assert_eq!(verdict(56 * MS, 50 * MS, NONE), TimerVerdict::Grace);
-        let running_late = SenderStall {
-            in_progress: true,
-            recent_len: 0,
-        };
-        assert_eq!(verdict(30 * MS, 0, running_late), TimerVerdict::Grace);
+        assert_eq!(
+            verdict(56 * MS, 50 * MS, NONE),
+            TimerVerdict::Grace(GraceCause::LateTimer)
+        );
+        assert_eq!(
+            verdict(500 * MS, 490 * MS, NONE),
+            TimerVerdict::Grace(GraceCause::LateTimer)
+        );
     }
 
     #[test]
-    fn a_stall_that_is_over_stretches_the_silence_by_its_length() {
-        // The stall test's case: a 24 ms stall of the whole machine.
-        let s = SenderStall {
-            in_progress: false,
-            recent_len: 24 * MS,
-        };
-        assert_eq!(verdict(27 * MS, 0, s), TimerVerdict::Grace);
-        assert_eq!(verdict(DETECT + 24 * MS + GRACE, 0, s), TimerVerdict::Down);
+    fn a_cpu_stalled_now_or_just_resumed_gets_the_grace() {
+        assert_eq!(
+            verdict(DETECT, 0, STALLED),
+            TimerVerdict::Grace(GraceCause::OurCpu)
+        );
+        assert_eq!(
+            verdict(DETECT + 4 * MS, 0, RESUMED),
+            TimerVerdict::Grace(GraceCause::OurCpu)
+        );
     }
 
     #[test]
-    fn short_stalls_over_and_over_never_hide_a_death() {
-        // The witness (80 ms) of an isolated holder whose senders keep
-        // running a few ms late: at most 80 + 3 + 4 ms, not forever.
-        let s = SenderStall {
-            in_progress: false,
-            recent_len: 3 * MS,
-        };
-        let w = |elapsed| timer_verdict(elapsed, 80 * MS, 0, STALL, GRACE, s);
-        assert_eq!(w(86 * MS), TimerVerdict::Grace);
-        assert_eq!(w(87 * MS), TimerVerdict::Down);
+    fn a_cpu_that_keeps_stalling_delays_a_death_by_a_bounded_time() {
+        // The witness (80 ms) of an isolated holder whose CPUs keep
+        // stalling: at most 80 + 20 ms, not forever (an isolated holder
+        // once kept its VIPs for 3 s on stalls of a few ms).
+        let w = |elapsed| timer_verdict(elapsed, 80 * MS, 0, STALL, GRACE_MAX, STALLED);
+        assert_eq!(w(99 * MS), TimerVerdict::Grace(GraceCause::OurCpu));
+        assert_eq!(w(100 * MS), TimerVerdict::Down);
         assert_eq!(w(3_000 * MS), TimerVerdict::Down);
     }
 
     #[test]
-    fn without_a_stall_silence_is_a_death() {
+    fn without_a_stall_now_silence_is_a_death() {
+        // A stall that ended before is not counted: no tail after it.
         assert_eq!(verdict(DETECT, 0, NONE), TimerVerdict::Down);
+        assert_eq!(verdict(DETECT, STALL, NONE), TimerVerdict::Down);
         // Grace off in the config.
         assert_eq!(
-            timer_verdict(DETECT, DETECT, 50 * MS, 0, GRACE, NONE),
+            timer_verdict(DETECT, DETECT, 50 * MS, 0, GRACE_MAX, STALLED),
             TimerVerdict::Down
         );
     }

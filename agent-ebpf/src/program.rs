@@ -31,10 +31,10 @@
 use core::ffi::c_void;
 
 use agent_ebpf::{
-    siphash::siphash24, timer_verdict, Event, Global, Lease, LinkConfig, LinkState, ProbeHeader,
-    SenderStall, TimerVerdict, EVENT_PEER_DOWN, EVENT_PEER_UP, EVENT_VIP_CONFLICT,
-    EVENT_WITNESS_DOWN, EVENT_WITNESS_UP, MAX_LINKS, MAX_VIPS, PROBE_HEADER_LEN, PROBE_KIND_PROBE,
-    PROBE_MAGIC, PROBE_VERSION, SEQ_SHIFT, TAGGED_LEN,
+    siphash::siphash24, timer_verdict, CpuStall, Event, Global, GraceCause, Lease, LinkConfig,
+    LinkState, ProbeHeader, SenderBeat, TimerVerdict, EVENT_PEER_DOWN, EVENT_PEER_UP,
+    EVENT_VIP_CONFLICT, EVENT_WITNESS_DOWN, EVENT_WITNESS_UP, MAX_LINKS, MAX_SENDERS, MAX_VIPS,
+    PROBE_HEADER_LEN, PROBE_KIND_PROBE, PROBE_MAGIC, PROBE_VERSION, SEQ_SHIFT, TAGGED_LEN,
 };
 use aya_ebpf::{
     bindings::{bpf_timer, xdp_action},
@@ -66,6 +66,9 @@ pub struct LinkTimer {
     pub _pad: u32,
     /// When the timer was last armed to fire (CLOCK_MONOTONIC ns).
     pub due_ns: u64,
+    /// Graces given to the current silence, by cause (reset by a probe).
+    pub late_timer_graces: u32,
+    pub our_cpu_graces: u32,
 }
 
 /// Index in `TIMERS`: `link * TIMERS_PER_LINK + TIMER_PEER / TIMER_WITNESS`.
@@ -86,6 +89,9 @@ static GLOBAL: Array<Global, 1> = Array::new();
 
 #[btf_map]
 static LEASE: Array<Lease, 1> = Array::new();
+
+#[btf_map]
+static BEATS: Array<SenderBeat, { MAX_SENDERS as usize }> = Array::new();
 
 #[btf_map]
 static LINK_CONFIG: Array<LinkConfig, { MAX_LINKS as usize }> = Array::new();
@@ -425,15 +431,18 @@ fn on_arp(ctx: &XdpContext, data: usize, end: usize) -> u32 {
 
 #[inline(always)]
 fn emit(kind: u32, link: u32, ts_ns: u64, value: u64) {
-    let _ = EVENTS.output(
-        Event {
-            kind,
-            link,
-            ts_ns,
-            value,
-        },
-        0,
-    );
+    emit_event(&Event {
+        kind,
+        link,
+        ts_ns,
+        value,
+        ..Event::default()
+    });
+}
+
+#[inline(always)]
+fn emit_event(e: &Event) {
+    let _ = EVENTS.output(*e, 0);
 }
 
 /// (Re)starts timer `key` to fire in `ns`, pinned to this CPU, initializing
@@ -462,6 +471,8 @@ fn arm_timer(key: u32, ns: u64) {
     unsafe {
         let timer = core::ptr::addr_of_mut!((*t).timer);
         (*t).due_ns = bpf_ktime_get_ns().wrapping_add(ns);
+        (*t).late_timer_graces = 0;
+        (*t).our_cpu_graces = 0;
         if (*t).initialized == 0 {
             // -EBUSY if another CPU won the race: harmless.
             bpf_timer_init(
@@ -490,22 +501,25 @@ unsafe fn start_pinned(timer: *mut bpf_timer, ns: u64) {
     }
 }
 
-/// Our own senders' stalls, so that a silence may be ours: they have not
-/// renewed the lease for longer than a stall (not scheduled now), or
-/// noticed a stall of theirs within the detection time.
+/// Our CPUs' stalls, from the sender threads' beats (one thread per CPU):
+/// one is stalled now (its beat is older than a gap), or one ran again
+/// less than a stall ago.
 #[inline(always)]
-fn senders_stalled(now: u64, detect: u64, cfg: &LinkConfig) -> SenderStall {
-    let Some(l) = LEASE.get(0) else {
-        return SenderStall::default();
-    };
-    SenderStall {
-        in_progress: l.renewed_ns != 0 && now.saturating_sub(l.renewed_ns) > cfg.renew_gap_ns,
-        recent_len: if l.stalled_ns != 0 && now.saturating_sub(l.stalled_ns) < detect {
-            l.stalled_len_ns
-        } else {
-            0
-        },
+fn cpus_stalled(now: u64, cfg: &LinkConfig) -> CpuStall {
+    let mut s = CpuStall::default();
+    let mut i = 0;
+    while i < MAX_SENDERS {
+        if let Some(b) = BEATS.get(i) {
+            if b.beat_ns != 0 && now.saturating_sub(b.beat_ns) > cfg.beat_gap_ns {
+                s.in_progress = true;
+            }
+            if b.stall_end_ns != 0 && now.saturating_sub(b.stall_end_ns) < cfg.stall_ns {
+                s.just_ended = true;
+            }
+        }
+        i += 1;
     }
+    s
 }
 
 /// Timer callback (peer or witness of one link): declares the link's peer or
@@ -513,11 +527,11 @@ fn senders_stalled(now: u64, detect: u64, cfg: &LinkConfig) -> SenderStall {
 /// for the remainder (a probe may have arrived just as the timer fired).
 ///
 /// A callback that runs while this machine is stalling or just stalled (it
-/// fired late, or `senders_stalled`) may be looking at probes not processed
+/// fired late, or `cpus_stalled`) may be looking at probes not processed
 /// yet (on another CPU, or queued behind the stall). It does not declare a
 /// death then; it looks again `grace_ns` later. A stall of the receiving
-/// side can thus delay a detection, not fake one, and the senders' stalls
-/// delay it by a bounded time (`timer_verdict`).
+/// side can thus delay a detection, not fake one, and the stalls of the
+/// other CPUs delay it by a bounded time (`timer_verdict`).
 #[inline(never)]
 unsafe extern "C" fn timer_cb(_map: *mut c_void, key: *mut u32, value: *mut LinkTimer) -> i32 {
     // SAFETY: the kernel passes the element's key and value.
@@ -554,17 +568,36 @@ unsafe extern "C" fn timer_cb(_map: *mut c_void, key: *mut u32, value: *mut Link
         detect,
         now.saturating_sub(due),
         cfg.stall_ns,
-        cfg.grace_ns,
-        senders_stalled(now, detect, cfg),
+        cfg.beat_grace_max_ns,
+        cpus_stalled(now, cfg),
     ) {
         TimerVerdict::Rearm(ns) => (ns, false),
-        TimerVerdict::Grace => (cfg.grace_ns, false),
+        TimerVerdict::Grace(cause) => {
+            // SAFETY: the element the kernel passed in.
+            let v = unsafe { &mut *value };
+            match cause {
+                GraceCause::LateTimer => {
+                    v.late_timer_graces = v.late_timer_graces.saturating_add(1)
+                }
+                GraceCause::OurCpu => v.our_cpu_graces = v.our_cpu_graces.saturating_add(1),
+            }
+            (cfg.grace_ns, false)
+        }
         TimerVerdict::Down => (0, true),
     };
     if down {
         if *up == 1 {
             *up = 0;
-            emit(kind, link, now, last);
+            // SAFETY: the element the kernel passed in.
+            let v = unsafe { &*value };
+            emit_event(&Event {
+                kind,
+                link,
+                ts_ns: now,
+                value: last,
+                late_timer_graces: v.late_timer_graces,
+                our_cpu_graces: v.our_cpu_graces,
+            });
         }
     } else {
         // SAFETY: re-arming the timer of the element the kernel passed in.

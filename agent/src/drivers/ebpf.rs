@@ -26,7 +26,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use agent_ebpf::{Event, Global, Lease, LinkConfig, LinkState, MAX_LINKS, MAX_VIPS};
+use agent_ebpf::{Event, Global, Lease, LinkConfig, LinkState, SenderBeat, MAX_LINKS, MAX_VIPS};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, RingBuf};
 use aya::programs::{ProgramError, Xdp, XdpMode as AyaXdpMode};
 use aya::Ebpf;
@@ -44,6 +44,7 @@ static EMBEDDED_OBJECT: &[u8] =
 const PROGRAM: &str = "ha_xdp";
 const MAP_GLOBAL: &str = "GLOBAL";
 const MAP_LEASE: &str = "LEASE";
+const MAP_BEATS: &str = "BEATS";
 const MAP_LINK_CONFIG: &str = "LINK_CONFIG";
 const MAP_LINK_STATE: &str = "LINK_STATE";
 const MAP_VIPS: &str = "VIPS";
@@ -101,8 +102,12 @@ pub enum EbpfError {
     TooManyVips { count: usize },
     #[error("reading kernel events: {0}")]
     Events(#[source] io::Error),
-    #[error("cannot duplicate the lease map's descriptor for the probe senders: {0}")]
-    LeaseFd(#[source] io::Error),
+    #[error("cannot duplicate the {map} map's descriptor for the probe senders: {source}")]
+    SenderFd {
+        map: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> EbpfError {
@@ -177,12 +182,11 @@ pub fn kernel_link_config(
         // intervals let the probes queued behind the stall through.
         stall_ns: link.interval().as_nanos() as u64,
         grace_ns: 2 * link.interval().as_nanos() as u64,
-        // A stall of our own of (detection - one interval) can fake a
-        // death; normal renewals come every interval (two while one sender
-        // thread is late).
-        renew_gap_ns: (link.detect_time().saturating_sub(link.interval()))
-            .max(2 * link.interval())
-            .as_nanos() as u64,
+        beat_gap_ns: agent_ebpf::beat_gap(link.interval().as_nanos() as u64),
+        // Other CPUs' stalls may hold a probe for a while (the timer sits
+        // on the CPU of the last probe, so this is rare); past one more
+        // detection time the silence is the peer's.
+        beat_grace_max_ns: link.detect_time().as_nanos() as u64,
         ..LinkConfig::default()
     }
 }
@@ -235,6 +239,7 @@ pub struct Liveness {
     ebpf: Ebpf,
     global: Array<MapData, Global>,
     lease: MapData,
+    beats: MapData,
     link_config: Array<MapData, LinkConfig>,
     link_state: Array<MapData, LinkState>,
     vips: HashMap<MapData, u32, u32>,
@@ -295,6 +300,10 @@ impl Liveness {
             Map::Array(data) => data,
             _ => return Err(missing("array map LEASE")),
         };
+        let beats = match take(MAP_BEATS)? {
+            Map::Array(data) => data,
+            _ => return Err(missing("array map BEATS")),
+        };
         let link_config =
             Array::try_from(take(MAP_LINK_CONFIG)?).map_err(map_err(MAP_LINK_CONFIG))?;
         let link_state = Array::try_from(take(MAP_LINK_STATE)?).map_err(map_err(MAP_LINK_STATE))?;
@@ -309,6 +318,7 @@ impl Liveness {
             ebpf,
             global,
             lease,
+            beats,
             link_config,
             link_state,
             vips,
@@ -411,15 +421,19 @@ impl Liveness {
         self.global.set(0, *g, 0).map_err(map_err(MAP_GLOBAL))
     }
 
-    /// A writer of the lease for the real-time senders (its own descriptor).
+    /// A writer of the lease and the beats for the real-time senders (with
+    /// descriptors of its own).
     pub fn lease_writer(&self) -> Result<LeaseWriter, EbpfError> {
-        let fd = self
-            .lease
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(EbpfError::LeaseFd)?;
-        Ok(LeaseWriter { fd })
+        let clone = |map: &MapData, name: &'static str| {
+            map.fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| EbpfError::SenderFd { map: name, source })
+        };
+        Ok(LeaseWriter {
+            lease: clone(&self.lease, MAP_LEASE)?,
+            beats: clone(&self.beats, MAP_BEATS)?,
+        })
     }
 
     /// Installs the accepted peer session on every attached link (the number
@@ -501,11 +515,12 @@ impl Liveness {
     }
 }
 
-/// Renews the hung-agent lease from a real-time thread: one `bpf()`
-/// system call on a descriptor of its own, no lock, no allocation, never
-/// blocking.
+/// Renews the hung-agent lease and the sender threads' beats from a
+/// real-time thread: one `bpf()` system call each, on descriptors of its
+/// own, no lock, no allocation, never blocking.
 pub struct LeaseWriter {
-    fd: std::os::fd::OwnedFd,
+    lease: std::os::fd::OwnedFd,
+    beats: std::os::fd::OwnedFd,
 }
 
 /// `union bpf_attr` for BPF_MAP_UPDATE_ELEM (the kernel reads this prefix).
@@ -522,46 +537,46 @@ const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 
 impl LeaseWriter {
     /// The kernel serves our VIPs until `until_ns` (CLOCK_MONOTONIC); the
-    /// senders renewed at `renewed_ns` and last found themselves late at
-    /// `stalled_ns` (0 = never), by `stalled_len_ns`.
-    pub fn renew(
-        &self,
-        until_ns: u64,
-        renewed_ns: u64,
-        stalled_ns: u64,
-        stalled_len_ns: u64,
-    ) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let key: u32 = 0;
+    /// senders renewed at `renewed_ns`.
+    pub fn renew(&self, until_ns: u64, renewed_ns: u64) -> io::Result<()> {
         let value = Lease {
             until_ns,
             renewed_ns,
-            stalled_ns,
-            stalled_len_ns,
         };
-        let attr = MapElemAttr {
-            map_fd: self.fd.as_raw_fd() as u32,
-            _pad: 0,
-            key: std::ptr::addr_of!(key) as u64,
-            value: std::ptr::addr_of!(value) as u64,
-            flags: 0, // BPF_ANY
-        };
-        // SAFETY: `attr` points to a valid key and value of the map's sizes
-        // for the duration of the call; the kernel reads only
-        // size_of::<MapElemAttr>() bytes of it.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_ELEM,
-                std::ptr::addr_of!(attr),
-                std::mem::size_of::<MapElemAttr>() as libc::c_uint,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        update_array(&self.lease, 0, &value)
+    }
+
+    /// Sender thread `thread` (< `MAX_SENDERS`) ran: its CPU is not stalled.
+    pub fn beat(&self, thread: u32, beat: &SenderBeat) -> io::Result<()> {
+        update_array(&self.beats, thread, beat)
+    }
+}
+
+/// Writes `value` at `key` of the array map `fd` (whose values are `T`).
+fn update_array<T: aya::Pod>(fd: &std::os::fd::OwnedFd, key: u32, value: &T) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let attr = MapElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::addr_of!(key) as u64,
+        value: std::ptr::from_ref(value) as u64,
+        flags: 0, // BPF_ANY
+    };
+    // SAFETY: `attr` points to a valid key and value of the map's sizes
+    // (the caller's `T` is the map's value type) for the duration of the
+    // call; the kernel reads only size_of::<MapElemAttr>() bytes of it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_ELEM,
+            std::ptr::addr_of!(attr),
+            std::mem::size_of::<MapElemAttr>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 

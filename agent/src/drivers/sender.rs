@@ -35,9 +35,13 @@
 //! could hear: the peer, counting the lease from the last probe it heard,
 //! knows when our kernel stops serving the VIPs if we hang. The threads
 //! renew (and send) only while the decision loop is alive: a deadlocked
-//! agent falls silent, its peer takes over, its lease lapses. With each
-//! renewal they tell the kernel when they last ran late (this machine
-//! stalled), so its timers do not take our own stall for the peer's death.
+//! agent falls silent, its peer takes over, its lease lapses.
+//!
+//! The beats: every thread, on every wake, whether it sent the slot or not
+//! and whether the decision loop is alive or not, writes its beat (and
+//! when its last stall ended) for the kernel. A thread is pinned to its
+//! CPU, so a stale beat is a CPU of ours that is stalled now, and the
+//! kernel's timers do not take a probe held there for the peer's death.
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU64, Ordering};
@@ -171,6 +175,7 @@ pub struct SenderStats {
     pub send_errors: [AtomicU64; agent_ebpf::MAX_LINKS as usize],
     pub last_errno: [AtomicI32; agent_ebpf::MAX_LINKS as usize],
     pub witness_errors: AtomicU64,
+    /// Failed writes of the lease or of a beat to the kernel.
     pub lease_errors: AtomicU64,
     /// Wakes at which the decision loop was stale: nothing sent, no lease.
     pub loop_stale: AtomicU64,
@@ -275,10 +280,6 @@ struct Shared {
     witness_sent: Vec<AtomicU64>,
     lease: Option<LeaseWriter>,
     lease_ns: u64,
-    /// When a thread last found itself later than an interval (0 = never).
-    stalled_ns: AtomicU64,
-    /// How late that thread was then (ns): how long the stall lasted.
-    stalled_len_ns: AtomicU64,
     /// The latest lease end written (or being written) to the kernel: a
     /// thread that was preempted after reading the clock must not shorten
     /// a sibling's newer renewal.
@@ -348,8 +349,6 @@ impl Senders {
             witness_sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
             lease,
             lease_ns: u64::try_from(cfg.lease.as_nanos()).unwrap_or(u64::MAX),
-            stalled_ns: AtomicU64::new(0),
-            stalled_len_ns: AtomicU64::new(0),
             lease_until_ns: AtomicU64::new(0),
             recorded_slots: AtomicU64::new(0),
             stats,
@@ -499,8 +498,10 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
     let n = links.len();
     let offset = stagger(shared.interval, shared.threads)
         .saturating_mul(u32::try_from(thread).unwrap_or(u32::MAX));
-    // When this thread meant to run (the start of the slot it slept for).
-    let mut due = Instant::now();
+    let beat_gap_ns =
+        agent_ebpf::beat_gap(u64::try_from(shared.interval.as_nanos()).unwrap_or(u64::MAX));
+    let beat_key = u32::try_from(thread).unwrap_or(u32::MAX);
+    let mut beat = agent_ebpf::SenderBeat::default();
     // This thread's copy of the probes: sent when a torn read gives up.
     let mut local: [Option<Template>; agent_ebpf::MAX_LINKS as usize] = [None; 4];
     let mut seen_gen = 0u64;
@@ -512,18 +513,6 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
         let slot = current_slot(shared, now);
         let alive = anchor_ns.saturating_sub(shared.loop_alive_ns.load(Ordering::Acquire))
             < LOOP_STALE.as_nanos() as u64;
-        let woke_late = now.saturating_duration_since(due);
-        if woke_late > shared.interval {
-            // This thread was not scheduled for more than a slot: the
-            // machine (or this CPU) stalled. Recorded even when the stall
-            // makes the decision loop look stale: the kernel's grace for
-            // our own stalls reads it.
-            shared.stalled_len_ns.store(
-                u64::try_from(woke_late.as_nanos()).unwrap_or(u64::MAX),
-                Ordering::Release,
-            );
-            shared.stalled_ns.fetch_max(anchor_ns, Ordering::AcqRel);
-        }
         if !alive {
             // The decision loop hangs: fall silent so the peer takes over,
             // and let the lease lapse so our kernel stops serving the VIPs.
@@ -592,21 +581,25 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
             let until = anchor_ns.saturating_add(shared.lease_ns);
             if attempted && shared.lease_until_ns.fetch_max(until, Ordering::AcqRel) < until {
                 if let Some(lease) = &shared.lease {
-                    let renewed = lease.renew(
-                        until,
-                        anchor_ns,
-                        shared.stalled_ns.load(Ordering::Acquire),
-                        shared.stalled_len_ns.load(Ordering::Acquire),
-                    );
-                    if renewed.is_err() {
+                    if lease.renew(until, anchor_ns).is_err() {
                         shared.stats.lease_errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
             send_witness_requests(links, shared, now);
         }
+        // After the sends, which matter more. A beat later than the gap
+        // ends a stall of this CPU (the kernel's `just_ended`).
+        if beat.beat_ns != 0 && anchor_ns.saturating_sub(beat.beat_ns) > beat_gap_ns {
+            beat.stall_end_ns = anchor_ns;
+        }
+        beat.beat_ns = anchor_ns;
+        if let Some(lease) = &shared.lease {
+            if lease.beat(beat_key, &beat).is_err() {
+                shared.stats.lease_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let wake = slot_time(shared, slot.saturating_add(1)) + offset;
-        due = wake;
         let now = Instant::now();
         if wake > now {
             // publish() and shutdown() end this early.

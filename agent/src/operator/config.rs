@@ -27,8 +27,9 @@ use crate::drivers::hooks::split_command;
 use crate::drivers::mysql::credentials::{read_password_file, Secret};
 use crate::protocol::Key;
 
-/// Probe sender threads at most (one per CPU).
-pub const MAX_SENDERS: usize = 4;
+/// Probe sender threads at most (one per CPU): the kernel watches each
+/// one's beat.
+pub const MAX_SENDERS: usize = agent_ebpf::MAX_SENDERS as usize;
 
 /// Default UDP port of the probes between the two agents.
 pub const DEFAULT_PORT: u16 = 7405;

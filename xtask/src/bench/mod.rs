@@ -194,6 +194,10 @@ pub struct FailoverArgs {
     /// (default: a new directory under the temp dir).
     #[arg(long)]
     logs: Option<PathBuf>,
+    /// Keep the lab logs of every trial, not only of the failed ones (to
+    /// read what the agents saw in the slow ones).
+    #[arg(long)]
+    all_logs: bool,
     /// Only these faults (comma-separated: links_down, isolate, hang,
     /// outside_carrier; default all four; also death: server1's daemon
     /// frozen at once, then its links down).
@@ -208,6 +212,8 @@ pub struct Ctx {
     agent_bin: Option<PathBuf>,
     ping_interval: Duration,
     log_dir: PathBuf,
+    /// Keep every trial's logs, not only the failed ones'.
+    pub all_logs: bool,
     /// ha-agent's timers on both servers.
     timers: AgentTimers,
     /// A VIP group instead of the lab's two VIPs (ha-agent only).
@@ -220,6 +226,7 @@ impl Ctx {
             agent_bin,
             ping_interval,
             log_dir,
+            all_logs: false,
             timers: AgentTimers::default(),
             group: None,
         }
@@ -596,6 +603,7 @@ fn failover(root: &Path, a: FailoverArgs) -> Result<()> {
         log_dir,
     );
     ctx.timers = a.timers.clone();
+    ctx.all_logs = a.all_logs;
     println!(
         "bench: {} trial(s) x {} fault(s) x {} contender(s), soak {} s each, checks {}; ping every {} ms; ha-agent: {}; load average {}; logs of failures in {}",
         a.trials,

@@ -240,7 +240,7 @@ pub fn run(ctx: &Ctx, c: Contender, fault: Fault, index: usize) -> Result<TrialR
         }
         r.failure = Some(format!("{e:#}"));
     }
-    if r.failure.is_some() {
+    if r.failure.is_some() || ctx.all_logs {
         r.saved_logs = ctx.save_logs(&lab, &format!("{c}-{}-{index}", fault.name()));
     }
     lab.close()?;

@@ -369,10 +369,14 @@ impl ElectionLoop {
                 let silence_us = e.ts_ns.saturating_sub(e.value) / 1000;
                 let others =
                     (0..self.cfg.links.len()).any(|i| i != link && self.election.link_up(i));
+                // Graces the kernel gave the silence for stalls of ours
+                // (each one more `grace`: the detection came that much later).
+                let graces_late_timer = e.late_timer_graces;
+                let graces_our_cpu = e.our_cpu_graces;
                 if others {
-                    warn!(link = %name, epoch, silence_us, wake_us = age_us, "peer SILENT on this link but heard on another: link degraded, no failover; check cabling/switch");
+                    warn!(link = %name, epoch, silence_us, wake_us = age_us, graces_late_timer, graces_our_cpu, "peer SILENT on this link but heard on another: link degraded, no failover; check cabling/switch");
                 } else {
-                    warn!(link = %name, epoch, silence_us, wake_us = age_us, "peer silent on its last link");
+                    warn!(link = %name, epoch, silence_us, wake_us = age_us, graces_late_timer, graces_our_cpu, "peer silent on its last link");
                 }
                 Input::PeerLink {
                     link,

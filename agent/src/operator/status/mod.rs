@@ -174,6 +174,7 @@ pub struct SenderStatus {
     pub lateness_max_us: u64,
     pub send_errors: u64,
     pub witness_errors: u64,
+    /// Failed writes of the lease or of a sender's beat to the kernel.
     pub lease_errors: u64,
     /// Wakes at which the decision loop looked hung (nothing sent).
     pub loop_stale: u64,
