@@ -85,6 +85,13 @@ pub struct Lease {
     pub until_ns: u64,
     /// When the senders last renewed (the anchor of `until_ns`).
     pub renewed_ns: u64,
+    /// When a sender last found a slot that no thread had sent in time:
+    /// every CPU of ours was held, this machine stalled (0 = never). The
+    /// peer's probes may have waited behind the same stall, and on a
+    /// machine shared with the peer (the lab) its senders too.
+    pub stalled_ns: u64,
+    /// How long that stall was (how late that slot was sent).
+    pub stalled_len_ns: u64,
 }
 
 /// Probe sender threads (one per CPU) whose beats the kernel watches.
@@ -111,6 +118,28 @@ pub struct SenderBeat {
     /// The last beat that came more than `beat_gap_ns` after the one
     /// before it: when that CPU's last stall ended (0 = never).
     pub stall_end_ns: u64,
+}
+
+impl SenderBeat {
+    /// The beat its thread writes when it runs at `now_ns`: a run later
+    /// than `gap_ns` after the last one ends a stall.
+    pub const fn next(self, now_ns: u64, gap_ns: u64) -> SenderBeat {
+        let stalled = self.beat_ns != 0 && now_ns.saturating_sub(self.beat_ns) > gap_ns;
+        SenderBeat {
+            beat_ns: now_ns,
+            stall_end_ns: if stalled { now_ns } else { self.stall_end_ns },
+        }
+    }
+
+    /// Its CPU has not run the thread for longer than `gap_ns`.
+    pub const fn stalled_at(&self, now_ns: u64, gap_ns: u64) -> bool {
+        self.beat_ns != 0 && now_ns.saturating_sub(self.beat_ns) > gap_ns
+    }
+
+    /// Its CPU ran the thread again, after a stall, less than `window_ns` ago.
+    pub const fn resumed_within(&self, now_ns: u64, window_ns: u64) -> bool {
+        self.stall_end_ns != 0 && now_ns.saturating_sub(self.stall_end_ns) < window_ns
+    }
 }
 
 /// Per-link settings written by the agent (map `LINK_CONFIG`, index = link).
@@ -229,6 +258,8 @@ pub struct Event {
     /// delayed the detection.
     pub late_timer_graces: u32,
     pub our_cpu_graces: u32,
+    pub our_machine_graces: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
@@ -261,41 +292,48 @@ pub enum GraceCause {
     LateTimer,
     /// Another CPU of ours is stalled or just ran again.
     OurCpu,
+    /// This whole machine stalled a moment ago (no sender thread ran).
+    OurMachine,
 }
 
-/// Our CPUs' stalls as the kernel sees them when a timer fires, from the
-/// sender threads' beats (one thread per CPU).
+/// Our own stalls as the kernel sees them when a timer fires, from the
+/// sender threads' beats (one thread per CPU) and the lease.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CpuStall {
+pub struct OurStalls {
     /// One of our CPUs has not run its sender thread for longer than a
     /// beat gap: it is stalled now, and a probe may be queued on it.
     pub in_progress: bool,
     /// One of them ran again less than a stall (`stall_ns`) ago.
     pub just_ended: bool,
+    /// Length of a stall of the whole machine (no sender thread ran) noticed
+    /// within the detection time (0 = none).
+    pub machine_len: u64,
 }
 
 /// The verdict of a detection timer. `elapsed`: the silence so far; `late`:
-/// how late this timer fired; `stall_ns` (0 = no grace at all), `grace_max`
-/// (`beat_grace_max_ns`) and `detect` from the link's config. A grace is
-/// the link's `grace_ns`.
+/// how late this timer fired; `stall_ns` (0 = no grace at all), `grace_ns`,
+/// `grace_max` (`beat_grace_max_ns`) and `detect` from the link's config.
 ///
 /// A timer that fired late ran on a CPU that just stalled: the probes
 /// queued behind that stall come first when it looks again after the grace.
-/// A CPU of ours that is stalled now may hold a probe too, and one whose
-/// stall just ended may not have handed it over yet (its softirqs run
-/// before its threads, but on a machine shared with the peer's senders, as
-/// in the lab, the peer's thread may run after ours): grace then as well,
-/// but only up to `grace_max` past the detection, so that a CPU that keeps
-/// stalling cannot hide a death. A stall that ended earlier is no reason:
-/// the probes it held were processed as it ended, and counting it (as the
-/// per-thread lengths did before) stretched detections by tens of ms.
+/// A stall of the whole machine (no sender thread of ours ran) that is over
+/// stretches the silence by its own length and one grace: the peer's probes
+/// waited behind it, and on a machine shared with the peer (the lab) the
+/// peer's senders were held too and speak again a moment after ours. A CPU
+/// of ours that is stalled now may hold a probe, and one whose stall just
+/// ended may not have handed it over yet: grace then as well, but only up
+/// to `grace_max` past the detection, so that a CPU that keeps stalling
+/// cannot hide a death. A stall of one CPU that ended earlier, while the
+/// others ran, is no reason: counted (by its length, as before), it
+/// stretched the detections after it by tens of ms.
 pub const fn timer_verdict(
     elapsed: u64,
     detect: u64,
     late: u64,
     stall_ns: u64,
+    grace_ns: u64,
     grace_max: u64,
-    cpus: CpuStall,
+    ours: OurStalls,
 ) -> TimerVerdict {
     if elapsed < detect {
         return TimerVerdict::Rearm(detect - elapsed);
@@ -306,7 +344,15 @@ pub const fn timer_verdict(
     if late > stall_ns {
         return TimerVerdict::Grace(GraceCause::LateTimer);
     }
-    if (cpus.in_progress || cpus.just_ended) && elapsed < detect.saturating_add(grace_max) {
+    if ours.machine_len > 0
+        && elapsed
+            < detect
+                .saturating_add(ours.machine_len)
+                .saturating_add(grace_ns)
+    {
+        return TimerVerdict::Grace(GraceCause::OurMachine);
+    }
+    if (ours.in_progress || ours.just_ended) && elapsed < detect.saturating_add(grace_max) {
         return TimerVerdict::Grace(GraceCause::OurCpu);
     }
     TimerVerdict::Down
@@ -319,22 +365,42 @@ mod tests {
     const MS: u64 = 1_000_000;
     const DETECT: u64 = 6 * MS;
     const STALL: u64 = 2 * MS;
+    const GRACE: u64 = 4 * MS;
     const GRACE_MAX: u64 = 20 * MS;
-    const NONE: CpuStall = CpuStall {
+    const NONE: OurStalls = OurStalls {
         in_progress: false,
         just_ended: false,
+        machine_len: 0,
     };
-    const STALLED: CpuStall = CpuStall {
+    const STALLED: OurStalls = OurStalls {
         in_progress: true,
-        just_ended: false,
+        ..NONE
     };
-    const RESUMED: CpuStall = CpuStall {
-        in_progress: false,
+    const RESUMED: OurStalls = OurStalls {
         just_ended: true,
+        ..NONE
     };
 
-    fn verdict(elapsed: u64, late: u64, cpus: CpuStall) -> TimerVerdict {
-        timer_verdict(elapsed, DETECT, late, STALL, GRACE_MAX, cpus)
+    fn verdict(elapsed: u64, late: u64, cpus: OurStalls) -> TimerVerdict {
+        timer_verdict(elapsed, DETECT, late, STALL, GRACE, GRACE_MAX, cpus)
+    }
+
+    #[test]
+    fn a_beat_later_than_the_gap_ends_a_stall() {
+        let gap = beat_gap(2 * MS);
+        let b = SenderBeat::default().next(10 * MS, gap);
+        assert_eq!(b.stall_end_ns, 0, "the first beat ends nothing");
+        let b = b.next(12 * MS, gap).next(14 * MS + MS / 2, gap);
+        assert_eq!(b.stall_end_ns, 0, "half an interval late is no stall");
+        assert!(!b.stalled_at(14 * MS + MS / 2 + gap, gap));
+        assert!(b.stalled_at(14 * MS + MS / 2 + gap + 1, gap));
+        let b = b.next(30 * MS, gap);
+        assert_eq!(b.stall_end_ns, 30 * MS);
+        assert!(b.resumed_within(31 * MS, STALL));
+        assert!(!b.resumed_within(32 * MS, STALL));
+        // An unused slot (no such thread) is never stalled.
+        assert!(!SenderBeat::default().stalled_at(u64::MAX, gap));
+        assert!(!SenderBeat::default().resumed_within(0, STALL));
     }
 
     #[test]
@@ -372,10 +438,24 @@ mod tests {
         // The witness (80 ms) of an isolated holder whose CPUs keep
         // stalling: at most 80 + 20 ms, not forever (an isolated holder
         // once kept its VIPs for 3 s on stalls of a few ms).
-        let w = |elapsed| timer_verdict(elapsed, 80 * MS, 0, STALL, GRACE_MAX, STALLED);
+        let w = |elapsed| timer_verdict(elapsed, 80 * MS, 0, STALL, GRACE, GRACE_MAX, STALLED);
         assert_eq!(w(99 * MS), TimerVerdict::Grace(GraceCause::OurCpu));
         assert_eq!(w(100 * MS), TimerVerdict::Down);
         assert_eq!(w(3_000 * MS), TimerVerdict::Down);
+    }
+
+    #[test]
+    fn a_machine_stall_that_is_over_stretches_the_silence_by_its_length() {
+        // The stall test's case: a 24 ms stall of the whole machine.
+        let s = OurStalls {
+            machine_len: 24 * MS,
+            ..NONE
+        };
+        assert_eq!(
+            verdict(27 * MS, 0, s),
+            TimerVerdict::Grace(GraceCause::OurMachine)
+        );
+        assert_eq!(verdict(DETECT + 24 * MS + GRACE, 0, s), TimerVerdict::Down);
     }
 
     #[test]
@@ -385,7 +465,7 @@ mod tests {
         assert_eq!(verdict(DETECT, STALL, NONE), TimerVerdict::Down);
         // Grace off in the config.
         assert_eq!(
-            timer_verdict(DETECT, DETECT, 50 * MS, 0, GRACE_MAX, STALLED),
+            timer_verdict(DETECT, DETECT, 50 * MS, 0, GRACE, GRACE_MAX, STALLED),
             TimerVerdict::Down
         );
     }

@@ -31,8 +31,8 @@
 use core::ffi::c_void;
 
 use agent_ebpf::{
-    siphash::siphash24, timer_verdict, CpuStall, Event, Global, GraceCause, Lease, LinkConfig,
-    LinkState, ProbeHeader, SenderBeat, TimerVerdict, EVENT_PEER_DOWN, EVENT_PEER_UP,
+    siphash::siphash24, timer_verdict, Event, Global, GraceCause, Lease, LinkConfig, LinkState,
+    OurStalls, ProbeHeader, SenderBeat, TimerVerdict, EVENT_PEER_DOWN, EVENT_PEER_UP,
     EVENT_VIP_CONFLICT, EVENT_WITNESS_DOWN, EVENT_WITNESS_UP, MAX_LINKS, MAX_SENDERS, MAX_VIPS,
     PROBE_HEADER_LEN, PROBE_KIND_PROBE, PROBE_MAGIC, PROBE_VERSION, SEQ_SHIFT, TAGGED_LEN,
 };
@@ -69,6 +69,8 @@ pub struct LinkTimer {
     /// Graces given to the current silence, by cause (reset by a probe).
     pub late_timer_graces: u32,
     pub our_cpu_graces: u32,
+    pub our_machine_graces: u32,
+    pub _pad2: u32,
 }
 
 /// Index in `TIMERS`: `link * TIMERS_PER_LINK + TIMER_PEER / TIMER_WITNESS`.
@@ -473,6 +475,7 @@ fn arm_timer(key: u32, ns: u64) {
         (*t).due_ns = bpf_ktime_get_ns().wrapping_add(ns);
         (*t).late_timer_graces = 0;
         (*t).our_cpu_graces = 0;
+        (*t).our_machine_graces = 0;
         if (*t).initialized == 0 {
             // -EBUSY if another CPU won the race: harmless.
             bpf_timer_init(
@@ -501,23 +504,25 @@ unsafe fn start_pinned(timer: *mut bpf_timer, ns: u64) {
     }
 }
 
-/// Our CPUs' stalls, from the sender threads' beats (one thread per CPU):
-/// one is stalled now (its beat is older than a gap), or one ran again
-/// less than a stall ago.
+/// Our own stalls: from the sender threads' beats (one thread per CPU),
+/// one CPU stalled now (its beat is older than a gap) or one that ran again
+/// less than a stall ago; from the lease, a stall of the whole machine
+/// noticed within the detection time.
 #[inline(always)]
-fn cpus_stalled(now: u64, cfg: &LinkConfig) -> CpuStall {
-    let mut s = CpuStall::default();
+fn our_stalls(now: u64, detect: u64, cfg: &LinkConfig) -> OurStalls {
+    let mut s = OurStalls::default();
     let mut i = 0;
     while i < MAX_SENDERS {
         if let Some(b) = BEATS.get(i) {
-            if b.beat_ns != 0 && now.saturating_sub(b.beat_ns) > cfg.beat_gap_ns {
-                s.in_progress = true;
-            }
-            if b.stall_end_ns != 0 && now.saturating_sub(b.stall_end_ns) < cfg.stall_ns {
-                s.just_ended = true;
-            }
+            s.in_progress |= b.stalled_at(now, cfg.beat_gap_ns);
+            s.just_ended |= b.resumed_within(now, cfg.stall_ns);
         }
         i += 1;
+    }
+    if let Some(l) = LEASE.get(0) {
+        if l.stalled_ns != 0 && now.saturating_sub(l.stalled_ns) < detect {
+            s.machine_len = l.stalled_len_ns;
+        }
     }
     s
 }
@@ -527,11 +532,11 @@ fn cpus_stalled(now: u64, cfg: &LinkConfig) -> CpuStall {
 /// for the remainder (a probe may have arrived just as the timer fired).
 ///
 /// A callback that runs while this machine is stalling or just stalled (it
-/// fired late, or `cpus_stalled`) may be looking at probes not processed
+/// fired late, or `our_stalls`) may be looking at probes not processed
 /// yet (on another CPU, or queued behind the stall). It does not declare a
 /// death then; it looks again `grace_ns` later. A stall of the receiving
-/// side can thus delay a detection, not fake one, and the stalls of the
-/// other CPUs delay it by a bounded time (`timer_verdict`).
+/// side can thus delay a detection, not fake one, and our stalls delay it
+/// by a bounded time (`timer_verdict`).
 #[inline(never)]
 unsafe extern "C" fn timer_cb(_map: *mut c_void, key: *mut u32, value: *mut LinkTimer) -> i32 {
     // SAFETY: the kernel passes the element's key and value.
@@ -568,8 +573,9 @@ unsafe extern "C" fn timer_cb(_map: *mut c_void, key: *mut u32, value: *mut Link
         detect,
         now.saturating_sub(due),
         cfg.stall_ns,
+        cfg.grace_ns,
         cfg.beat_grace_max_ns,
-        cpus_stalled(now, cfg),
+        our_stalls(now, detect, cfg),
     ) {
         TimerVerdict::Rearm(ns) => (ns, false),
         TimerVerdict::Grace(cause) => {
@@ -580,6 +586,9 @@ unsafe extern "C" fn timer_cb(_map: *mut c_void, key: *mut u32, value: *mut Link
                     v.late_timer_graces = v.late_timer_graces.saturating_add(1)
                 }
                 GraceCause::OurCpu => v.our_cpu_graces = v.our_cpu_graces.saturating_add(1),
+                GraceCause::OurMachine => {
+                    v.our_machine_graces = v.our_machine_graces.saturating_add(1)
+                }
             }
             (cfg.grace_ns, false)
         }
@@ -597,6 +606,8 @@ unsafe extern "C" fn timer_cb(_map: *mut c_void, key: *mut u32, value: *mut Link
                 value: last,
                 late_timer_graces: v.late_timer_graces,
                 our_cpu_graces: v.our_cpu_graces,
+                our_machine_graces: v.our_machine_graces,
+                _pad: 0,
             });
         }
     } else {

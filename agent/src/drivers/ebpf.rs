@@ -183,10 +183,13 @@ pub fn kernel_link_config(
         stall_ns: link.interval().as_nanos() as u64,
         grace_ns: 2 * link.interval().as_nanos() as u64,
         beat_gap_ns: agent_ebpf::beat_gap(link.interval().as_nanos() as u64),
-        // Other CPUs' stalls may hold a probe for a while (the timer sits
-        // on the CPU of the last probe, so this is rare); past one more
-        // detection time the silence is the peer's.
-        beat_grace_max_ns: link.detect_time().as_nanos() as u64,
+        // A CPU of ours that is stalled may hold a probe for as long as
+        // vCPUs stall here (up to 37 ms measured); past that (and at least
+        // one more detection time) the silence is the peer's.
+        beat_grace_max_ns: link
+            .detect_time()
+            .max(std::time::Duration::from_millis(40))
+            .as_nanos() as u64,
         ..LinkConfig::default()
     }
 }
@@ -537,11 +540,21 @@ const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 
 impl LeaseWriter {
     /// The kernel serves our VIPs until `until_ns` (CLOCK_MONOTONIC); the
-    /// senders renewed at `renewed_ns`.
-    pub fn renew(&self, until_ns: u64, renewed_ns: u64) -> io::Result<()> {
+    /// senders renewed at `renewed_ns` and last found a slot none of them
+    /// sent in time at `stalled_ns` (0 = never), that slot `stalled_len_ns`
+    /// late.
+    pub fn renew(
+        &self,
+        until_ns: u64,
+        renewed_ns: u64,
+        stalled_ns: u64,
+        stalled_len_ns: u64,
+    ) -> io::Result<()> {
         let value = Lease {
             until_ns,
             renewed_ns,
+            stalled_ns,
+            stalled_len_ns,
         };
         update_array(&self.lease, 0, &value)
     }

@@ -35,7 +35,10 @@
 //! could hear: the peer, counting the lease from the last probe it heard,
 //! knows when our kernel stops serving the VIPs if we hang. The threads
 //! renew (and send) only while the decision loop is alive: a deadlocked
-//! agent falls silent, its peer takes over, its lease lapses.
+//! agent falls silent, its peer takes over, its lease lapses. With each
+//! renewal they tell the kernel when they last all ran late (this machine
+//! stalled: no thread sent a slot in time), so its timers do not take our
+//! own stall for the peer's death.
 //!
 //! The beats: every thread, on every wake, whether it sent the slot or not
 //! and whether the decision loop is alive or not, writes its beat (and
@@ -280,6 +283,11 @@ struct Shared {
     witness_sent: Vec<AtomicU64>,
     lease: Option<LeaseWriter>,
     lease_ns: u64,
+    /// When a thread last found a slot no thread had sent in time (0 =
+    /// never): the whole machine stalled.
+    stalled_ns: AtomicU64,
+    /// How late that slot was (ns): how long the stall lasted.
+    stalled_len_ns: AtomicU64,
     /// The latest lease end written (or being written) to the kernel: a
     /// thread that was preempted after reading the clock must not shorten
     /// a sibling's newer renewal.
@@ -349,6 +357,8 @@ impl Senders {
             witness_sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
             lease,
             lease_ns: u64::try_from(cfg.lease.as_nanos()).unwrap_or(u64::MAX),
+            stalled_ns: AtomicU64::new(0),
+            stalled_len_ns: AtomicU64::new(0),
             lease_until_ns: AtomicU64::new(0),
             recorded_slots: AtomicU64::new(0),
             stats,
@@ -502,6 +512,8 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
         agent_ebpf::beat_gap(u64::try_from(shared.interval.as_nanos()).unwrap_or(u64::MAX));
     let beat_key = u32::try_from(thread).unwrap_or(u32::MAX);
     let mut beat = agent_ebpf::SenderBeat::default();
+    // When this thread meant to run (the start of the slot it slept for).
+    let mut due = Instant::now();
     // This thread's copy of the probes: sent when a torn read gives up.
     let mut local: [Option<Template>; agent_ebpf::MAX_LINKS as usize] = [None; 4];
     let mut seen_gen = 0u64;
@@ -513,6 +525,20 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
         let slot = current_slot(shared, now);
         let alive = anchor_ns.saturating_sub(shared.loop_alive_ns.load(Ordering::Acquire))
             < LOOP_STALE.as_nanos() as u64;
+        if let Some(len) = machine_stall(
+            now.saturating_duration_since(due),
+            shared.interval,
+            shared.recorded_slots.load(Ordering::Acquire),
+            current_slot(shared, due),
+        ) {
+            // Recorded even when the stall makes the decision loop look
+            // stale: the kernel's grace for our own stalls reads it.
+            shared.stalled_len_ns.store(
+                u64::try_from(len.as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Release,
+            );
+            shared.stalled_ns.fetch_max(anchor_ns, Ordering::AcqRel);
+        }
         if !alive {
             // The decision loop hangs: fall silent so the peer takes over,
             // and let the lease lapse so our kernel stops serving the VIPs.
@@ -581,7 +607,13 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
             let until = anchor_ns.saturating_add(shared.lease_ns);
             if attempted && shared.lease_until_ns.fetch_max(until, Ordering::AcqRel) < until {
                 if let Some(lease) = &shared.lease {
-                    if lease.renew(until, anchor_ns).is_err() {
+                    let renewed = lease.renew(
+                        until,
+                        anchor_ns,
+                        shared.stalled_ns.load(Ordering::Acquire),
+                        shared.stalled_len_ns.load(Ordering::Acquire),
+                    );
+                    if renewed.is_err() {
                         shared.stats.lease_errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -590,22 +622,38 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
         }
         // After the sends, which matter more. A beat later than the gap
         // ends a stall of this CPU (the kernel's `just_ended`).
-        if beat.beat_ns != 0 && anchor_ns.saturating_sub(beat.beat_ns) > beat_gap_ns {
-            beat.stall_end_ns = anchor_ns;
-        }
-        beat.beat_ns = anchor_ns;
+        beat = beat.next(anchor_ns, beat_gap_ns);
         if let Some(lease) = &shared.lease {
             if lease.beat(beat_key, &beat).is_err() {
                 shared.stats.lease_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
         let wake = slot_time(shared, slot.saturating_add(1)) + offset;
+        due = wake;
         let now = Instant::now();
         if wake > now {
             // publish() and shutdown() end this early.
             std::thread::park_timeout(wake - now);
         }
     }
+}
+
+/// How long this machine stalled, as a thread that woke `woke_late` after
+/// the start of slot `due_slot` sees it (`recorded`: one more than the last
+/// slot any thread sent). A stall only when the thread was not scheduled
+/// for more than a slot and no sibling sent the slot it was due for: then
+/// every CPU was held (the peer's probes may be queued behind it too). A
+/// stall of this CPU alone, while a sibling sent, is the beats' business
+/// (grace only while it lasts): counted by its length, it stretched the
+/// detections that followed it (link-down failovers took up to 43 ms
+/// instead of 8-10).
+fn machine_stall(
+    woke_late: Duration,
+    interval: Duration,
+    recorded: u64,
+    due_slot: u64,
+) -> Option<Duration> {
+    (woke_late > interval && recorded <= due_slot).then_some(woke_late)
 }
 
 /// Records the lateness of slot `slot` (and of the slots before it that no
@@ -659,6 +707,18 @@ mod tests {
     use super::*;
     use crate::decisions::election::{Control, Role};
     use crate::protocol::{decode, Key, Origin};
+
+    #[test]
+    fn only_a_slot_nobody_sent_in_time_is_a_stall_of_the_machine() {
+        let ms = Duration::from_millis;
+        // Woke 20 ms after slot 100 was due, and the last slot sent was 99
+        // (recorded = 100): nobody sent it, the whole machine stalled.
+        assert_eq!(machine_stall(ms(20), ms(2), 100, 100), Some(ms(20)));
+        // A sibling sent slots 100..=109 meanwhile: only this CPU stalled.
+        assert_eq!(machine_stall(ms(20), ms(2), 110, 100), None);
+        // Late, but within the slot: no stall.
+        assert_eq!(machine_stall(ms(1), ms(2), 100, 100), None);
+    }
 
     #[test]
     fn the_grid_keeps_growing_past_two_to_the_32_slots() {

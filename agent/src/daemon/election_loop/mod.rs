@@ -373,10 +373,11 @@ impl ElectionLoop {
                 // (each one more `grace`: the detection came that much later).
                 let graces_late_timer = e.late_timer_graces;
                 let graces_our_cpu = e.our_cpu_graces;
+                let graces_our_machine = e.our_machine_graces;
                 if others {
-                    warn!(link = %name, epoch, silence_us, wake_us = age_us, graces_late_timer, graces_our_cpu, "peer SILENT on this link but heard on another: link degraded, no failover; check cabling/switch");
+                    warn!(link = %name, epoch, silence_us, wake_us = age_us, graces_late_timer, graces_our_cpu, graces_our_machine, "peer SILENT on this link but heard on another: link degraded, no failover; check cabling/switch");
                 } else {
-                    warn!(link = %name, epoch, silence_us, wake_us = age_us, graces_late_timer, graces_our_cpu, "peer silent on its last link");
+                    warn!(link = %name, epoch, silence_us, wake_us = age_us, graces_late_timer, graces_our_cpu, graces_our_machine, "peer silent on its last link");
                 }
                 Input::PeerLink {
                     link,
