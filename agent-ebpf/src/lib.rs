@@ -124,10 +124,13 @@ impl SenderBeat {
     /// The beat its thread writes when it runs at `now_ns`: a run later
     /// than `gap_ns` after the last one ends a stall.
     pub const fn next(self, now_ns: u64, gap_ns: u64) -> SenderBeat {
-        let stalled = self.beat_ns != 0 && now_ns.saturating_sub(self.beat_ns) > gap_ns;
         SenderBeat {
             beat_ns: now_ns,
-            stall_end_ns: if stalled { now_ns } else { self.stall_end_ns },
+            stall_end_ns: if self.stalled_at(now_ns, gap_ns) {
+                now_ns
+            } else {
+                self.stall_end_ns
+            },
         }
     }
 

@@ -213,7 +213,7 @@ pub struct Ctx {
     ping_interval: Duration,
     log_dir: PathBuf,
     /// Keep every trial's logs, not only the failed ones'.
-    pub all_logs: bool,
+    all_logs: bool,
     /// ha-agent's timers on both servers.
     timers: AgentTimers,
     /// A VIP group instead of the lab's two VIPs (ha-agent only).

@@ -124,7 +124,7 @@ impl fmt::Display for Undone {
             if tables.is_empty() { "" } else { ": " },
             tables.join("; "),
             self.statements,
-            crate::operator::status::millis(self.took),
+            super::ms(self.took),
             self.record.display()
         )
     }

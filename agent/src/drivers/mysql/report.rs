@@ -12,7 +12,7 @@ use super::replica::ReplicaState;
 use super::semisync::SemisyncState;
 
 pub(crate) fn ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(crate::operator::status::millis(*d))
+    s.serialize_f64(super::ms(*d))
 }
 
 /// One step of a call, with how long it took.

@@ -168,7 +168,7 @@ impl Session {
     }
 
     fn record(&mut self, step: &str, sql: &Sql, took: Duration) {
-        debug!(server = %self.server, step, sql = %sql, took_ms = crate::operator::status::millis(took), "mysql statement");
+        debug!(server = %self.server, step, sql = %sql, took_ms = super::ms(took), "mysql statement");
         self.steps.push(Step {
             name: step.to_string(),
             took,
