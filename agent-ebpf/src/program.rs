@@ -92,8 +92,12 @@ static GLOBAL: Array<Global, 1> = Array::new();
 #[btf_map]
 static LEASE: Array<Lease, 1> = Array::new();
 
+/// `BPF_F_MMAPABLE`: the sender threads store their beats straight into
+/// the map's memory, with no system call on their real-time path.
+const BPF_F_MMAPABLE: usize = 1 << 10;
+
 #[btf_map]
-static BEATS: Array<SenderBeat, { MAX_SENDERS as usize }> = Array::new();
+static BEATS: Array<SenderBeat, { MAX_SENDERS as usize }, BPF_F_MMAPABLE> = Array::new();
 
 #[btf_map]
 static LINK_CONFIG: Array<LinkConfig, { MAX_LINKS as usize }> = Array::new();
@@ -513,7 +517,17 @@ fn our_stalls(now: u64, detect: u64, cfg: &LinkConfig) -> OurStalls {
     let mut s = OurStalls::default();
     let mut i = 0;
     while i < MAX_SENDERS {
-        if let Some(b) = BEATS.get(i) {
+        if let Some(p) = BEATS.get_ptr(i) {
+            // The senders store into this memory while we read it (it is
+            // mapped into the agent): each field is read once, the beat
+            // first, as they store it last.
+            // SAFETY: `p` points to a live, aligned element of BEATS.
+            let b = unsafe {
+                SenderBeat {
+                    beat_ns: core::ptr::read_volatile(core::ptr::addr_of!((*p).beat_ns)),
+                    stall_end_ns: core::ptr::read_volatile(core::ptr::addr_of!((*p).stall_end_ns)),
+                }
+            };
             s.in_progress |= b.stalled_at(now, cfg.beat_gap_ns);
             s.just_ended |= b.resumed_within(now, cfg.stall_ns);
         }

@@ -26,16 +26,28 @@ const INSTALL_RUST_SRC: &str = "rustup component add rust-src --toolchain nightl
 const INSTALL_BPF_LINKER: &str = "apt-get install llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev \
      && PATH=/usr/lib/llvm-22/bin:$PATH cargo install bpf-linker --no-default-features --features llvm-22";
 
+fn target_dir(workspace_root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root.join("target"))
+        .join("ebpf")
+}
+
+/// Where [`build_ebpf`] puts the object.
+pub fn object_path(workspace_root: &Path) -> PathBuf {
+    target_dir(workspace_root)
+        .join(TARGET)
+        .join("release")
+        .join("agent-ebpf")
+}
+
 /// Builds the eBPF object and returns its path
 /// (`${CARGO_TARGET_DIR:-<root>/target}/ebpf/bpfel-unknown-none/release/agent-ebpf`).
 pub fn build_ebpf(workspace_root: &Path) -> anyhow::Result<PathBuf> {
     let path = search_path();
     check_tools(&path)?;
 
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root.join("target"))
-        .join("ebpf");
+    let target_dir = target_dir(workspace_root);
     let mut cmd = Command::new("cargo");
     cmd.current_dir(workspace_root)
         .arg(format!("+{TOOLCHAIN}"))
@@ -64,7 +76,7 @@ pub fn build_ebpf(workspace_root: &Path) -> anyhow::Result<PathBuf> {
         bail!("building the eBPF program failed ({status}); command: {cmd:?}");
     }
 
-    let object = target_dir.join(TARGET).join("release").join("agent-ebpf");
+    let object = object_path(workspace_root);
     let bytes = std::fs::read(&object)
         .with_context(|| format!("the build did not produce {}", object.display()))?;
     if !bytes.starts_with(b"\x7fELF") {

@@ -197,6 +197,9 @@ fn privileged_tests(root: &Path, bin: &Path, filter: Option<&str>) -> Result<Vec
             "--test-threads=1",
         ])
         .env("HA_AGENT_BIN", bin)
+        // The agent's own privileged tests load the kernel program from it
+        // (their test build embeds none).
+        .env("HA_TEST_EBPF_OBJECT", ebpf::object_path(root))
         .stdout(std::process::Stdio::piped());
     if let Some(f) = filter {
         cmd.arg(f);

@@ -12,7 +12,7 @@
 //! let kcfg = kernel_link_config(&cfg.links[0], cfg.node.port, 40);
 //! live.attach_link(0, &cfg.links[0].interface, &kcfg, XdpMode::Native)?;
 //! live.set_peer_session(token_of_accepted_session, min_boot)?;
-//! let lease = live.lease_writer()?; // for the real-time senders
+//! let maps = live.sender_maps()?; // for the real-time senders
 //! loop { for ev in live.next_events().await? { /* EVENT_* */ } }
 //! ```
 //!
@@ -26,7 +26,9 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use agent_ebpf::{Event, Global, Lease, LinkConfig, LinkState, SenderBeat, MAX_LINKS, MAX_VIPS};
+use agent_ebpf::{
+    Event, Global, Lease, LinkConfig, LinkState, SenderBeat, MAX_LINKS, MAX_SENDERS, MAX_VIPS,
+};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, RingBuf};
 use aya::programs::{ProgramError, Xdp, XdpMode as AyaXdpMode};
 use aya::Ebpf;
@@ -105,6 +107,14 @@ pub enum EbpfError {
     #[error("cannot duplicate the {map} map's descriptor for the probe senders: {source}")]
     SenderFd {
         map: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "cannot map the BEATS map into memory for the probe senders: {source} (the kernel \
+         must support BPF_F_MMAPABLE arrays, Linux 5.5 or later)"
+    )]
+    BeatsMapping {
         #[source]
         source: io::Error,
     },
@@ -424,19 +434,20 @@ impl Liveness {
         self.global.set(0, *g, 0).map_err(map_err(MAP_GLOBAL))
     }
 
-    /// A writer of the lease and the beats for the real-time senders (with
-    /// descriptors of its own).
-    pub fn lease_writer(&self) -> Result<LeaseWriter, EbpfError> {
-        let clone = |map: &MapData, name: &'static str| {
-            map.fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|source| EbpfError::SenderFd { map: name, source })
-        };
-        Ok(LeaseWriter {
-            lease: clone(&self.lease, MAP_LEASE)?,
-            beats: clone(&self.beats, MAP_BEATS)?,
-        })
+    /// What the real-time senders write into the kernel: the lease (on a
+    /// descriptor of its own) and the beats (a mapping of their own).
+    pub fn sender_maps(&self) -> Result<SenderMaps, EbpfError> {
+        let lease = self
+            .lease
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| EbpfError::SenderFd {
+                map: MAP_LEASE,
+                source,
+            })?;
+        let beats = BeatBoard::map(self.beats.fd().as_fd())?;
+        Ok(SenderMaps { lease, beats })
     }
 
     /// Installs the accepted peer session on every attached link (the number
@@ -518,12 +529,14 @@ impl Liveness {
     }
 }
 
-/// Renews the hung-agent lease and the sender threads' beats from a
-/// real-time thread: one `bpf()` system call each, on descriptors of its
-/// own, no lock, no allocation, never blocking.
-pub struct LeaseWriter {
+/// What the real-time sender threads write into the kernel: the hung-agent
+/// lease (one `bpf()` system call per slot, by the thread that sent it) and
+/// each thread's beat (stores into mapped memory, no system call: every
+/// thread beats on every wake, and a system call there was one more place
+/// a sender could be held). No lock, no allocation, never blocking.
+pub struct SenderMaps {
     lease: std::os::fd::OwnedFd,
-    beats: std::os::fd::OwnedFd,
+    beats: BeatBoard,
 }
 
 /// `union bpf_attr` for BPF_MAP_UPDATE_ELEM (the kernel reads this prefix).
@@ -538,7 +551,7 @@ struct MapElemAttr {
 
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 
-impl LeaseWriter {
+impl SenderMaps {
     /// The kernel serves our VIPs until `until_ns` (CLOCK_MONOTONIC); the
     /// senders renewed at `renewed_ns` and last found a slot none of them
     /// sent in time at `stalled_ns` (0 = never), that slot `stalled_len_ns`
@@ -559,9 +572,92 @@ impl LeaseWriter {
         update_array(&self.lease, 0, &value)
     }
 
-    /// Sender thread `thread` (< `MAX_SENDERS`) ran: its CPU is not stalled.
-    pub fn beat(&self, thread: u32, beat: &SenderBeat) -> io::Result<()> {
-        update_array(&self.beats, thread, beat)
+    /// Sender thread `thread` (< `MAX_SENDERS`) ran: its CPU is not
+    /// stalled. False when there is no such thread slot.
+    pub fn beat(&self, thread: u32, beat: &SenderBeat) -> bool {
+        self.beats.store(thread, beat)
+    }
+}
+
+/// The kernel's `BEATS` array (`BPF_F_MMAPABLE`) mapped into the agent.
+/// Each element is a [`SenderBeat`] of two `u64`s (the kernel lays the
+/// elements out back to back from the start of the mapping, each rounded
+/// up to 8 bytes): stored as atomics, read by the kernel as plain loads.
+struct BeatBoard {
+    base: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+    len: usize,
+}
+
+// SAFETY: the mapping is only accessed through atomics and lives until
+// drop; it is shared memory meant for concurrent access.
+unsafe impl Send for BeatBoard {}
+// SAFETY: as above.
+unsafe impl Sync for BeatBoard {}
+
+const BEAT_WORDS: usize = std::mem::size_of::<SenderBeat>() / 8;
+const _: () = assert!(std::mem::size_of::<SenderBeat>() == 16);
+const _: () = assert!(std::mem::offset_of!(SenderBeat, beat_ns) == 0);
+const _: () = assert!(std::mem::offset_of!(SenderBeat, stall_end_ns) == 8);
+
+impl BeatBoard {
+    fn map(fd: std::os::fd::BorrowedFd<'_>) -> Result<Self, EbpfError> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let len = (MAX_SENDERS as usize * std::mem::size_of::<SenderBeat>()).next_multiple_of(page);
+        // SAFETY: a new shared mapping of the map's descriptor; the kernel
+        // checks the length against the map and refuses a map that is not
+        // mmapable.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(EbpfError::BeatsMapping {
+                source: io::Error::last_os_error(),
+            });
+        }
+        let base = std::ptr::NonNull::new(ptr.cast()).ok_or(EbpfError::BeatsMapping {
+            source: io::Error::other("mmap returned a null address"),
+        })?;
+        Ok(BeatBoard { base, len })
+    }
+
+    /// Stores the stall's end first and the beat last: the kernel reads the
+    /// beat first, so a new beat never comes with an old stall's end.
+    fn store(&self, thread: u32, beat: &SenderBeat) -> bool {
+        use std::sync::atomic::Ordering;
+        let Some(first) = usize::try_from(thread)
+            .ok()
+            .filter(|&t| t < MAX_SENDERS as usize)
+            .map(|t| t * BEAT_WORDS)
+        else {
+            return false;
+        };
+        // SAFETY: `first + 1` < MAX_SENDERS * BEAT_WORDS words, within the
+        // mapping (its length is at least that, rounded up to a page).
+        let (beat_word, end_word) = unsafe {
+            (
+                &*self.base.as_ptr().add(first),
+                &*self.base.as_ptr().add(first + 1),
+            )
+        };
+        end_word.store(beat.stall_end_ns, Ordering::Release);
+        beat_word.store(beat.beat_ns, Ordering::Release);
+        true
+    }
+}
+
+impl Drop for BeatBoard {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }
 
@@ -684,5 +780,75 @@ mod tests {
             let _guard = rt.enter();
             assert!(matches!(Liveness::load(None), Err(EbpfError::NoObject)));
         }
+    }
+
+    /// The element `key` of the array map `fd`, asked of the kernel
+    /// (BPF_MAP_LOOKUP_ELEM), as the program sees it.
+    fn lookup_array<T: aya::Pod + Default>(fd: std::os::fd::BorrowedFd<'_>, key: u32) -> T {
+        use std::os::fd::AsRawFd;
+        let mut value = T::default();
+        let attr = MapElemAttr {
+            map_fd: fd.as_raw_fd() as u32,
+            _pad: 0,
+            key: std::ptr::addr_of!(key) as u64,
+            value: std::ptr::addr_of_mut!(value) as u64,
+            flags: 0,
+        };
+        // SAFETY: key and value are of the map's sizes and live across the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                1, // BPF_MAP_LOOKUP_ELEM
+                std::ptr::addr_of!(attr),
+                std::mem::size_of::<MapElemAttr>() as libc::c_uint,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        value
+    }
+
+    #[test]
+    #[ignore = "needs root and the built eBPF object (cargo xtask test)"]
+    fn sender_beats_are_stored_into_the_kernel_map() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        // Set by `cargo xtask test`; else where `cargo xtask build` puts it.
+        let object = std::env::var_os("HA_TEST_EBPF_OBJECT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../target/ebpf/bpfel-unknown-none/release/agent-ebpf")
+            });
+        let live = Liveness::load(Some(&object))
+            .unwrap_or_else(|e| panic!("load {}: {e} (run `cargo xtask build`)", object.display()));
+        let maps = live.sender_maps().unwrap();
+        // Two mappings (one per sender set, as after a restart of the
+        // senders) write the same kernel memory.
+        let other = live.sender_maps().unwrap();
+        for thread in 0..MAX_SENDERS {
+            let beat = SenderBeat {
+                beat_ns: 1_000 + u64::from(thread),
+                stall_end_ns: 2_000 + u64::from(thread),
+            };
+            assert!(maps.beat(thread, &beat));
+            let seen: SenderBeat = lookup_array(live.beats.fd().as_fd(), thread);
+            assert_eq!(seen, beat, "thread {thread}");
+        }
+        let later = SenderBeat {
+            beat_ns: 9_000,
+            stall_end_ns: 8_000,
+        };
+        assert!(other.beat(1, &later));
+        assert_eq!(
+            lookup_array::<SenderBeat>(live.beats.fd().as_fd(), 1),
+            later
+        );
+        assert!(!maps.beat(MAX_SENDERS, &later), "no such thread slot");
+        // The mapping outlives the loader (it holds the map).
+        drop(live);
+        assert!(maps.beat(0, &later));
     }
 }

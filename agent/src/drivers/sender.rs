@@ -41,8 +41,9 @@
 //! own stall for the peer's death.
 //!
 //! The beats: every thread, on every wake, whether it sent the slot or not
-//! and whether the decision loop is alive or not, writes its beat (and
-//! when its last stall ended) for the kernel. A thread is pinned to its
+//! and whether the decision loop is alive or not, stores its beat (and
+//! when its last stall ended) into kernel memory mapped into the agent (no
+//! system call). A thread is pinned to its
 //! CPU, so a stale beat is a CPU of ours that is stalled now, and the
 //! kernel's timers do not take a probe held there for the peer's death.
 
@@ -55,7 +56,7 @@ use std::time::{Duration, Instant};
 use agent_ebpf::SEQ_SHIFT;
 
 use crate::drivers::arp::ArpSocket;
-use crate::drivers::ebpf::{monotonic_now_ns, LeaseWriter};
+use crate::drivers::ebpf::{monotonic_now_ns, SenderMaps};
 use crate::operator::status::{HistogramStatus, SenderStatus};
 use crate::protocol::{lateness_units, Signer, Template, PROBE_LEN};
 
@@ -180,6 +181,15 @@ pub struct SenderStats {
     pub witness_errors: AtomicU64,
     /// Failed writes of the lease or of a beat to the kernel.
     pub lease_errors: AtomicU64,
+    /// The longest time one wake's own work took (sends, lease, witness
+    /// requests; us): time a thread was held inside its system calls, where
+    /// lateness is time it was held before it woke.
+    pub max_work_us: AtomicU64,
+    /// Wakes whose own work took longer than a probe interval.
+    pub long_work: AtomicU64,
+    /// The longest work of the current and the previous second (us).
+    window_work_us: AtomicU64,
+    previous_window_work_us: AtomicU64,
     /// Wakes at which the decision loop was stale: nothing sent, no lease.
     pub loop_stale: AtomicU64,
     /// Threads that run under SCHED_FIFO / pinned to their CPU.
@@ -213,6 +223,26 @@ impl SenderStats {
     fn roll_window(&self) {
         let w = self.window_late_us.swap(0, Ordering::Relaxed);
         self.previous_window_late_us.store(w, Ordering::Relaxed);
+        let w = self.window_work_us.swap(0, Ordering::Relaxed);
+        self.previous_window_work_us.store(w, Ordering::Relaxed);
+    }
+
+    fn record_work(&self, work: Duration, interval: Duration) {
+        let us = u64::try_from(work.as_micros()).unwrap_or(u64::MAX);
+        self.max_work_us.fetch_max(us, Ordering::Relaxed);
+        self.window_work_us.fetch_max(us, Ordering::Relaxed);
+        if work > interval {
+            self.long_work.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The longest own work of a wake in about the last second.
+    pub fn recent_work(&self) -> Duration {
+        Duration::from_micros(
+            self.window_work_us
+                .load(Ordering::Relaxed)
+                .max(self.previous_window_work_us.load(Ordering::Relaxed)),
+        )
     }
 
     /// The lateness below which `q` (0..=1) of the slots were sent: the
@@ -263,6 +293,8 @@ impl SenderStats {
             witness_errors: s.witness_errors.load(Relaxed),
             lease_errors: s.lease_errors.load(Relaxed),
             loop_stale: s.loop_stale.load(Relaxed),
+            work_max_us: s.max_work_us.load(Relaxed),
+            long_work: s.long_work.load(Relaxed),
         }
     }
 }
@@ -281,7 +313,8 @@ struct Shared {
     sent_gen: Vec<AtomicU64>,
     /// Per link: witness slot + 1 last sent (0 = none).
     witness_sent: Vec<AtomicU64>,
-    lease: Option<LeaseWriter>,
+    /// The kernel's lease and beats (none in tests without a kernel).
+    maps: Option<SenderMaps>,
     lease_ns: u64,
     /// When a thread last found a slot no thread had sent in time (0 =
     /// never): the whole machine stalled.
@@ -342,7 +375,7 @@ impl Senders {
         signer: Signer,
         links: Vec<SenderLink>,
         templates: &[Template],
-        lease: Option<LeaseWriter>,
+        maps: Option<SenderMaps>,
         stats: Arc<SenderStats>,
     ) -> std::io::Result<Self> {
         let n = links.len();
@@ -355,7 +388,7 @@ impl Senders {
             sent_seq: (0..n).map(|_| AtomicU64::new(0)).collect(),
             sent_gen: (0..n).map(|_| AtomicU64::new(0)).collect(),
             witness_sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            lease,
+            maps,
             lease_ns: u64::try_from(cfg.lease.as_nanos()).unwrap_or(u64::MAX),
             stalled_ns: AtomicU64::new(0),
             stalled_len_ns: AtomicU64::new(0),
@@ -606,8 +639,8 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
             // fails sends, and the holder must keep serving then).
             let until = anchor_ns.saturating_add(shared.lease_ns);
             if attempted && shared.lease_until_ns.fetch_max(until, Ordering::AcqRel) < until {
-                if let Some(lease) = &shared.lease {
-                    let renewed = lease.renew(
+                if let Some(maps) = &shared.maps {
+                    let renewed = maps.renew(
                         until,
                         anchor_ns,
                         shared.stalled_ns.load(Ordering::Acquire),
@@ -623,14 +656,18 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
         // After the sends, which matter more. A beat later than the gap
         // ends a stall of this CPU (the kernel's `just_ended`).
         beat = beat.next(anchor_ns, beat_gap_ns);
-        if let Some(lease) = &shared.lease {
-            if lease.beat(beat_key, &beat).is_err() {
+        if let Some(maps) = &shared.maps {
+            if !maps.beat(beat_key, &beat) {
                 shared.stats.lease_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
         let wake = slot_time(shared, slot.saturating_add(1)) + offset;
         due = wake;
+        let woke = now;
         let now = Instant::now();
+        shared
+            .stats
+            .record_work(now.saturating_duration_since(woke), shared.interval);
         if wake > now {
             // publish() and shutdown() end this early.
             std::thread::park_timeout(wake - now);
@@ -821,6 +858,24 @@ mod tests {
         assert_eq!(s.recent_late(), Duration::from_millis(20));
         s.roll_window();
         assert_eq!(s.recent_late(), Duration::ZERO);
+    }
+
+    #[test]
+    fn work_longer_than_an_interval_is_counted_and_its_maximum_kept() {
+        let s = SenderStats::default();
+        s.record_work(Duration::from_micros(30), Duration::from_millis(2));
+        s.record_work(Duration::from_millis(2), Duration::from_millis(2));
+        assert_eq!(s.long_work.load(Ordering::Relaxed), 0);
+        s.record_work(Duration::from_millis(7), Duration::from_millis(2));
+        s.record_work(Duration::from_micros(50), Duration::from_millis(2));
+        assert_eq!(s.long_work.load(Ordering::Relaxed), 1);
+        assert_eq!(s.max_work_us.load(Ordering::Relaxed), 7_000);
+        assert_eq!(s.recent_work(), Duration::from_millis(7));
+        s.roll_window();
+        s.roll_window();
+        assert_eq!(s.recent_work(), Duration::ZERO);
+        let st = s.snapshot();
+        assert_eq!((st.work_max_us, st.long_work), (7_000, 1));
     }
 }
 

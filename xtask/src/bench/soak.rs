@@ -134,6 +134,11 @@ pub struct AgentSoak {
     pub max_exact: bool,
     pub send_errors: u64,
     pub loop_stale: u64,
+    /// Sender wakes in the window whose own work (sends, lease) took longer
+    /// than a probe interval, and the longest such work in the agent's life
+    /// (us): a thread held inside its system calls rather than before waking.
+    pub long_work: u64,
+    pub work_max_us: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -403,6 +408,8 @@ pub fn agent_soak(server: Server, before: &Value, after: &Value) -> AgentSoak {
         max_exact,
         send_errors: d(&["sender", "send_errors"]),
         loop_stale: d(&["sender", "loop_stale"]),
+        long_work: d(&["sender", "long_work"]),
+        work_max_us: u(after, &["sender", "work_max_us"]),
     }
 }
 
@@ -474,6 +481,8 @@ pub fn agent_json(a: &AgentSoak) -> Value {
         "lateness_max_exact": a.max_exact,
         "send_errors": a.send_errors,
         "loop_stale": a.loop_stale,
+        "long_work": a.long_work,
+        "work_max_us": a.work_max_us,
     })
 }
 
@@ -587,6 +596,19 @@ pub fn rows(soaks: &[SoakResult]) -> Vec<(String, Vec<String>)> {
                     })
                     .collect::<Vec<_>>()
                     .join("; ")
+            },
+        ),
+        row(
+            "sender wakes held in their own work > 1 interval; longest ever (us; server1; server2)",
+            &|s| {
+                if s.agents.is_empty() {
+                    return "-".into();
+                }
+                s.agents
+                    .iter()
+                    .map(|a| format!("{}; {}", a.long_work, a.work_max_us))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
             },
         ),
         row(
@@ -766,6 +788,7 @@ mod tests {
                 "sender": {
                     "threads": 2, "realtime_threads": 2, "slots": 1000 * fa + 10, "missed_slots": fa,
                     "lateness_max_us": max, "send_errors": 0, "loop_stale": 0,
+                    "long_work": 5 * fa, "work_max_us": 400 * fa,
                     "lateness": {"bounds_us": [25, 50], "counts": counts, "sum_us": 0},
                 },
             })
@@ -783,6 +806,8 @@ mod tests {
         // The lifetime maximum came before the window: only its bucket is known.
         assert_eq!((a.max_us, a.max_exact), (Some(50), false));
         assert_eq!((a.slots, a.missed_slots), (2000, 2));
+        // Work: wakes held in the window, the longest in the agent's life.
+        assert_eq!((a.long_work, a.work_max_us), (10, 1200));
         let b = agent_soak(
             Server::S1,
             &status([1, 0, 0], 20, 0),

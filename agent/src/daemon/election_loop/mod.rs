@@ -322,6 +322,7 @@ impl ElectionLoop {
             warn!(
                 slots = missed - self.reported_missed,
                 worst_ms = millis(self.stats.recent_late()),
+                worst_work_ms = millis(self.stats.recent_work()),
                 "probe slots no sender could send in time (every sender thread was late): the peer saw silence"
             );
             self.reported_missed = missed;

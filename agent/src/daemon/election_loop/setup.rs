@@ -149,7 +149,7 @@ impl ElectionLoop {
             signer.clone(),
             sender_links,
             &first,
-            Some(liveness.lease_writer()?),
+            Some(liveness.sender_maps()?),
             stats.clone(),
         )?;
         let heartbeat = senders.heartbeat();

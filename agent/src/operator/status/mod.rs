@@ -178,6 +178,13 @@ pub struct SenderStatus {
     pub lease_errors: u64,
     /// Wakes at which the decision loop looked hung (nothing sent).
     pub loop_stale: u64,
+    /// The longest time one sender wake's own work took (sends, lease;
+    /// us): held inside system calls, not before waking.
+    #[serde(default)]
+    pub work_max_us: u64,
+    /// Sender wakes whose own work took longer than a probe interval.
+    #[serde(default)]
+    pub long_work: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
