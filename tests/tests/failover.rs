@@ -542,3 +542,30 @@ fn status_is_root_only_unless_the_status_group_reads() -> Result<()> {
     ensure!(r.lab.agent_status(S2)?["state"] == "BACKUP");
     Ok(())
 }
+
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn a_peer_with_this_nodes_name_is_warned_about() -> Result<()> {
+    // A config copied to both servers without changing the name.
+    let mut r = ha_lab::pair::started_with([
+        Overrides::new(),
+        Overrides::new().set("node.name", "server1"),
+    ])?;
+    const WARNING: &str = "the peer has this node's name";
+    for s in [S1, S2] {
+        let log = r.agent(s).log();
+        ensure!(
+            log.contains(WARNING),
+            "{s} warns of the peer's name; its log:\n{log}"
+        );
+    }
+    // The pair still works as one: server1 holds, alone.
+    r.stays_sole_holder(S1, "server1 keeps the VIPs")?;
+    drop(r);
+    // Distinct names: no warning.
+    let mut ok = started()?;
+    for s in [S1, S2] {
+        ensure!(!ok.agent(s).log().contains(WARNING), "{s}: no warning");
+    }
+    Ok(())
+}

@@ -459,6 +459,11 @@ impl ElectionLoop {
             Verdict::Accept { new_session } => {
                 if new_session {
                     info!(link = %self.link_name(link), peer = %p.node, boot = p.boot, token = format_args!("{:016x}", p.token), "peer session accepted (it answered ours)");
+                    if p.node == self.cfg.node.name {
+                        // A config copied to both servers: logs, status and
+                        // hooks would name both the same.
+                        warn!(link = %self.link_name(link), peer = %p.node, "the peer has this node's name: set a distinct `node.name` on each server");
+                    }
                     self.install_session();
                 }
                 self.peer_node = p.node;
