@@ -43,9 +43,9 @@
 //! The beats: every thread, on every wake, whether it sent the slot or not
 //! and whether the decision loop is alive or not, stores its beat (and
 //! when its last stall ended) into kernel memory mapped into the agent (no
-//! system call). A thread is pinned to its
-//! CPU, so a stale beat is a CPU of ours that is stalled now, and the
-//! kernel's timers do not take a probe held there for the peer's death.
+//! system call). A thread is pinned to its CPU, so a stale beat is a CPU
+//! of ours that is stalled now, and the kernel's timers do not take a
+//! probe held there for the peer's death.
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU64, Ordering};
