@@ -664,20 +664,44 @@ impl Drop for BeatBoard {
 /// Writes `value` at `key` of the array map `fd` (whose values are `T`).
 fn update_array<T: aya::Pod>(fd: &std::os::fd::OwnedFd, key: u32, value: &T) -> io::Result<()> {
     use std::os::fd::AsRawFd;
+    // SAFETY: `value` is a live value of the map's value type (the
+    // caller's `T`); the kernel only reads it.
+    unsafe {
+        array_elem_call(
+            BPF_MAP_UPDATE_ELEM,
+            fd.as_raw_fd(),
+            key,
+            std::ptr::from_ref(value) as u64,
+        )
+    }
+}
+
+/// One `bpf()` element call (`cmd`) on element `key` of the array map
+/// `fd`, with the value at address `value`.
+///
+/// # Safety
+/// `value` must point to a value of the map's value size, live for the
+/// call, and writable when `cmd` writes it (a lookup).
+unsafe fn array_elem_call(
+    cmd: libc::c_long,
+    fd: std::os::fd::RawFd,
+    key: u32,
+    value: u64,
+) -> io::Result<()> {
     let attr = MapElemAttr {
-        map_fd: fd.as_raw_fd() as u32,
+        map_fd: fd as u32,
         _pad: 0,
         key: std::ptr::addr_of!(key) as u64,
-        value: std::ptr::from_ref(value) as u64,
+        value,
         flags: 0, // BPF_ANY
     };
-    // SAFETY: `attr` points to a valid key and value of the map's sizes
-    // (the caller's `T` is the map's value type) for the duration of the
-    // call; the kernel reads only size_of::<MapElemAttr>() bytes of it.
+    // SAFETY: `attr` points to a valid key and (by the caller) value of
+    // the map's sizes for the duration of the call; the kernel reads only
+    // size_of::<MapElemAttr>() bytes of it.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_MAP_UPDATE_ELEM,
+            cmd,
             std::ptr::addr_of!(attr),
             std::mem::size_of::<MapElemAttr>() as libc::c_uint,
         )
@@ -787,23 +811,16 @@ mod tests {
     fn lookup_array<T: aya::Pod + Default>(fd: std::os::fd::BorrowedFd<'_>, key: u32) -> T {
         use std::os::fd::AsRawFd;
         let mut value = T::default();
-        let attr = MapElemAttr {
-            map_fd: fd.as_raw_fd() as u32,
-            _pad: 0,
-            key: std::ptr::addr_of!(key) as u64,
-            value: std::ptr::addr_of_mut!(value) as u64,
-            flags: 0,
-        };
-        // SAFETY: key and value are of the map's sizes and live across the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
+        // SAFETY: `value` is of the map's value type, live and writable.
+        let done = unsafe {
+            array_elem_call(
                 1, // BPF_MAP_LOOKUP_ELEM
-                std::ptr::addr_of!(attr),
-                std::mem::size_of::<MapElemAttr>() as libc::c_uint,
+                fd.as_raw_fd(),
+                key,
+                std::ptr::addr_of_mut!(value) as u64,
             )
         };
-        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        done.expect("look up the map element");
         value
     }
 

@@ -600,16 +600,7 @@ pub fn rows(soaks: &[SoakResult]) -> Vec<(String, Vec<String>)> {
         ),
         row(
             "sender wakes held in their own work > 1 interval; longest ever (us; server1; server2)",
-            &|s| {
-                if s.agents.is_empty() {
-                    return "-".into();
-                }
-                s.agents
-                    .iter()
-                    .map(|a| format!("{}; {}", a.long_work, a.work_max_us))
-                    .collect::<Vec<_>>()
-                    .join(" / ")
-            },
+            &|s| per_agent(s, |a| format!("{}; {}", a.long_work, a.work_max_us)),
         ),
         row(
             "missed-slot episodes in the logs (server1 / server2 / both at once)",
