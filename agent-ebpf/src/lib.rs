@@ -77,7 +77,8 @@ pub struct Global {
 /// The hung-agent lease (map `LEASE`, one entry): while `until_ns` is in the
 /// past, the kernel drops every frame addressed to one of our VIPs (IPv4 to
 /// it, ARP asking for it). The agent's real-time senders renew it on every
-/// probe slot, and only while the agent's decision loop is alive.
+/// probe slot, and only while the agent's decision loop is alive, by
+/// storing into the map mapped into the agent (`until_ns` only grows).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lease {

@@ -89,12 +89,14 @@ const MAX_GAP_SLOTS: u64 = 100_000;
 #[btf_map]
 static GLOBAL: Array<Global, 1> = Array::new();
 
-#[btf_map]
-static LEASE: Array<Lease, 1> = Array::new();
-
-/// `BPF_F_MMAPABLE`: the sender threads store their beats straight into
-/// the map's memory, with no system call on their real-time path.
+/// `BPF_F_MMAPABLE`: the sender threads store the lease and their beats
+/// straight into the maps' memory, with no system call on their real-time
+/// path. They store while we read: each field is read once
+/// (`read_volatile`), in the order the senders' stores make safe.
 const BPF_F_MMAPABLE: usize = 1 << 10;
+
+#[btf_map]
+static LEASE: Array<Lease, 1, BPF_F_MMAPABLE> = Array::new();
 
 #[btf_map]
 static BEATS: Array<SenderBeat, { MAX_SENDERS as usize }, BPF_F_MMAPABLE> = Array::new();
@@ -177,7 +179,10 @@ fn vip_fenced(link: u32, ip: u32) -> bool {
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let lapsed = LEASE.get(0).is_none_or(|l| now >= l.until_ns);
+    let lapsed = LEASE.get_ptr(0).is_none_or(|l| {
+        // SAFETY: `l` points to the live, aligned element 0 of LEASE.
+        now >= unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*l).until_ns)) }
+    });
     if lapsed {
         if let Some(st) = LINK_STATE.get_ptr_mut(link) {
             // SAFETY: `st` points into the array map's value for `link`.
@@ -533,9 +538,18 @@ fn our_stalls(now: u64, detect: u64, cfg: &LinkConfig) -> OurStalls {
         }
         i += 1;
     }
-    if let Some(l) = LEASE.get(0) {
-        if l.stalled_ns != 0 && now.saturating_sub(l.stalled_ns) < detect {
-            s.machine_len = l.stalled_len_ns;
+    if let Some(l) = LEASE.get_ptr(0) {
+        // The senders store the stall's length before its time: read in
+        // the other order, a new stall's time never comes with an old
+        // stall's length.
+        // SAFETY: `l` points to the live, aligned element 0 of LEASE.
+        let (at, len) = unsafe {
+            let at = core::ptr::read_volatile(core::ptr::addr_of!((*l).stalled_ns));
+            let len = core::ptr::read_volatile(core::ptr::addr_of!((*l).stalled_len_ns));
+            (at, len)
+        };
+        if at != 0 && now.saturating_sub(at) < detect {
+            s.machine_len = len;
         }
     }
     s

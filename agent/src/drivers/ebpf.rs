@@ -104,17 +104,12 @@ pub enum EbpfError {
     TooManyVips { count: usize },
     #[error("reading kernel events: {0}")]
     Events(#[source] io::Error),
-    #[error("cannot duplicate the {map} map's descriptor for the probe senders: {source}")]
-    SenderFd {
-        map: &'static str,
-        #[source]
-        source: io::Error,
-    },
     #[error(
-        "cannot map the BEATS map into memory for the probe senders: {source} (the kernel \
+        "cannot map the {map} map into memory for the probe senders: {source} (the kernel \
          must support BPF_F_MMAPABLE arrays, Linux 5.5 or later)"
     )]
-    BeatsMapping {
+    Mapping {
+        map: &'static str,
         #[source]
         source: io::Error,
     },
@@ -434,20 +429,21 @@ impl Liveness {
         self.global.set(0, *g, 0).map_err(map_err(MAP_GLOBAL))
     }
 
-    /// What the real-time senders write into the kernel: the lease (on a
-    /// descriptor of its own) and the beats (a mapping of their own).
+    /// What the real-time senders write into the kernel: the lease and the
+    /// beats, each map mapped into the agent.
     pub fn sender_maps(&self) -> Result<SenderMaps, EbpfError> {
-        let lease = self
-            .lease
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| EbpfError::SenderFd {
-                map: MAP_LEASE,
-                source,
-            })?;
-        let beats = BeatBoard::map(self.beats.fd().as_fd())?;
-        Ok(SenderMaps { lease, beats })
+        Ok(SenderMaps {
+            lease: MappedArray::map(
+                self.lease.fd().as_fd(),
+                MAP_LEASE,
+                std::mem::size_of::<Lease>(),
+            )?,
+            beats: MappedArray::map(
+                self.beats.fd().as_fd(),
+                MAP_BEATS,
+                MAX_SENDERS as usize * std::mem::size_of::<SenderBeat>(),
+            )?,
+        })
     }
 
     /// Installs the accepted peer session on every attached link (the number
@@ -530,81 +526,106 @@ impl Liveness {
 }
 
 /// What the real-time sender threads write into the kernel: the hung-agent
-/// lease (one `bpf()` system call per slot, by the thread that sent it) and
-/// each thread's beat (stores into mapped memory, no system call: every
-/// thread beats on every wake, and a system call there was one more place
-/// a sender could be held). No lock, no allocation, never blocking.
+/// lease (by the thread that sent the slot) and each thread's beat (every
+/// thread on every wake). Both are stores into kernel memory mapped into
+/// the agent: no system call, no lock, no allocation, never blocking (a
+/// system call there was one more place a sender could be held).
 pub struct SenderMaps {
-    lease: std::os::fd::OwnedFd,
-    beats: BeatBoard,
+    lease: MappedArray,
+    beats: MappedArray,
 }
 
-/// `union bpf_attr` for BPF_MAP_UPDATE_ELEM (the kernel reads this prefix).
-#[repr(C)]
-struct MapElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const _: () = assert!(std::mem::size_of::<Lease>() == 32);
+const _: () = assert!(std::mem::offset_of!(Lease, until_ns) == 0);
+const _: () = assert!(std::mem::offset_of!(Lease, renewed_ns) == 8);
+const _: () = assert!(std::mem::offset_of!(Lease, stalled_ns) == 16);
+const _: () = assert!(std::mem::offset_of!(Lease, stalled_len_ns) == 24);
+const BEAT_WORDS: usize = std::mem::size_of::<SenderBeat>() / 8;
+const _: () = assert!(std::mem::size_of::<SenderBeat>() == 16);
+const _: () = assert!(std::mem::offset_of!(SenderBeat, beat_ns) == 0);
+const _: () = assert!(std::mem::offset_of!(SenderBeat, stall_end_ns) == 8);
 
 impl SenderMaps {
     /// The kernel serves our VIPs until `until_ns` (CLOCK_MONOTONIC); the
     /// senders renewed at `renewed_ns` and last found a slot none of them
     /// sent in time at `stalled_ns` (0 = never), that slot `stalled_len_ns`
     /// late.
+    ///
+    /// The deadline and the renewal only grow: a thread held between
+    /// reading the clock and renewing cannot shorten a sibling's newer
+    /// renewal. The stall's length is stored before its time (the kernel
+    /// reads them the other way round).
+    /// False when the mapping is too small for a lease (never: checked at
+    /// start by the kernel's map size).
     pub fn renew(
         &self,
         until_ns: u64,
         renewed_ns: u64,
         stalled_ns: u64,
         stalled_len_ns: u64,
-    ) -> io::Result<()> {
-        let value = Lease {
-            until_ns,
-            renewed_ns,
-            stalled_ns,
-            stalled_len_ns,
+    ) -> bool {
+        use std::sync::atomic::Ordering::Release;
+        let Some([until, renewed, stalled, stalled_len]) = self.lease.words::<4>(0) else {
+            return false;
         };
-        update_array(&self.lease, 0, &value)
+        stalled_len.store(stalled_len_ns, Release);
+        stalled.store(stalled_ns, Release);
+        renewed.fetch_max(renewed_ns, Release);
+        until.fetch_max(until_ns, Release);
+        true
     }
 
     /// Sender thread `thread` (< `MAX_SENDERS`) ran: its CPU is not
     /// stalled. False when there is no such thread slot.
+    ///
+    /// Stores the stall's end first and the beat last: the kernel reads the
+    /// beat first, so a new beat never comes with an old stall's end.
     pub fn beat(&self, thread: u32, beat: &SenderBeat) -> bool {
-        self.beats.store(thread, beat)
+        use std::sync::atomic::Ordering::Release;
+        let Some([beat_word, end_word]) = usize::try_from(thread)
+            .ok()
+            .filter(|&t| t < MAX_SENDERS as usize)
+            .and_then(|t| self.beats.words::<BEAT_WORDS>(t * BEAT_WORDS))
+        else {
+            return false;
+        };
+        end_word.store(beat.stall_end_ns, Release);
+        beat_word.store(beat.beat_ns, Release);
+        true
     }
 }
 
-/// The kernel's `BEATS` array (`BPF_F_MMAPABLE`) mapped into the agent.
-/// Each element is a [`SenderBeat`] of two `u64`s (the kernel lays the
-/// elements out back to back from the start of the mapping, each rounded
-/// up to 8 bytes): stored as atomics, read by the kernel as plain loads.
-struct BeatBoard {
+/// The values of an array map made `BPF_F_MMAPABLE`, mapped into the
+/// agent: the kernel lays them out back to back from the start of the
+/// mapping. Accessed only as atomic `u64` words (the kernel reads them as
+/// plain loads).
+struct MappedArray {
     base: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+    /// Bytes mapped (the values' size rounded up to a page).
     len: usize,
+    /// Words of values the mapping holds.
+    words: usize,
 }
 
 // SAFETY: the mapping is only accessed through atomics and lives until
 // drop; it is shared memory meant for concurrent access.
-unsafe impl Send for BeatBoard {}
+unsafe impl Send for MappedArray {}
 // SAFETY: as above.
-unsafe impl Sync for BeatBoard {}
+unsafe impl Sync for MappedArray {}
 
-const BEAT_WORDS: usize = std::mem::size_of::<SenderBeat>() / 8;
-const _: () = assert!(std::mem::size_of::<SenderBeat>() == 16);
-const _: () = assert!(std::mem::offset_of!(SenderBeat, beat_ns) == 0);
-const _: () = assert!(std::mem::offset_of!(SenderBeat, stall_end_ns) == 8);
-
-impl BeatBoard {
-    fn map(fd: std::os::fd::BorrowedFd<'_>) -> Result<Self, EbpfError> {
+impl MappedArray {
+    /// Maps the map `fd` (`name`) whose values take `values_len` bytes
+    /// (a multiple of 8) in all.
+    fn map(
+        fd: std::os::fd::BorrowedFd<'_>,
+        name: &'static str,
+        values_len: usize,
+    ) -> Result<Self, EbpfError> {
         use std::os::fd::AsRawFd;
+        let failed = |source| EbpfError::Mapping { map: name, source };
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let len = (MAX_SENDERS as usize * std::mem::size_of::<SenderBeat>()).next_multiple_of(page);
+        let len = values_len.next_multiple_of(page);
         // SAFETY: a new shared mapping of the map's descriptor; the kernel
         // checks the length against the map and refuses a map that is not
         // mmapable.
@@ -619,97 +640,34 @@ impl BeatBoard {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(EbpfError::BeatsMapping {
-                source: io::Error::last_os_error(),
-            });
+            return Err(failed(io::Error::last_os_error()));
         }
-        let base = std::ptr::NonNull::new(ptr.cast()).ok_or(EbpfError::BeatsMapping {
-            source: io::Error::other("mmap returned a null address"),
-        })?;
-        Ok(BeatBoard { base, len })
+        let base = std::ptr::NonNull::new(ptr.cast())
+            .ok_or_else(|| failed(io::Error::other("mmap returned a null address")))?;
+        Ok(MappedArray {
+            base,
+            len,
+            words: values_len / 8,
+        })
     }
 
-    /// Stores the stall's end first and the beat last: the kernel reads the
-    /// beat first, so a new beat never comes with an old stall's end.
-    fn store(&self, thread: u32, beat: &SenderBeat) -> bool {
-        use std::sync::atomic::Ordering;
-        let Some(first) = usize::try_from(thread)
-            .ok()
-            .filter(|&t| t < MAX_SENDERS as usize)
-            .map(|t| t * BEAT_WORDS)
-        else {
-            return false;
-        };
-        // SAFETY: `first + 1` < MAX_SENDERS * BEAT_WORDS words, within the
-        // mapping (its length is at least that, rounded up to a page).
-        let (beat_word, end_word) = unsafe {
-            (
-                &*self.base.as_ptr().add(first),
-                &*self.base.as_ptr().add(first + 1),
-            )
-        };
-        end_word.store(beat.stall_end_ns, Ordering::Release);
-        beat_word.store(beat.beat_ns, Ordering::Release);
-        true
+    /// The `N` words from word `first` on; None past the values.
+    fn words<const N: usize>(&self, first: usize) -> Option<[&std::sync::atomic::AtomicU64; N]> {
+        if first.checked_add(N)? > self.words {
+            return None;
+        }
+        // SAFETY: `first + i` < `self.words`, within the mapping, which
+        // lives as long as `self`.
+        Some(std::array::from_fn(|i| unsafe {
+            &*self.base.as_ptr().add(first + i)
+        }))
     }
 }
 
-impl Drop for BeatBoard {
+impl Drop for MappedArray {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `map`, unmapped once.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
-    }
-}
-
-/// Writes `value` at `key` of the array map `fd` (whose values are `T`).
-fn update_array<T: aya::Pod>(fd: &std::os::fd::OwnedFd, key: u32, value: &T) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: `value` is a live value of the map's value type (the
-    // caller's `T`); the kernel only reads it.
-    unsafe {
-        array_elem_call(
-            BPF_MAP_UPDATE_ELEM,
-            fd.as_raw_fd(),
-            key,
-            std::ptr::from_ref(value) as u64,
-        )
-    }
-}
-
-/// One `bpf()` element call (`cmd`) on element `key` of the array map
-/// `fd`, with the value at address `value`.
-///
-/// # Safety
-/// `value` must point to a value of the map's value size, live for the
-/// call, and writable when `cmd` writes it (a lookup).
-unsafe fn array_elem_call(
-    cmd: libc::c_long,
-    fd: std::os::fd::RawFd,
-    key: u32,
-    value: u64,
-) -> io::Result<()> {
-    let attr = MapElemAttr {
-        map_fd: fd as u32,
-        _pad: 0,
-        key: std::ptr::addr_of!(key) as u64,
-        value,
-        flags: 0, // BPF_ANY
-    };
-    // SAFETY: `attr` points to a valid key and (by the caller) value of
-    // the map's sizes for the duration of the call; the kernel reads only
-    // size_of::<MapElemAttr>() bytes of it.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::addr_of!(attr),
-            std::mem::size_of::<MapElemAttr>() as libc::c_uint,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
     }
 }
 
@@ -806,27 +764,49 @@ mod tests {
         }
     }
 
+    /// `union bpf_attr` for BPF_MAP_LOOKUP_ELEM (the kernel reads this prefix).
+    #[repr(C)]
+    struct MapElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+
     /// The element `key` of the array map `fd`, asked of the kernel
     /// (BPF_MAP_LOOKUP_ELEM), as the program sees it.
     fn lookup_array<T: aya::Pod + Default>(fd: std::os::fd::BorrowedFd<'_>, key: u32) -> T {
         use std::os::fd::AsRawFd;
         let mut value = T::default();
-        // SAFETY: `value` is of the map's value type, live and writable.
-        let done = unsafe {
-            array_elem_call(
+        let attr = MapElemAttr {
+            map_fd: fd.as_raw_fd() as u32,
+            _pad: 0,
+            key: std::ptr::addr_of!(key) as u64,
+            value: std::ptr::addr_of_mut!(value) as u64,
+            flags: 0,
+        };
+        // SAFETY: `attr` points to a key and a writable value of the map's
+        // sizes (the caller's `T`), live for the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
                 1, // BPF_MAP_LOOKUP_ELEM
-                fd.as_raw_fd(),
-                key,
-                std::ptr::addr_of_mut!(value) as u64,
+                std::ptr::addr_of!(attr),
+                std::mem::size_of::<MapElemAttr>() as libc::c_uint,
             )
         };
-        done.expect("look up the map element");
+        assert!(
+            rc == 0,
+            "look up the map element: {}",
+            io::Error::last_os_error()
+        );
         value
     }
 
     #[test]
     #[ignore = "needs root and the built eBPF object (cargo xtask test)"]
-    fn sender_beats_are_stored_into_the_kernel_map() {
+    fn sender_lease_and_beats_are_stored_into_the_kernel_maps() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -864,8 +844,39 @@ mod tests {
             later
         );
         assert!(!maps.beat(MAX_SENDERS, &later), "no such thread slot");
-        // The mapping outlives the loader (it holds the map).
+
+        // The lease: every field as stored; the deadline and the renewal
+        // only grow (a thread held before renewing cannot shorten a
+        // sibling's newer lease), the stall is the last one stored.
+        assert!(maps.renew(50_000, 26_000, 20_000, 3_000));
+        let lease = |live: &Liveness| lookup_array::<Lease>(live.lease.fd().as_fd(), 0);
+        let want = Lease {
+            until_ns: 50_000,
+            renewed_ns: 26_000,
+            stalled_ns: 20_000,
+            stalled_len_ns: 3_000,
+        };
+        assert_eq!(lease(&live), want);
+        assert!(other.renew(48_000, 24_000, 21_000, 4_000));
+        let want = Lease {
+            stalled_ns: 21_000,
+            stalled_len_ns: 4_000,
+            ..want
+        };
+        assert_eq!(lease(&live), want, "an older renewal shortens nothing");
+        assert!(maps.renew(52_000, 28_000, 21_000, 4_000));
+        assert_eq!(
+            lease(&live),
+            Lease {
+                until_ns: 52_000,
+                renewed_ns: 28_000,
+                ..want
+            }
+        );
+
+        // The mappings outlive the loader (they hold the maps).
         drop(live);
         assert!(maps.beat(0, &later));
+        assert!(maps.renew(60_000, 30_000, 0, 0));
     }
 }

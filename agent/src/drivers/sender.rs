@@ -322,8 +322,8 @@ struct Shared {
     /// How late that slot was (ns): how long the stall lasted.
     stalled_len_ns: AtomicU64,
     /// The latest lease end written (or being written) to the kernel: a
-    /// thread that was preempted after reading the clock must not shorten
-    /// a sibling's newer renewal.
+    /// thread that read the clock before a sibling's renewal has nothing
+    /// to store (the kernel's deadline only grows anyway).
     lease_until_ns: AtomicU64,
     /// One more than the last slot whose lateness was recorded (0 = none):
     /// recorded once per slot whether its sends succeeded or not (a link
@@ -646,7 +646,7 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
                         shared.stalled_ns.load(Ordering::Acquire),
                         shared.stalled_len_ns.load(Ordering::Acquire),
                     );
-                    if renewed.is_err() {
+                    if !renewed {
                         shared.stats.lease_errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
