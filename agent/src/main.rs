@@ -137,17 +137,18 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
 }
 
 fn run(config: &Path) -> Result<()> {
-    let cfg = Config::load(config)?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         config = %config.display(),
         "ha-agent starting"
     );
+    // The same reading and checks as check-config, before anything else.
+    let checked = ha_agent::operator::config::Checked::load(config)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(ha_agent::daemon::run(cfg))
+    rt.block_on(ha_agent::daemon::run(checked))
 }
 
 /// Everything `run` checks before touching the network: the config, the
@@ -160,6 +161,7 @@ fn check_config(file: &Path) -> Result<ExitCode> {
         Ok(Checked {
             config: cfg,
             secrets,
+            status_gid,
         }) => {
             let passwords =
                 secrets.mysql.as_ref().map_or(0, |_| 2) + secrets.atlas.as_ref().map_or(0, |_| 1);
@@ -176,12 +178,8 @@ fn check_config(file: &Path) -> Result<ExitCode> {
                     "; WARNING: no witness configured, a partition can produce two VIP holders"
                 }
             );
-            let shut_out = cfg
-                .node
-                .status_group
-                .as_deref()
-                .and_then(|g| server::group_id(g).ok())
-                .and_then(|gid| server::closed_to_group(&cfg.node.status_socket, gid));
+            let shut_out =
+                status_gid.and_then(|gid| server::closed_to_group(&cfg.node.status_socket, gid));
             if let Some(dir) = shut_out {
                 println!("WARNING: {}", server::shut_out_warning(&dir));
             }

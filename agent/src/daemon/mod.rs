@@ -17,24 +17,28 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::drivers::boot;
 use crate::drivers::hooks::HookRunner;
-use crate::operator::config::{Config, Secrets};
-use crate::operator::status::server::{group_id, shut_out_warning, Request, StatusServer};
+use crate::operator::config::{Checked, Secrets};
+use crate::operator::status::server::{shut_out_warning, Request, StatusServer};
 use crate::operator::status::{Reply, ServicesStatus};
 use election_loop::{Command, ElectionThread, ElectionView, Notice};
 use services::Services;
 
-/// Runs the agent until SIGTERM/SIGINT (graceful handover) or a fatal error.
-pub async fn run(cfg: Config) -> Result<()> {
-    let span = info_span!("agent", node = %cfg.node.name);
-    run_inner(Arc::new(cfg)).instrument(span).await
+/// Runs the agent until SIGTERM/SIGINT (graceful handover) or a fatal error,
+/// from the config as check-config checks it: the secrets and the group
+/// read there are the ones used (each is read once).
+pub async fn run(checked: Checked) -> Result<()> {
+    let span = info_span!("agent", node = %checked.config.node.name);
+    run_inner(checked).instrument(span).await
 }
 
-async fn run_inner(cfg: Arc<Config>) -> Result<()> {
-    // The same reading and checks as check-config, before anything else;
-    // the secrets read here are the ones used (each file is read once).
-    let Secrets { key, mysql, atlas } = cfg.read_files()?;
+async fn run_inner(checked: Checked) -> Result<()> {
+    let Checked {
+        config,
+        secrets: Secrets { key, mysql, atlas },
+        status_gid,
+    } = checked;
+    let cfg = Arc::new(config);
     crate::drivers::privileges::check()?;
-    let status_group = cfg.node.status_group.as_deref().map(group_id).transpose()?;
     let (boot, previous) = boot::next(&cfg.node.state_dir)?;
     if previous == boot::Previous::Unreadable {
         warn!(dir = %cfg.node.state_dir.display(), "the boot counter was unreadable: continuing from the clock");
@@ -55,7 +59,7 @@ async fn run_inner(cfg: Arc<Config>) -> Result<()> {
     // After the eBPF load: the megabytes its BTF parsing used are given
     // back first (locked pages could not be).
     lock_memory();
-    let server = StatusServer::bind(&cfg.node.status_socket, status_group)?;
+    let server = StatusServer::bind(&cfg.node.status_socket, status_gid)?;
     if let Some(dir) = server.closed_to_group() {
         warn!(socket = %server.path().display(), "{}", shut_out_warning(&dir));
     }

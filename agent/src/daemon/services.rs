@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
@@ -16,7 +16,7 @@ use crate::decisions::proxy::{self, ProxyAddresses};
 use crate::drivers::atlas::{AtlasHandle, AtlasReconciler, Password, Settings};
 use crate::drivers::mysql::runner::DbHandle;
 use crate::drivers::mysql::MysqlDriver;
-use crate::operator::config::{Config, MysqlPasswords};
+use crate::operator::config::{AtlasConfig, Config, MysqlConfig, MysqlPasswords, WithSecret};
 use crate::operator::status::{millis, AtlasSection, DatabaseStatus, Reply};
 
 fn no_database() -> Reply {
@@ -43,18 +43,24 @@ pub struct Services {
 }
 
 impl Services {
-    /// Starts what is configured. The local database is fenced first (within
-    /// `mysql.timeout_ms`), before the election starts listening for the
-    /// peer: the rest of the start-up would otherwise delay it. The
-    /// passwords are the ones [`Config::read_files`] read and checked.
+    /// Starts what is configured: the sections that came with their
+    /// passwords, read and checked by [`Checked::load`]. The local database
+    /// is fenced first (within `mysql.timeout_ms`), before the election
+    /// starts listening for the peer: the rest of the start-up would
+    /// otherwise delay it.
+    ///
+    /// [`Checked::load`]: crate::operator::config::Checked::load
     pub async fn start(
         cfg: &Config,
-        mysql_passwords: Option<MysqlPasswords>,
-        atlas_password: Option<Password>,
+        mysql: Option<WithSecret<MysqlConfig, MysqlPasswords>>,
+        atlas: Option<WithSecret<AtlasConfig, Password>>,
     ) -> Result<Services> {
-        let (db, db_events) = match (&cfg.mysql, mysql_passwords) {
-            (Some(m), Some(pw)) => {
-                let driver = MysqlDriver::with_passwords(m, pw.admin, pw.replication)
+        let (db, db_events) = match mysql {
+            Some(WithSecret {
+                section: m,
+                secret: pw,
+            }) => {
+                let driver = MysqlDriver::with_passwords(&m, pw.admin, pw.replication)
                     .context("[mysql]: cannot prepare the driver")?;
                 let (h, rx) = DbHandle::spawn(driver);
                 info!(server = %m.address, peer = %m.peer_address, "mysql: managing the local server (fencing it until the election decides)");
@@ -63,12 +69,14 @@ impl Services {
                 }
                 (Some(h), Some(rx))
             }
-            (Some(_), None) => bail!("[mysql]: its password files were not read before the start"),
-            (None, _) => (None, None),
+            None => (None, None),
         };
-        let atlas = match (&cfg.atlas, atlas_password) {
-            (Some(a), Some(password)) => {
-                let settings = Settings::with_password(a, password);
+        let atlas = match atlas {
+            Some(WithSecret {
+                section: a,
+                secret: password,
+            }) => {
+                let settings = Settings::with_password(&a, password);
                 let addrs = ProxyAddresses::from_config(cfg).context("[atlas] rw_backend")?;
                 info!(admin = %a.admin_address, rw = %addrs.rw, "atlas: managing the local proxy's backends");
                 Some(Atlas {
@@ -77,8 +85,7 @@ impl Services {
                     admin_address: a.admin_address.to_string(),
                 })
             }
-            (Some(_), None) => bail!("[atlas]: its password file was not read before the start"),
-            (None, _) => None,
+            None => None,
         };
         Ok(Services {
             db,

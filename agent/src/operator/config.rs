@@ -7,9 +7,9 @@
 //! - [`Config::load`] / [`Config::parse`]: the file alone, typed at parse
 //!   time (VIPs, XDP mode) and validated; touches no other file, so the CLI
 //!   clients (`status`) use it too;
-//! - [`Config::read_files`]: what start-up reads besides the config (the key
-//!   and password files, the status socket's path, hook executables).
-//!   [`Checked::load`] does both and reports every problem at once.
+//! - [`Checked::load`]: that, and what start-up reads besides the config
+//!   (the key and password files, the status socket's path, hook
+//!   executables, the status group), every problem reported at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -797,15 +797,7 @@ impl Config {
     /// Reads and checks every file start-up reads besides the config: the
     /// key, the password files, the status socket's path (it must not name
     /// anything but a stale socket) and the hooks' executables. Each problem
-    /// names its field.
-    pub fn read_files(&self) -> Result<Secrets, ConfigError> {
-        let mut errors = Vec::new();
-        let secrets = self.read_files_into(&mut errors);
-        invalid_unless_empty(&self.path, errors)?;
-        Ok(secrets.expect("every secret was read when there is no error"))
-    }
-
-    /// Like [`Config::read_files`]; the secrets only when all were read.
+    /// names its field; the secrets only when all were read.
     fn read_files_into(&self, errors: &mut Vec<FieldError>) -> Option<Secrets> {
         let mut bad = |field: &str, reason: String| {
             errors.push(FieldError {
@@ -834,16 +826,22 @@ impl Config {
                 "mysql.replication_password_file",
                 &m.replication_password_file,
             );
-            Some(MysqlPasswords {
-                admin: admin?,
-                replication: replication?,
+            Some(WithSecret {
+                section: m.clone(),
+                secret: MysqlPasswords {
+                    admin: admin?,
+                    replication: replication?,
+                },
             })
         });
         let atlas = self
             .atlas
             .as_ref()
             .map(|a| match Password::load(&a.password_file) {
-                Ok(pw) => Some(pw),
+                Ok(pw) => Some(WithSecret {
+                    section: a.clone(),
+                    secret: pw,
+                }),
                 Err(e) => {
                     bad("atlas.password_file", e.to_string());
                     None
@@ -977,14 +975,6 @@ impl Config {
         }
         if !n.state_dir.is_absolute() {
             bad("node.state_dir".into(), "must be an absolute path");
-        }
-        if let Some(g) = &n.status_group {
-            if crate::operator::status::server::group_id(g).is_err() {
-                bad(
-                    "node.status_group".into(),
-                    "is not a group on this host (check /etc/group)",
-                );
-            }
         }
         check_absolute(&mut bad, "node.key_file", &n.key_file);
         let socket = n.status_socket.as_os_str().len();
@@ -1297,14 +1287,22 @@ impl Config {
     }
 }
 
-/// The secrets a config names, read and checked by [`Config::read_files`].
+/// The secrets a config names, read and checked by [`Checked::load`].
 #[derive(Debug)]
 pub struct Secrets {
     pub key: Key,
-    /// With `[mysql]`.
-    pub mysql: Option<MysqlPasswords>,
-    /// With `[atlas]`: its admin password.
-    pub atlas: Option<Password>,
+    /// With `[mysql]`: the section and its passwords.
+    pub mysql: Option<WithSecret<MysqlConfig, MysqlPasswords>>,
+    /// With `[atlas]`: the section and its admin password.
+    pub atlas: Option<WithSecret<AtlasConfig, Password>>,
+}
+
+/// A config section with the secret it names, read: a managed service
+/// never starts without its password.
+#[derive(Debug)]
+pub struct WithSecret<S, P> {
+    pub section: S,
+    pub secret: P,
 }
 
 #[derive(Debug)]
@@ -1319,18 +1317,35 @@ pub struct MysqlPasswords {
 pub struct Checked {
     pub config: Config,
     pub secrets: Secrets,
+    /// `node.status_group`'s id on this host.
+    pub status_gid: Option<u32>,
 }
 
 impl Checked {
-    /// [`Config::load`] and [`Config::read_files`], every problem reported at once.
+    /// [`Config::load`], the files it names and the status group, every
+    /// problem reported at once.
     pub fn load(path: &Path) -> Result<Checked, ConfigError> {
         let config = Config::parse_unchecked(&read_config(path)?, path)?;
         let mut errors = config.problems();
         let secrets = config.read_files_into(&mut errors);
+        let status_gid = match config.node.status_group.as_deref() {
+            Some(g) => match crate::operator::status::server::group_id(g) {
+                Ok(gid) => Some(gid),
+                Err(_) => {
+                    errors.push(FieldError {
+                        field: "node.status_group".into(),
+                        reason: "is not a group on this host (check /etc/group)".into(),
+                    });
+                    None
+                }
+            },
+            None => None,
+        };
         invalid_unless_empty(path, errors)?;
         Ok(Checked {
             config,
             secrets: secrets.expect("every secret was read when there is no error"),
+            status_gid,
         })
     }
 }

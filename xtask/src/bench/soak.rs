@@ -515,10 +515,15 @@ pub fn json_of(s: &SoakResult) -> Value {
 
 /// "3 / 0" for server1 / server2 of an ha-agent soak, "-" otherwise.
 fn per_agent(s: &SoakResult, f: impl Fn(&AgentSoak) -> String) -> String {
+    per_agent_joined(s, " / ", f)
+}
+
+/// Each agent's cell, joined by `sep` ("; " when a cell holds a " / ").
+fn per_agent_joined(s: &SoakResult, sep: &str, f: impl Fn(&AgentSoak) -> String) -> String {
     if s.agents.is_empty() {
         return "-".into();
     }
-    s.agents.iter().map(f).collect::<Vec<_>>().join(" / ")
+    s.agents.iter().map(f).collect::<Vec<_>>().join(sep)
 }
 
 fn opt_us(x: Option<u64>) -> String {
@@ -569,38 +574,24 @@ pub fn rows(soaks: &[SoakResult]) -> Vec<(String, Vec<String>)> {
             &|s| per_agent(s, |a| a.false_alarms_total.to_string()),
         ),
         row("probe slots sent / missed (server1; server2)", &|s| {
-            if s.agents.is_empty() {
-                return "-".into();
-            }
-            s.agents
-                .iter()
-                .map(|a| format!("{} / {}", a.slots, a.missed_slots))
-                .collect::<Vec<_>>()
-                .join("; ")
+            per_agent_joined(s, "; ", |a| format!("{} / {}", a.slots, a.missed_slots))
         }),
         row(
             "best sender's lateness p50 / p99 / max (us; server1; server2)",
             &|s| {
-                if s.agents.is_empty() {
-                    return "-".into();
-                }
-                s.agents
-                    .iter()
-                    .map(|a| {
-                        let max = match (a.max_us, a.max_exact) {
-                            (Some(m), true) => m.to_string(),
-                            (Some(m), false) => format!("<={m}"),
-                            (None, _) => "-".into(),
-                        };
-                        format!("<={} / <={} / {max}", opt_us(a.p50_us), opt_us(a.p99_us))
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                per_agent_joined(s, "; ", |a| {
+                    let max = match (a.max_us, a.max_exact) {
+                        (Some(m), true) => m.to_string(),
+                        (Some(m), false) => format!("<={m}"),
+                        (None, _) => "-".into(),
+                    };
+                    format!("<={} / <={} / {max}", opt_us(a.p50_us), opt_us(a.p99_us))
+                })
             },
         ),
         row(
-            "sender wakes held in their own work > 1 interval; longest ever (us; server1; server2)",
-            &|s| per_agent(s, |a| format!("{}; {}", a.long_work, a.work_max_us)),
+            "sender wakes held in their own work > 1 interval / longest ever (us; server1; server2)",
+            &|s| per_agent_joined(s, "; ", |a| format!("{} / {}", a.long_work, a.work_max_us)),
         ),
         row(
             "missed-slot episodes in the logs (server1 / server2 / both at once)",
