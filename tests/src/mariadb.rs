@@ -604,7 +604,7 @@ impl Mariadb {
             semisync: false,
             durability: None,
             semisync_timeout_ms: 1000,
-            state_dir: self.dir.join("agent-state"),
+            state_dir: Some(self.dir.join("agent-state")),
             check_interval_ms: 200,
             timeout_ms: 2000,
             max_replica_lag_s: 2,

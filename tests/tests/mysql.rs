@@ -567,7 +567,7 @@ fn semisync_strict_is_journaled_and_acknowledged_by_the_replica() {
     let (s1, s2, d1, _d2, rt) = semisync_pair();
     let j = rt
         .block_on(ha_agent::drivers::mysql::journal::read(
-            &d1.config().state_dir,
+            d1.config().state_dir(),
         ))
         .unwrap()
         .expect("journaled");
@@ -924,7 +924,7 @@ fn malformed_gtid_strings_from_a_server_are_errors_not_panics() {
             semisync: false,
             durability: None,
             semisync_timeout_ms: 1000,
-            state_dir: std::env::temp_dir().join("ha-fake-state"),
+            state_dir: Some(std::env::temp_dir().join("ha-fake-state")),
             check_interval_ms: 200,
             timeout_ms: 2000,
             max_replica_lag_s: 2,

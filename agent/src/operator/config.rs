@@ -464,9 +464,10 @@ pub struct MysqlConfig {
     #[serde(default = "default_semisync_timeout_ms")]
     pub semisync_timeout_ms: u64,
     /// Where the agent keeps what must survive a crash: the semi-sync
-    /// journal and the records of undone transactions.
-    #[serde(default = "default_state_dir")]
-    pub state_dir: PathBuf,
+    /// journal and the records of undone transactions. Absent: the node's
+    /// `state_dir` (filled in at parse time).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
     /// How often the daemon probes the local server's health.
     #[serde(default = "default_check_interval_ms")]
     pub check_interval_ms: u64,
@@ -610,9 +611,14 @@ impl MysqlConfig {
         if !(10..=600_000).contains(&self.semisync_timeout_ms) {
             bad(f("semisync_timeout_ms"), "must be between 10 and 600000");
         }
-        if !self.state_dir.is_absolute() {
+        if !self.state_dir().is_absolute() {
             bad(f("state_dir"), "must be an absolute directory path");
         }
+    }
+
+    /// Where the journal and the undone transactions' records go.
+    pub fn state_dir(&self) -> &Path {
+        self.state_dir.as_deref().unwrap_or(Path::new(""))
     }
 }
 
@@ -786,6 +792,10 @@ impl Config {
             message: e.to_string().trim_end().to_string(),
         })?;
         config.path = path.to_owned();
+        if let Some(m) = config.mysql.as_mut() {
+            m.state_dir
+                .get_or_insert_with(|| config.node.state_dir.clone());
+        }
         Ok(config)
     }
 
@@ -1673,7 +1683,17 @@ peer_address = "192.168.1.101:3306"
         assert_eq!(m.timeout(), Duration::from_millis(2000));
         assert!(!m.semisync);
         assert_eq!(m.durability(), None);
-        assert_eq!(m.state_dir, PathBuf::from("/var/lib/ha-agent"));
+        assert_eq!(m.state_dir(), Path::new("/var/lib/ha-agent"));
+        // One state directory unless told otherwise.
+        let moved = GOOD.replace("[node]\n", "[node]\nstate_dir = \"/srv/ha\"\n");
+        assert_ne!(moved, GOOD, "GOOD has a [node] line");
+        let m = parse(&format!("{moved}{MYSQL}")).unwrap().mysql.unwrap();
+        assert_eq!(m.state_dir(), Path::new("/srv/ha"));
+        let m = parse(&format!("{moved}{MYSQL}state_dir = \"/srv/db\"\n"))
+            .unwrap()
+            .mysql
+            .unwrap();
+        assert_eq!(m.state_dir(), Path::new("/srv/db"));
         // Semi-sync is strict unless told otherwise.
         let m = parse(&format!("{GOOD}{MYSQL}semisync = true\n"))
             .unwrap()

@@ -67,7 +67,7 @@ pub enum MysqlError {
         server: String,
         source: FlashbackError,
     },
-    #[error("the semi-sync journal {path}: {message}; check the directory (mysql.state_dir) exists and is writable by the agent")]
+    #[error("the semi-sync journal {path}: {message}; check the directory (mysql.state_dir, else node.state_dir) exists and is writable by the agent")]
     Journal { path: PathBuf, message: String },
 }
 

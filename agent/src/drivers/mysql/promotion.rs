@@ -85,7 +85,7 @@ impl MysqlDriver {
             .filter(|u| *u != JournalUpdate::PrimaryEffective)
             .map(|u| {
                 let j = journal_entry(s.ident.server_id, u, None);
-                let dir = self.cfg.state_dir.clone();
+                let dir = self.cfg.state_dir().to_path_buf();
                 tokio::spawn(async move { journal::write(&dir, &j).await })
             });
         let r = self
@@ -311,7 +311,7 @@ impl MysqlDriver {
         // Before any write can be acknowledged.
         match journal {
             Some(task) => task.await.map_err(|e| MysqlError::Journal {
-                path: journal::path(&self.cfg.state_dir),
+                path: journal::path(self.cfg.state_dir()),
                 message: e.to_string(),
             })??,
             None => {

@@ -242,7 +242,7 @@ impl MysqlDriver {
                     &self.local,
                     &errant.keep,
                     &errant.set,
-                    &self.cfg.state_dir,
+                    self.cfg.state_dir(),
                     UNDO_BOUND,
                 )
                 .await?;

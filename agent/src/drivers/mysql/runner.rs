@@ -213,7 +213,7 @@ impl Runner {
         let mut fence: Option<BoxFuture<'static, Result<FenceReport, MysqlError>>> = None;
         let mut job: Option<BoxFuture<'static, (Done, Option<JournalRead>)>> = None;
         {
-            let dir = self.driver.config().state_dir.clone();
+            let dir = self.driver.config().state_dir().to_path_buf();
             let j = journal::read(&dir).await;
             self.ctl.handle_input(Input::Journal(j), now());
         }
@@ -340,7 +340,7 @@ impl Runner {
                 }
                 Job::Relax { timeout } => Done::Relaxed(d.semisync_relax(timeout).await),
             };
-            let j = journal::read(&d.config().state_dir).await;
+            let j = journal::read(d.config().state_dir()).await;
             (done, Some(j))
         })
     }

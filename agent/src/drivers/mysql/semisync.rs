@@ -170,7 +170,7 @@ impl MysqlDriver {
             None
         };
         let j = journal_entry(s.ident.server_id, update, position);
-        journal::write(&self.cfg.state_dir, &j).await?;
+        journal::write(self.cfg.state_dir(), &j).await?;
         Ok(j)
     }
 
