@@ -555,8 +555,8 @@ impl SenderMaps {
     /// reading the clock and renewing cannot shorten a sibling's newer
     /// renewal. The stall's length is stored before its time (the kernel
     /// reads them the other way round).
-    /// False when the mapping is too small for a lease (never: checked at
-    /// start by the kernel's map size).
+    ///
+    /// False when the mapping holds no lease (never: it is mapped for one).
     pub fn renew(
         &self,
         until_ns: u64,
