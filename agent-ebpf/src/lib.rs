@@ -86,13 +86,6 @@ pub struct Lease {
     pub until_ns: u64,
     /// When the senders last renewed (the anchor of `until_ns`).
     pub renewed_ns: u64,
-    /// When a sender last found a slot that no thread had sent in time:
-    /// every CPU of ours was held, this machine stalled (0 = never). The
-    /// peer's probes may have waited behind the same stall, and on a
-    /// machine shared with the peer (the lab) its senders too.
-    pub stalled_ns: u64,
-    /// How long that stall was (how late that slot was sent).
-    pub stalled_len_ns: u64,
 }
 
 /// Probe sender threads (one per CPU) whose beats the kernel watches.
@@ -111,6 +104,10 @@ pub const fn beat_gap(interval_ns: u64) -> u64 {
 /// sent the slot or a sibling did: a beat older than
 /// `LinkConfig::beat_gap_ns` means that CPU is not running our thread now,
 /// so a probe may be waiting on it, unprocessed.
+///
+/// Only its own thread writes an entry: each pair of fields is stored in
+/// one order and read in the other, so a reader never sees a new time with
+/// an old companion (two writers of one pair could interleave their stores).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SenderBeat {
@@ -119,6 +116,13 @@ pub struct SenderBeat {
     /// The last beat that came more than `beat_gap_ns` after the one
     /// before it: when that CPU's last stall ended (0 = never).
     pub stall_end_ns: u64,
+    /// When this thread last woke to find a slot that no thread had sent in
+    /// time: every CPU of ours was held, this machine stalled (0 = never).
+    /// The peer's probes may have waited behind the same stall, and on a
+    /// machine shared with the peer (the lab) its senders too.
+    pub machine_stall_ns: u64,
+    /// How long that stall was (how late this thread woke).
+    pub machine_stall_len_ns: u64,
 }
 
 impl SenderBeat {
@@ -132,6 +136,7 @@ impl SenderBeat {
             } else {
                 self.stall_end_ns
             },
+            ..self
         }
     }
 
@@ -143,6 +148,26 @@ impl SenderBeat {
     /// Its CPU ran the thread again, after a stall, less than `window_ns` ago.
     pub const fn resumed_within(&self, now_ns: u64, window_ns: u64) -> bool {
         self.stall_end_ns != 0 && now_ns.saturating_sub(self.stall_end_ns) < window_ns
+    }
+
+    /// This beat, also saying that at `at_ns` the thread found the whole
+    /// machine had stalled for `len_ns`.
+    pub const fn with_machine_stall(self, at_ns: u64, len_ns: u64) -> SenderBeat {
+        SenderBeat {
+            machine_stall_ns: at_ns,
+            machine_stall_len_ns: len_ns,
+            ..self
+        }
+    }
+
+    /// The length of the machine stall this thread found less than
+    /// `window_ns` before `now_ns` (0 = none).
+    pub const fn machine_stall_within(&self, now_ns: u64, window_ns: u64) -> u64 {
+        if self.machine_stall_ns != 0 && now_ns.saturating_sub(self.machine_stall_ns) < window_ns {
+            self.machine_stall_len_ns
+        } else {
+            0
+        }
     }
 }
 
@@ -405,6 +430,23 @@ mod tests {
         // An unused slot (no such thread) is never stalled.
         assert!(!SenderBeat::default().stalled_at(u64::MAX, gap));
         assert!(!SenderBeat::default().resumed_within(0, STALL));
+    }
+
+    #[test]
+    fn a_machine_stall_counts_within_the_window_and_survives_the_next_beats() {
+        let gap = beat_gap(2 * MS);
+        let b = SenderBeat::default()
+            .next(10 * MS, gap)
+            .with_machine_stall(40 * MS, 24 * MS)
+            .next(40 * MS, gap)
+            .next(42 * MS, gap);
+        assert_eq!(b.machine_stall_within(42 * MS, DETECT), 24 * MS);
+        assert_eq!(
+            b.machine_stall_within(40 * MS + DETECT - 1, DETECT),
+            24 * MS
+        );
+        assert_eq!(b.machine_stall_within(40 * MS + DETECT, DETECT), 0);
+        assert_eq!(SenderBeat::default().machine_stall_within(MS, DETECT), 0);
     }
 
     #[test]

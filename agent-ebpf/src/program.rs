@@ -513,9 +513,9 @@ unsafe fn start_pinned(timer: *mut bpf_timer, ns: u64) {
     }
 }
 
-/// Our own stalls: from the sender threads' beats (one thread per CPU),
-/// one CPU stalled now (its beat is older than a gap) or one that ran again
-/// less than a stall ago; from the lease, a stall of the whole machine
+/// Our own stalls, from the sender threads' beats (one thread per CPU): one
+/// CPU stalled now (its beat is older than a gap) or one that ran again
+/// less than a stall ago, and a stall of the whole machine that a thread
 /// noticed within the detection time.
 #[inline(always)]
 fn our_stalls(now: u64, detect: u64, cfg: &LinkConfig) -> OurStalls {
@@ -524,33 +524,31 @@ fn our_stalls(now: u64, detect: u64, cfg: &LinkConfig) -> OurStalls {
     while i < MAX_SENDERS {
         if let Some(p) = BEATS.get_ptr(i) {
             // The senders store into this memory while we read it (it is
-            // mapped into the agent): each field is read once, the beat
-            // first, as they store it last.
+            // mapped into the agent): each field is read once, and each
+            // pair's time before its companion, as they store it last.
             // SAFETY: `p` points to a live, aligned element of BEATS.
             let b = unsafe {
+                let beat_ns = core::ptr::read_volatile(core::ptr::addr_of!((*p).beat_ns));
+                let stall_end_ns = core::ptr::read_volatile(core::ptr::addr_of!((*p).stall_end_ns));
+                let machine_stall_ns =
+                    core::ptr::read_volatile(core::ptr::addr_of!((*p).machine_stall_ns));
+                let machine_stall_len_ns =
+                    core::ptr::read_volatile(core::ptr::addr_of!((*p).machine_stall_len_ns));
                 SenderBeat {
-                    beat_ns: core::ptr::read_volatile(core::ptr::addr_of!((*p).beat_ns)),
-                    stall_end_ns: core::ptr::read_volatile(core::ptr::addr_of!((*p).stall_end_ns)),
+                    beat_ns,
+                    stall_end_ns,
+                    machine_stall_ns,
+                    machine_stall_len_ns,
                 }
             };
             s.in_progress |= b.stalled_at(now, cfg.beat_gap_ns);
             s.just_ended |= b.resumed_within(now, cfg.stall_ns);
+            let len = b.machine_stall_within(now, detect);
+            if len > s.machine_len {
+                s.machine_len = len;
+            }
         }
         i += 1;
-    }
-    if let Some(l) = LEASE.get_ptr(0) {
-        // The senders store the stall's length before its time: read in
-        // the other order, a new stall's time never comes with an old
-        // stall's length.
-        // SAFETY: `l` points to the live, aligned element 0 of LEASE.
-        let (at, len) = unsafe {
-            let at = core::ptr::read_volatile(core::ptr::addr_of!((*l).stalled_ns));
-            let len = core::ptr::read_volatile(core::ptr::addr_of!((*l).stalled_len_ns));
-            (at, len)
-        };
-        if at != 0 && now.saturating_sub(at) < detect {
-            s.machine_len = len;
-        }
     }
     s
 }

@@ -535,60 +535,52 @@ pub struct SenderMaps {
     beats: MappedArray,
 }
 
-const _: () = assert!(std::mem::size_of::<Lease>() == 32);
+const _: () = assert!(std::mem::size_of::<Lease>() == 16);
 const _: () = assert!(std::mem::offset_of!(Lease, until_ns) == 0);
 const _: () = assert!(std::mem::offset_of!(Lease, renewed_ns) == 8);
-const _: () = assert!(std::mem::offset_of!(Lease, stalled_ns) == 16);
-const _: () = assert!(std::mem::offset_of!(Lease, stalled_len_ns) == 24);
 const BEAT_WORDS: usize = std::mem::size_of::<SenderBeat>() / 8;
-const _: () = assert!(std::mem::size_of::<SenderBeat>() == 16);
+const _: () = assert!(std::mem::size_of::<SenderBeat>() == 32);
 const _: () = assert!(std::mem::offset_of!(SenderBeat, beat_ns) == 0);
 const _: () = assert!(std::mem::offset_of!(SenderBeat, stall_end_ns) == 8);
+const _: () = assert!(std::mem::offset_of!(SenderBeat, machine_stall_ns) == 16);
+const _: () = assert!(std::mem::offset_of!(SenderBeat, machine_stall_len_ns) == 24);
 
 impl SenderMaps {
-    /// The kernel serves our VIPs until `until_ns` (CLOCK_MONOTONIC); the
-    /// senders renewed at `renewed_ns` and last found a slot none of them
-    /// sent in time at `stalled_ns` (0 = never), that slot `stalled_len_ns`
-    /// late.
+    /// The kernel serves our VIPs until `until_ns` (CLOCK_MONOTONIC), as
+    /// renewed at `renewed_ns`.
     ///
-    /// The deadline and the renewal only grow: a thread held between
-    /// reading the clock and renewing cannot shorten a sibling's newer
-    /// renewal. The stall's length is stored before its time (the kernel
-    /// reads them the other way round).
+    /// Both only grow: a thread held between reading the clock and
+    /// renewing cannot shorten a sibling's newer renewal.
     ///
     /// False when the mapping holds no lease (never: it is mapped for one).
-    pub fn renew(
-        &self,
-        until_ns: u64,
-        renewed_ns: u64,
-        stalled_ns: u64,
-        stalled_len_ns: u64,
-    ) -> bool {
+    pub fn renew(&self, until_ns: u64, renewed_ns: u64) -> bool {
         use std::sync::atomic::Ordering::Release;
-        let Some([until, renewed, stalled, stalled_len]) = self.lease.words::<4>(0) else {
+        let Some([until, renewed]) = self.lease.words::<2>(0) else {
             return false;
         };
-        stalled_len.store(stalled_len_ns, Release);
-        stalled.store(stalled_ns, Release);
         renewed.fetch_max(renewed_ns, Release);
         until.fetch_max(until_ns, Release);
         true
     }
 
     /// Sender thread `thread` (< `MAX_SENDERS`) ran: its CPU is not
-    /// stalled. False when there is no such thread slot.
+    /// stalled. False when there is no such thread slot. Only that thread
+    /// may call it (one writer per entry).
     ///
-    /// Stores the stall's end first and the beat last: the kernel reads the
-    /// beat first, so a new beat never comes with an old stall's end.
+    /// Stores each pair's companion first and its time last: the kernel
+    /// reads the times first, so a new time never comes with an old
+    /// stall's end or length.
     pub fn beat(&self, thread: u32, beat: &SenderBeat) -> bool {
         use std::sync::atomic::Ordering::Release;
-        let Some([beat_word, end_word]) = usize::try_from(thread)
+        let Some([beat_word, end_word, machine_word, machine_len_word]) = usize::try_from(thread)
             .ok()
             .filter(|&t| t < MAX_SENDERS as usize)
             .and_then(|t| self.beats.words::<BEAT_WORDS>(t * BEAT_WORDS))
         else {
             return false;
         };
+        machine_len_word.store(beat.machine_stall_len_ns, Release);
+        machine_word.store(beat.machine_stall_ns, Release);
         end_word.store(beat.stall_end_ns, Release);
         beat_word.store(beat.beat_ns, Release);
         true
@@ -826,9 +818,12 @@ mod tests {
         // senders) write the same kernel memory.
         let other = live.sender_maps().unwrap();
         for thread in 0..MAX_SENDERS {
+            let t = u64::from(thread);
             let beat = SenderBeat {
-                beat_ns: 1_000 + u64::from(thread),
-                stall_end_ns: 2_000 + u64::from(thread),
+                beat_ns: 1_000 + t,
+                stall_end_ns: 2_000 + t,
+                machine_stall_ns: 3_000 + t,
+                machine_stall_len_ns: 4_000 + t,
             };
             assert!(maps.beat(thread, &beat));
             let seen: SenderBeat = lookup_array(live.beats.fd().as_fd(), thread);
@@ -837,6 +832,8 @@ mod tests {
         let later = SenderBeat {
             beat_ns: 9_000,
             stall_end_ns: 8_000,
+            machine_stall_ns: 7_000,
+            machine_stall_len_ns: 6_000,
         };
         assert!(other.beat(1, &later));
         assert_eq!(
@@ -845,38 +842,29 @@ mod tests {
         );
         assert!(!maps.beat(MAX_SENDERS, &later), "no such thread slot");
 
-        // The lease: every field as stored; the deadline and the renewal
-        // only grow (a thread held before renewing cannot shorten a
-        // sibling's newer lease), the stall is the last one stored.
-        assert!(maps.renew(50_000, 26_000, 20_000, 3_000));
+        // The lease: the deadline and the renewal only grow (a thread held
+        // before renewing cannot shorten a sibling's newer lease).
+        assert!(maps.renew(50_000, 26_000));
         let lease = |live: &Liveness| lookup_array::<Lease>(live.lease.fd().as_fd(), 0);
         let want = Lease {
             until_ns: 50_000,
             renewed_ns: 26_000,
-            stalled_ns: 20_000,
-            stalled_len_ns: 3_000,
         };
         assert_eq!(lease(&live), want);
-        assert!(other.renew(48_000, 24_000, 21_000, 4_000));
-        let want = Lease {
-            stalled_ns: 21_000,
-            stalled_len_ns: 4_000,
-            ..want
-        };
+        assert!(other.renew(48_000, 24_000));
         assert_eq!(lease(&live), want, "an older renewal shortens nothing");
-        assert!(maps.renew(52_000, 28_000, 21_000, 4_000));
+        assert!(maps.renew(52_000, 28_000));
         assert_eq!(
             lease(&live),
             Lease {
                 until_ns: 52_000,
                 renewed_ns: 28_000,
-                ..want
             }
         );
 
         // The mappings outlive the loader (they hold the maps).
         drop(live);
         assert!(maps.beat(0, &later));
-        assert!(maps.renew(60_000, 30_000, 0, 0));
+        assert!(maps.renew(60_000, 30_000));
     }
 }

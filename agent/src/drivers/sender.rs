@@ -35,17 +35,18 @@
 //! could hear: the peer, counting the lease from the last probe it heard,
 //! knows when our kernel stops serving the VIPs if we hang. The threads
 //! renew (and send) only while the decision loop is alive: a deadlocked
-//! agent falls silent, its peer takes over, its lease lapses. With each
-//! renewal they tell the kernel when they last all ran late (this machine
-//! stalled: no thread sent a slot in time), so its timers do not take our
-//! own stall for the peer's death.
+//! agent falls silent, its peer takes over, its lease lapses.
 //!
 //! The beats: every thread, on every wake, whether it sent the slot or not
-//! and whether the decision loop is alive or not, stores its beat (and
-//! when its last stall ended) into kernel memory mapped into the agent (no
-//! system call). A thread is pinned to its CPU, so a stale beat is a CPU
-//! of ours that is stalled now, and the kernel's timers do not take a
-//! probe held there for the peer's death.
+//! and whether the decision loop is alive or not, stores its beat (when
+//! its CPU's last stall ended, and when it last found that every thread
+//! ran late: this machine stalled, no thread sent a slot in time) into
+//! kernel memory mapped into the agent (no system call). A thread is
+//! pinned to its CPU, so a stale beat is a CPU of ours that is stalled now,
+//! and the kernel's timers take neither a probe held there nor one held
+//! behind a stall of the whole machine for the peer's death. Each thread
+//! writes only its own beat: one writer per record, so the kernel never
+//! reads one thread's stall time with another's length.
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU64, Ordering};
@@ -316,15 +317,6 @@ struct Shared {
     /// The kernel's lease and beats (none in tests without a kernel).
     maps: Option<SenderMaps>,
     lease_ns: u64,
-    /// When a thread last found a slot no thread had sent in time (0 =
-    /// never): the whole machine stalled.
-    stalled_ns: AtomicU64,
-    /// How late that slot was (ns): how long the stall lasted.
-    stalled_len_ns: AtomicU64,
-    /// The latest lease end written (or being written) to the kernel: a
-    /// thread that read the clock before a sibling's renewal has nothing
-    /// to store (the kernel's deadline only grows anyway).
-    lease_until_ns: AtomicU64,
     /// One more than the last slot whose lateness was recorded (0 = none):
     /// recorded once per slot whether its sends succeeded or not (a link
     /// whose sends fail is not a stalled sender).
@@ -390,9 +382,6 @@ impl Senders {
             witness_sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
             maps,
             lease_ns: u64::try_from(cfg.lease.as_nanos()).unwrap_or(u64::MAX),
-            stalled_ns: AtomicU64::new(0),
-            stalled_len_ns: AtomicU64::new(0),
-            lease_until_ns: AtomicU64::new(0),
             recorded_slots: AtomicU64::new(0),
             stats,
             start: Instant::now(),
@@ -564,13 +553,12 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
             shared.recorded_slots.load(Ordering::Acquire),
             current_slot(shared, due),
         ) {
-            // Recorded even when the stall makes the decision loop look
-            // stale: the kernel's grace for our own stalls reads it.
-            shared.stalled_len_ns.store(
-                u64::try_from(len.as_nanos()).unwrap_or(u64::MAX),
-                Ordering::Release,
-            );
-            shared.stalled_ns.fetch_max(anchor_ns, Ordering::AcqRel);
+            // In this thread's own beat (one writer: the time and the
+            // length cannot come from two threads), stored below even when
+            // the stall makes the decision loop look stale: the kernel's
+            // grace for our own stalls reads it.
+            beat = beat
+                .with_machine_stall(anchor_ns, u64::try_from(len.as_nanos()).unwrap_or(u64::MAX));
         }
         if !alive {
             // The decision loop hangs: fall silent so the peer takes over,
@@ -637,16 +625,12 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
             // Renewed when this thread did the slot's sends (whether the
             // network took them or not: a dead peer's unresolved address
             // fails sends, and the holder must keep serving then).
+            // The kernel's deadline only grows: a thread that read the
+            // clock before a sibling's renewal shortens nothing.
             let until = anchor_ns.saturating_add(shared.lease_ns);
-            if attempted && shared.lease_until_ns.fetch_max(until, Ordering::AcqRel) < until {
+            if attempted {
                 if let Some(maps) = &shared.maps {
-                    let renewed = maps.renew(
-                        until,
-                        anchor_ns,
-                        shared.stalled_ns.load(Ordering::Acquire),
-                        shared.stalled_len_ns.load(Ordering::Acquire),
-                    );
-                    if !renewed {
+                    if !maps.renew(until, anchor_ns) {
                         shared.stats.lease_errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
