@@ -402,6 +402,10 @@ pub fn render(s: &Status) -> String {
             );
         }
     }
+    render_false_alarms(s, &mut o);
+    if let Some(t) = &s.sender {
+        t.render(&mut o);
+    }
     if let Some(d) = &s.database {
         d.render(&mut o);
     }
@@ -422,6 +426,50 @@ pub fn render(s: &Status) -> String {
         }
     }
     o
+}
+
+/// The count, and the recent ones with what each saw.
+fn render_false_alarms(s: &Status, o: &mut String) {
+    if s.false_alarms == 0 {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "false alarms: {} (took over from a holder that was only silent, handed back; no hook ran)",
+        s.false_alarms
+    );
+    for f in &s.recent_false_alarms {
+        let _ = writeln!(
+            o,
+            "  {}  epoch {}  silence {} ms  held {} ms  lateness: holder {} ms, ours {} ms",
+            f.time, f.epoch, f.silence_ms, f.held_ms, f.peer_lateness_ms, f.own_lateness_ms
+        );
+    }
+}
+
+impl SenderStatus {
+    /// Two lines: the threads and slots, then how late the best sender was
+    /// (what the peer sees) and anything that failed.
+    pub fn render(&self, o: &mut String) {
+        let us = |q: Option<u64>| q.map_or("-".to_string(), |v| v.to_string());
+        let _ = writeln!(
+            o,
+            "senders: {} threads ({} real-time, {} pinned)  slots {}  missed {}",
+            self.threads, self.realtime_threads, self.pinned_threads, self.slots, self.missed_slots
+        );
+        let _ = writeln!(
+            o,
+            "  best sender late p50 {} us  p99 {} us  max {} us  own work max {} us  errors: send {} witness {} lease {}  loop stale {}",
+            us(self.lateness_p50_us),
+            us(self.lateness_p99_us),
+            self.lateness_max_us,
+            self.work_max_us,
+            self.send_errors,
+            self.witness_errors,
+            self.lease_errors,
+            self.loop_stale
+        );
+    }
 }
 
 /// Formats a wall-clock time as RFC 3339 UTC with milliseconds. A clock
@@ -516,6 +564,45 @@ mod tests {
         assert!(text.contains("DEGRADED"));
         assert!(text.contains("inside     eth1     peer DOWN"));
         assert!(text.contains("WARNING: no witness"));
+        assert!(!text.contains("false alarms"), "none to show:\n{text}");
+        assert!(!text.contains("senders:"), "none to show:\n{text}");
+    }
+
+    #[test]
+    fn false_alarms_and_senders_render() {
+        let s = Status {
+            false_alarms: 2,
+            recent_false_alarms: vec![FalseAlarmStatus {
+                time: "2026-12-03T16:16:26.612Z".into(),
+                epoch: 2,
+                silence_ms: 7.121,
+                held_ms: 6.086,
+                peer_lateness_ms: 2.1,
+                own_lateness_ms: 2.095,
+            }],
+            sender: Some(SenderStatus {
+                threads: 2,
+                realtime_threads: 2,
+                pinned_threads: 2,
+                slots: 900_000,
+                missed_slots: 12,
+                lateness_p50_us: Some(14),
+                lateness_p99_us: None,
+                lateness_max_us: 4_600,
+                work_max_us: 2_100,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let text = render(&s);
+        for want in [
+            "false alarms: 2 (took over from a holder that was only silent, handed back; no hook ran)",
+            "  2026-12-03T16:16:26.612Z  epoch 2  silence 7.121 ms  held 6.086 ms  lateness: holder 2.1 ms, ours 2.095 ms",
+            "senders: 2 threads (2 real-time, 2 pinned)  slots 900000  missed 12",
+            "  best sender late p50 14 us  p99 - us  max 4600 us  own work max 2100 us  errors: send 0 witness 0 lease 0  loop stale 0",
+        ] {
+            assert!(text.lines().any(|l| l == want), "{want:?} in:\n{text}");
+        }
     }
 
     #[test]
