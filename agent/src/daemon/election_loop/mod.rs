@@ -249,11 +249,7 @@ impl ElectionLoop {
                 biased;
                 events = self.liveness.next_events() => {
                     match events {
-                        Ok(events) => {
-                            for e in events {
-                                self.on_kernel_event(e);
-                            }
-                        }
+                        Ok(events) => self.on_kernel_events(events),
                         Err(e) => {
                             // Without the kernel's events we are blind and
                             // the peer takes over: hold nothing meanwhile.
@@ -350,14 +346,33 @@ impl ElectionLoop {
         }
     }
 
-    fn on_kernel_event(&mut self, e: Event) {
+    /// One read of the kernel's events, decided on together: a silence
+    /// that ended within it moves nothing.
+    fn on_kernel_events(&mut self, events: Vec<Event>) {
         let now = Instant::now();
+        // The links as the events leave them, for the logs (the election
+        // sees them all at once).
+        let mut up: Vec<bool> = (0..self.cfg.links.len())
+            .map(|i| self.election.link_up(i))
+            .collect();
+        let inputs: Vec<Input> = events
+            .into_iter()
+            .filter_map(|e| self.kernel_input(e, now, &mut up))
+            .collect();
+        self.election.handle_inputs(inputs, now);
+    }
+
+    /// The election's input for one kernel event, logged.
+    fn kernel_input(&mut self, e: Event, now: Instant, up: &mut [bool]) -> Option<Input> {
         let link = e.link as usize;
         let name = self.link_name(link).to_string();
         let age_us = monotonic_now_ns().saturating_sub(e.ts_ns) / 1000;
         let epoch = self.election.epoch();
         let input = match e.kind {
             EVENT_PEER_UP => {
+                if let Some(u) = up.get_mut(link) {
+                    *u = true;
+                }
                 info!(link = %name, epoch, "peer heard on link");
                 Input::PeerLink {
                     link,
@@ -368,8 +383,10 @@ impl ElectionLoop {
             EVENT_PEER_DOWN => {
                 // How long the kernel had heard nothing when it decided.
                 let silence_us = e.ts_ns.saturating_sub(e.value) / 1000;
-                let others =
-                    (0..self.cfg.links.len()).any(|i| i != link && self.election.link_up(i));
+                if let Some(u) = up.get_mut(link) {
+                    *u = false;
+                }
+                let others = up.iter().enumerate().any(|(i, u)| i != link && *u);
                 // Graces the kernel gave the silence for stalls of ours
                 // (each one more `grace`: the detection came that much later).
                 let graces_late_timer = e.late_timer_graces;
@@ -403,10 +420,10 @@ impl ElectionLoop {
             }
             other => {
                 debug!(kind = other, "unknown kernel event");
-                return;
+                return None;
             }
         };
-        self.election.handle_input(input, now);
+        Some(input)
     }
 
     fn on_carrier(&mut self, link: usize, up: bool) {

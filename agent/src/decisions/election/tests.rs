@@ -1140,3 +1140,60 @@ fn after_a_silence_the_peers_old_state_decides_nothing() {
     assert_eq!(w.moves(), moves, "{:?}", w.nodes[0].transitions);
     assert_eq!(w.role(0), Role::Backup);
 }
+
+/// The kernel's events a backup reads at once when the holder's probes
+/// stop on both links and come back a moment later (0.2 ms in the log of
+/// a false alarm): both links declared down, then heard again.
+fn silence_that_ended(now: Instant) -> Vec<Input> {
+    let down = |link| Input::PeerLink {
+        link,
+        up: false,
+        last_heard: now - Duration::from_millis(6),
+    };
+    let up = |link| Input::PeerLink {
+        link,
+        up: true,
+        last_heard: now,
+    };
+    vec![down(0), down(1), up(0), up(1)]
+}
+
+#[test]
+fn a_silence_that_ended_within_one_batch_of_events_moves_nothing() {
+    let mut w = World::started();
+    let now = w.now();
+    let backup = &mut w.nodes[1];
+    assert_eq!(backup.e.role(), Role::Backup);
+    backup.e.handle_inputs(silence_that_ended(now), now);
+    backup.drain();
+    assert_eq!(backup.e.role(), Role::Backup);
+    assert!(!backup.holds, "no VIP was added");
+    assert!(backup.transitions.iter().all(|t| t.to != Role::Master));
+}
+
+#[test]
+fn the_same_events_one_at_a_time_take_over() {
+    // What the daemon did before it handed the election a whole read.
+    let mut w = World::started();
+    let now = w.now();
+    let backup = &mut w.nodes[1];
+    for input in silence_that_ended(now) {
+        backup.e.handle_input(input, now);
+    }
+    backup.drain();
+    assert!(backup.holds, "the takeover went ahead");
+    assert!(backup.transitions.iter().any(|t| t.to == Role::Master));
+}
+
+#[test]
+fn a_silence_on_every_link_within_one_batch_still_takes_over() {
+    let mut w = World::started();
+    let now = w.now();
+    let backup = &mut w.nodes[1];
+    let mut events = silence_that_ended(now);
+    events.truncate(2);
+    backup.e.handle_inputs(events, now);
+    backup.drain();
+    assert_eq!(backup.e.role(), Role::Master);
+    assert!(backup.holds);
+}
