@@ -88,6 +88,49 @@ pub struct Lease {
     pub renewed_ns: u64,
 }
 
+/// What the kernel last heard from a link's witness (map `WITNESS_SEEN`,
+/// index = link), mapped into the agent. The senders ask a witness that
+/// answered its last request by unicast to the MAC it answered from (as
+/// Linux's own neighbour probes do), and by broadcast otherwise: a request
+/// every few ms flooded to every host of the LAN is a load on all of them.
+/// The kernel stores `mac` first and `last_ns` last; the senders read
+/// `last_ns` first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WitnessSeen {
+    /// `bpf_ktime_get_ns()` of the witness's last ARP reply (0 = never).
+    pub last_ns: u64,
+    /// The MAC it came from, in the low 48 bits ([`mac_to_word`]).
+    pub mac: u64,
+}
+
+/// A MAC as the low 48 bits of a word (first byte most significant).
+pub const fn mac_to_word(m: [u8; 6]) -> u64 {
+    u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]])
+}
+
+/// The MAC in the low 48 bits of `w`.
+pub const fn word_to_mac(w: u64) -> [u8; 6] {
+    let b = w.to_be_bytes();
+    [b[2], b[3], b[4], b[5], b[6], b[7]]
+}
+
+impl WitnessSeen {
+    /// Where a witness request sent at `now_ns` goes: the MAC that answered,
+    /// when it answered within the last `interval_ns` and a half (so the
+    /// request before this one was answered), else None (broadcast). A
+    /// witness that stops answering its unicast (a replaced gateway, a new
+    /// MAC) costs one request, not its detection.
+    pub const fn unicast_to(&self, now_ns: u64, interval_ns: u64) -> Option<[u8; 6]> {
+        let fresh = interval_ns.saturating_add(interval_ns / 2);
+        if self.last_ns == 0 || self.mac == 0 || now_ns.saturating_sub(self.last_ns) >= fresh {
+            None
+        } else {
+            Some(word_to_mac(self.mac))
+        }
+    }
+}
+
 /// Probe sender threads (one per CPU) whose beats the kernel watches.
 pub const MAX_SENDERS: u32 = 4;
 
@@ -300,6 +343,7 @@ mod pod {
     unsafe impl aya::Pod for super::Global {}
     unsafe impl aya::Pod for super::Lease {}
     unsafe impl aya::Pod for super::SenderBeat {}
+    unsafe impl aya::Pod for super::WitnessSeen {}
 }
 
 /// What a peer or witness detection timer does when it fires.
@@ -412,6 +456,38 @@ mod tests {
 
     fn verdict(elapsed: u64, late: u64, cpus: OurStalls) -> TimerVerdict {
         timer_verdict(elapsed, DETECT, late, STALL, GRACE, GRACE_MAX, cpus)
+    }
+
+    #[test]
+    fn a_mac_survives_the_word() {
+        let m = [0x02, 0x11, 0x22, 0x33, 0x44, 0xff];
+        assert_eq!(word_to_mac(mac_to_word(m)), m);
+        assert_eq!(mac_to_word(m), 0x0211_2233_44ff);
+    }
+
+    #[test]
+    fn a_witness_that_answered_the_last_request_is_asked_by_unicast() {
+        let m = [0x02, 0, 0, 0, 0, 1];
+        let i = 16 * MS;
+        let seen = WitnessSeen {
+            last_ns: 100 * MS,
+            mac: mac_to_word(m),
+        };
+        // The last reply came 16 ms ago (a request ago, answered at once),
+        // or within the next request's jitter.
+        assert_eq!(seen.unicast_to(116 * MS, i), Some(m));
+        assert_eq!(seen.unicast_to(123 * MS, i), Some(m));
+        // A reply stored after the sender read its clock is fresh too.
+        assert_eq!(seen.unicast_to(99 * MS, i), Some(m));
+        // The request before was not answered: ask everyone.
+        assert_eq!(seen.unicast_to(124 * MS, i), None);
+        assert_eq!(seen.unicast_to(u64::MAX, i), None);
+        // Never heard, or no MAC: broadcast.
+        assert_eq!(WitnessSeen::default().unicast_to(116 * MS, i), None);
+        let no_mac = WitnessSeen { mac: 0, ..seen };
+        assert_eq!(no_mac.unicast_to(116 * MS, i), None);
+        // No overflow at the extremes.
+        assert_eq!(seen.unicast_to(116 * MS, u64::MAX), Some(m));
     }
 
     #[test]

@@ -31,10 +31,11 @@
 use core::ffi::c_void;
 
 use agent_ebpf::{
-    siphash::siphash24, timer_verdict, Event, Global, GraceCause, Lease, LinkConfig, LinkState,
-    OurStalls, ProbeHeader, SenderBeat, TimerVerdict, EVENT_PEER_DOWN, EVENT_PEER_UP,
-    EVENT_VIP_CONFLICT, EVENT_WITNESS_DOWN, EVENT_WITNESS_UP, MAX_LINKS, MAX_SENDERS, MAX_VIPS,
-    PROBE_HEADER_LEN, PROBE_KIND_PROBE, PROBE_MAGIC, PROBE_VERSION, SEQ_SHIFT, TAGGED_LEN,
+    mac_to_word, siphash::siphash24, timer_verdict, Event, Global, GraceCause, Lease, LinkConfig,
+    LinkState, OurStalls, ProbeHeader, SenderBeat, TimerVerdict, WitnessSeen, EVENT_PEER_DOWN,
+    EVENT_PEER_UP, EVENT_VIP_CONFLICT, EVENT_WITNESS_DOWN, EVENT_WITNESS_UP, MAX_LINKS,
+    MAX_SENDERS, MAX_VIPS, PROBE_HEADER_LEN, PROBE_KIND_PROBE, PROBE_MAGIC, PROBE_VERSION,
+    SEQ_SHIFT, TAGGED_LEN,
 };
 use aya_ebpf::{
     bindings::{bpf_timer, xdp_action},
@@ -100,6 +101,11 @@ static LEASE: Array<Lease, 1, BPF_F_MMAPABLE> = Array::new();
 
 #[btf_map]
 static BEATS: Array<SenderBeat, { MAX_SENDERS as usize }, BPF_F_MMAPABLE> = Array::new();
+
+/// Each link's witness as last heard (see [`WitnessSeen`]): the senders
+/// read it to ask the witness by unicast.
+#[btf_map]
+static WITNESS_SEEN: Array<WitnessSeen, { MAX_LINKS as usize }, BPF_F_MMAPABLE> = Array::new();
 
 #[btf_map]
 static LINK_CONFIG: Array<LinkConfig, { MAX_LINKS as usize }> = Array::new();
@@ -410,6 +416,19 @@ fn on_arp(ctx: &XdpContext, data: usize, end: usize) -> u32 {
             let st = unsafe { &mut *st };
             st.witness_last_ns = now;
             st.witness_rx += 1;
+            if let Some(seen) = WITNESS_SEEN.get_ptr_mut(link) {
+                // The MAC first, the time last: the senders read the time
+                // first, so a fresh time never comes with a MAC older than
+                // it (a torn pair costs one unanswered unicast at worst).
+                // SAFETY: `seen` points to the live, aligned element `link`.
+                unsafe {
+                    core::ptr::write_volatile(
+                        core::ptr::addr_of_mut!((*seen).mac),
+                        mac_to_word(sha),
+                    );
+                    core::ptr::write_volatile(core::ptr::addr_of_mut!((*seen).last_ns), now);
+                }
+            }
             if cfg.witness_detect_ns != 0 {
                 arm_timer(
                     link * TIMERS_PER_LINK + TIMER_WITNESS,

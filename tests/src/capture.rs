@@ -87,3 +87,85 @@ pub fn open_capture(ns: &str, ifname: &str, ethertype: u16) -> Result<Fd> {
     let _ = setsockopt(&sock, libc::SOL_SOCKET, libc::SO_RCVBUF, &buf);
     Ok(sock)
 }
+
+/// An ARP request seen on the wire: who sent it, to which Ethernet
+/// destination, asking for which address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArpRequest {
+    pub source: [u8; 6],
+    pub destination: [u8; 6],
+    pub target: std::net::Ipv4Addr,
+}
+
+impl ArpRequest {
+    pub fn broadcast(&self) -> bool {
+        self.destination == [0xff; 6]
+    }
+
+    /// Parses an Ethernet frame; None unless it is an IPv4 ARP request.
+    pub fn parse(frame: &[u8]) -> Option<ArpRequest> {
+        let f = frame.get(..42)?;
+        if f[12..14] != [0x08, 0x06] || f[14..22] != [0, 1, 0x08, 0, 6, 4, 0, 1] {
+            return None;
+        }
+        let six = |at: usize| -> [u8; 6] { std::array::from_fn(|i| f[at + i]) };
+        Some(ArpRequest {
+            destination: six(0),
+            source: six(6),
+            target: std::net::Ipv4Addr::new(f[38], f[39], f[40], f[41]),
+        })
+    }
+}
+
+/// Captures the ARP requests crossing `ifname` of namespace `ns` (either
+/// way) for `d`, with when each was read, in a thread of its own (it
+/// enters the namespace).
+pub fn watch_arp_requests(
+    ns: &str,
+    ifname: &str,
+    d: std::time::Duration,
+) -> std::thread::JoinHandle<Result<Vec<(std::time::Instant, ArpRequest)>>> {
+    let (ns, ifname) = (ns.to_string(), ifname.to_string());
+    std::thread::spawn(move || {
+        // All frames: a bridge port hands what it receives to the bridge
+        // before a tap for ARP alone would see it.
+        let sock = open_capture(&ns, &ifname, libc::ETH_P_ALL as u16)?;
+        let end = std::time::Instant::now() + d;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 128];
+        while std::time::Instant::now() < end {
+            // SAFETY: `buf` is writable for its length.
+            let n = unsafe { libc::recv(sock.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if let Some(r) = usize::try_from(n)
+                .ok()
+                .and_then(|n| ArpRequest::parse(&buf[..n]))
+            {
+                seen.push((std::time::Instant::now(), r));
+            }
+        }
+        Ok(seen)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arp_requests_are_parsed_and_nothing_else() {
+        let mut f = [0u8; 42];
+        f[..6].copy_from_slice(&[0xff; 6]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f[12..14].copy_from_slice(&[0x08, 0x06]);
+        f[14..22].copy_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
+        f[38..42].copy_from_slice(&[198, 51, 100, 1]);
+        let r = ArpRequest::parse(&f).unwrap();
+        assert!(r.broadcast());
+        assert_eq!(r.source, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(r.target, std::net::Ipv4Addr::new(198, 51, 100, 1));
+        let mut reply = f;
+        reply[21] = 2;
+        assert_eq!(ArpRequest::parse(&reply), None);
+        assert_eq!(ArpRequest::parse(&f[..41]), None);
+    }
+}

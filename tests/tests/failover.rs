@@ -569,3 +569,132 @@ fn a_peer_with_this_nodes_name_is_warned_about() -> Result<()> {
     }
     Ok(())
 }
+
+/// The witness ARP requests go to the witness's MAC once it answered (a
+/// request every 16 ms broadcast by both servers is a load on every host
+/// of the LAN), and a witness whose MAC changes (a replaced gateway) is
+/// found again by broadcast after one unanswered request, without ever
+/// looking dead.
+#[test]
+#[ignore = "privileged: run by cargo xtask test"]
+fn witness_is_asked_by_unicast_and_found_again_after_a_new_mac() -> Result<()> {
+    use ha_lab::capture::watch_arp_requests;
+    use ha_lab::GATEWAY;
+    let mut r = started()?;
+    let sw = r.lab.switch_ns().to_string();
+    let bridge = Link::Outside.bridge();
+    let mac_bytes = |text: &str| -> Result<[u8; 6]> {
+        let v: Vec<u8> = text
+            .split(':')
+            .map(|h| u8::from_str_radix(h, 16))
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("MAC {text:?}"))?;
+        v.try_into()
+            .map_err(|_| anyhow::anyhow!("MAC {text:?}: not 6 bytes"))
+    };
+    let witness_mac = || -> Result<[u8; 6]> {
+        let out = ha_lab::netns::ip_in(&sw, &["-j", "link", "show", "dev", bridge])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        mac_bytes(v[0]["address"].as_str().context("no address")?)
+    };
+    let old = witness_mac()?;
+    let new = [0x02, 0x77, 0, 0, 0, 1];
+    let watch =
+        |d: Duration| Server::ALL.map(|s| watch_arp_requests(&sw, s.port(Link::Outside), d));
+    let requests = |h: [std::thread::JoinHandle<_>; 2]| -> Result<Vec<Vec<(Instant, _)>>> {
+        let mut all = Vec::new();
+        for (s, h) in Server::ALL.into_iter().zip(h) {
+            let seen: Vec<(Instant, ha_lab::capture::ArpRequest)> = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("capture thread panicked"))??;
+            let from = mac_bytes(r.lab.mac(s, Link::Outside))?;
+            all.push(
+                seen.into_iter()
+                    .filter(|(_, q)| q.source == from && q.target == GATEWAY)
+                    .collect(),
+            );
+        }
+        Ok(all)
+    };
+    ha_lab::sleep(Duration::from_millis(300))?;
+
+    // Settled: to the witness's MAC.
+    let settled = requests(watch(Duration::from_secs(1)))?;
+    for (s, seen) in Server::ALL.into_iter().zip(&settled) {
+        let broadcast = seen.iter().filter(|(_, q)| q.broadcast()).count();
+        let to_witness = seen.iter().filter(|(_, q)| q.destination == old).count();
+        println!(
+            "{s}: {} witness requests in 1 s: {to_witness} to its MAC, {broadcast} broadcast",
+            seen.len()
+        );
+        ensure!(
+            to_witness + broadcast == seen.len(),
+            "{s}: a request went elsewhere: {seen:?}"
+        );
+        // A broadcast only follows a request left unanswered for half an
+        // interval (a sender stall longer than 8 ms here).
+        ensure!(
+            seen.len() >= 30 && broadcast * 10 <= seen.len(),
+            "{s}: {broadcast} of {} witness requests broadcast:\n{}",
+            seen.len(),
+            r.logs()
+        );
+    }
+
+    // The witness's MAC changes: one request to the old MAC goes
+    // unanswered, a broadcast finds the new one, unicast again.
+    let h = watch(Duration::from_millis(1500));
+    ha_lab::sleep(Duration::from_millis(300))?;
+    let changed = Instant::now();
+    ha_lab::netns::ip_in(
+        &sw,
+        &["link", "set", "dev", bridge, "address", "02:77:00:00:00:01"],
+    )?;
+    let after = requests(h)?;
+    for (s, seen) in Server::ALL.into_iter().zip(&after) {
+        let later: Vec<_> = seen.iter().filter(|(t, _)| *t >= changed).collect();
+        let to_old = later.iter().filter(|(_, q)| q.destination == old).count();
+        let first_new = later
+            .iter()
+            .position(|(_, q)| q.destination == new)
+            .with_context(|| format!("{s}: no request to the new MAC: {later:?}"))?;
+        println!(
+            "{s}: after the witness's new MAC: {to_old} request(s) to the old one, the first to the new one {:?} after the change",
+            later[first_new].0 - changed
+        );
+        ensure!(
+            later[..first_new].iter().any(|(_, q)| q.broadcast()),
+            "{s}: the new MAC was asked before a broadcast found it: {later:?}"
+        );
+        // One unanswered request, and one sent as the change was made.
+        ensure!(
+            to_old <= 2,
+            "{s}: {to_old} requests to the old MAC: {later:?}"
+        );
+        let tail = &later[first_new..];
+        ensure!(
+            tail.iter().filter(|(_, q)| q.destination == new).count() * 10 >= tail.len() * 9,
+            "{s}: not back to unicast: {tail:?}"
+        );
+    }
+    for s in Server::ALL {
+        let log = r.agent(s).log();
+        ensure!(
+            !log.contains("witness does not answer"),
+            "{s}: the witness looked dead:\n{}",
+            r.logs()
+        );
+        let st = r.lab.agent_status(s)?;
+        ensure!(
+            st["links"][0]["witness_up"] == true,
+            "{s}: witness not up: {}",
+            st["links"][0]
+        );
+        println!(
+            "{s}: witness requests {} ({} broadcast)",
+            st["sender"]["witness_requests"], st["sender"]["witness_broadcasts"]
+        );
+    }
+    r.stays_sole_holder(S1, "server1 keeps the VIPs")?;
+    Ok(())
+}

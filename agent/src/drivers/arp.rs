@@ -64,16 +64,25 @@ fn hint(e: &io::Error) -> &'static str {
 /// keepalived sends: Linux neighbours always take it as an override of an
 /// existing entry (even within locktime), and switches learn the MAC from it.
 pub fn gratuitous_frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; FRAME_LEN] {
-    frame(mac, ip, BROADCAST, ip)
+    frame(BROADCAST, mac, ip, BROADCAST, ip)
 }
 
-/// A broadcast "who-has `target`, tell `src`" (witness probing).
-pub fn request_frame(mac: [u8; 6], src: Ipv4Addr, target: Ipv4Addr) -> [u8; FRAME_LEN] {
-    // Target hardware address unknown: zero, as RFC 826 and arping use.
-    frame(mac, src, [0; 6], target)
+/// A "who-has `target`, tell `src`" (witness probing), broadcast, or sent
+/// to the MAC `to` only (a unicast poll, RFC 1122 2.3.2.1, as Linux's own
+/// neighbour probes do to confirm an entry).
+pub fn request_frame(
+    mac: [u8; 6],
+    src: Ipv4Addr,
+    target: Ipv4Addr,
+    to: Option<[u8; 6]>,
+) -> [u8; FRAME_LEN] {
+    // Target hardware address unknown: zero, as RFC 826, arping and Linux
+    // (for its unicast probes too) use.
+    frame(to.unwrap_or(BROADCAST), mac, src, [0; 6], target)
 }
 
 fn frame(
+    destination: [u8; 6],
     mac: [u8; 6],
     sender_ip: Ipv4Addr,
     target_mac: [u8; 6],
@@ -82,7 +91,7 @@ fn frame(
     let mut buf = [0u8; FRAME_LEN];
     // Cannot fail: both buffers are constant sizes, larger than the headers.
     let mut eth = MutableEthernetPacket::new(&mut buf).expect("42 bytes hold an Ethernet header");
-    eth.set_destination(mac_addr(BROADCAST));
+    eth.set_destination(mac_addr(destination));
     eth.set_source(mac_addr(mac));
     eth.set_ethertype(EtherTypes::Arp);
     let mut arp =
@@ -164,15 +173,20 @@ impl ArpSocket {
 
     /// Asks who has `target`, from `src`.
     pub fn send_request(&self, src: Ipv4Addr, target: Ipv4Addr) -> Result<(), ArpError> {
-        self.send(&request_frame(self.mac, src, target), || {
+        self.send(&request_frame(self.mac, src, target, None), || {
             format!("ARP request for {target} from {src}")
         })
     }
 
-    /// [`Self::send_request`] for a real-time thread: nothing is allocated,
-    /// a failure is its errno.
-    pub fn send_request_raw(&self, src: Ipv4Addr, target: Ipv4Addr) -> Result<(), i32> {
-        self.send_raw(&request_frame(self.mac, src, target))
+    /// [`Self::send_request`] for a real-time thread, broadcast or to the
+    /// MAC `to` only: nothing is allocated, a failure is its errno.
+    pub fn send_request_raw(
+        &self,
+        src: Ipv4Addr,
+        target: Ipv4Addr,
+        to: Option<[u8; 6]>,
+    ) -> Result<(), i32> {
+        self.send_raw(&request_frame(self.mac, src, target, to))
     }
 
     fn send(&self, frame: &[u8; FRAME_LEN], what: impl Fn() -> String) -> Result<(), ArpError> {
@@ -257,11 +271,9 @@ mod tests {
 
     #[test]
     fn request_frame_bytes() {
-        let f = request_frame(
-            MAC,
-            Ipv4Addr::new(198, 51, 100, 10),
-            Ipv4Addr::new(198, 51, 100, 1),
-        );
+        let src = Ipv4Addr::new(198, 51, 100, 10);
+        let target = Ipv4Addr::new(198, 51, 100, 1);
+        let f = request_frame(MAC, src, target, None);
         #[rustfmt::skip]
         let want: [u8; 42] = [
             0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
@@ -273,6 +285,11 @@ mod tests {
             0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 198, 51, 100, 1,
         ];
         assert_eq!(f, want);
+        // A unicast poll differs in the Ethernet destination only.
+        let gw = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee];
+        let u = request_frame(MAC, src, target, Some(gw));
+        assert_eq!(u[..6], gw);
+        assert_eq!(u[6..], want[6..]);
     }
 
     #[test]

@@ -27,7 +27,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use agent_ebpf::{
-    Event, Global, Lease, LinkConfig, LinkState, SenderBeat, MAX_LINKS, MAX_SENDERS, MAX_VIPS,
+    Event, Global, Lease, LinkConfig, LinkState, SenderBeat, WitnessSeen, MAX_LINKS, MAX_SENDERS,
+    MAX_VIPS,
 };
 use aya::maps::{Array, HashMap, Map, MapData, MapError, RingBuf};
 use aya::programs::{ProgramError, Xdp, XdpMode as AyaXdpMode};
@@ -47,6 +48,7 @@ const PROGRAM: &str = "ha_xdp";
 const MAP_GLOBAL: &str = "GLOBAL";
 const MAP_LEASE: &str = "LEASE";
 const MAP_BEATS: &str = "BEATS";
+const MAP_WITNESS_SEEN: &str = "WITNESS_SEEN";
 const MAP_LINK_CONFIG: &str = "LINK_CONFIG";
 const MAP_LINK_STATE: &str = "LINK_STATE";
 const MAP_VIPS: &str = "VIPS";
@@ -248,6 +250,7 @@ pub struct Liveness {
     global: Array<MapData, Global>,
     lease: MapData,
     beats: MapData,
+    witness_seen: MapData,
     link_config: Array<MapData, LinkConfig>,
     link_state: Array<MapData, LinkState>,
     vips: HashMap<MapData, u32, u32>,
@@ -312,6 +315,10 @@ impl Liveness {
             Map::Array(data) => data,
             _ => return Err(missing("array map BEATS")),
         };
+        let witness_seen = match take(MAP_WITNESS_SEEN)? {
+            Map::Array(data) => data,
+            _ => return Err(missing("array map WITNESS_SEEN")),
+        };
         let link_config =
             Array::try_from(take(MAP_LINK_CONFIG)?).map_err(map_err(MAP_LINK_CONFIG))?;
         let link_state = Array::try_from(take(MAP_LINK_STATE)?).map_err(map_err(MAP_LINK_STATE))?;
@@ -327,6 +334,7 @@ impl Liveness {
             global,
             lease,
             beats,
+            witness_seen,
             link_config,
             link_state,
             vips,
@@ -429,8 +437,9 @@ impl Liveness {
         self.global.set(0, *g, 0).map_err(map_err(MAP_GLOBAL))
     }
 
-    /// What the real-time senders write into the kernel: the lease and the
-    /// beats, each map mapped into the agent.
+    /// What the real-time senders write into the kernel (the lease and the
+    /// beats) and read from it (each witness as last heard), each map
+    /// mapped into the agent.
     pub fn sender_maps(&self) -> Result<SenderMaps, EbpfError> {
         Ok(SenderMaps {
             lease: MappedArray::map(
@@ -442,6 +451,11 @@ impl Liveness {
                 self.beats.fd().as_fd(),
                 MAP_BEATS,
                 MAX_SENDERS as usize * std::mem::size_of::<SenderBeat>(),
+            )?,
+            witness_seen: MappedArray::map(
+                self.witness_seen.fd().as_fd(),
+                MAP_WITNESS_SEEN,
+                MAX_LINKS as usize * std::mem::size_of::<WitnessSeen>(),
             )?,
         })
     }
@@ -527,13 +541,20 @@ impl Liveness {
 
 /// What the real-time sender threads write into the kernel: the hung-agent
 /// lease (by the thread that sent the slot) and each thread's beat (every
-/// thread on every wake). Both are stores into kernel memory mapped into
-/// the agent: no system call, no lock, no allocation, never blocking (a
-/// system call there was one more place a sender could be held).
+/// thread on every wake); and what they read from it: each link's witness
+/// as last heard. All are loads and stores of kernel memory mapped into the
+/// agent: no system call, no lock, no allocation, never blocking (a system
+/// call there was one more place a sender could be held).
 pub struct SenderMaps {
     lease: MappedArray,
     beats: MappedArray,
+    witness_seen: MappedArray,
 }
+
+const WITNESS_WORDS: usize = std::mem::size_of::<WitnessSeen>() / 8;
+const _: () = assert!(std::mem::size_of::<WitnessSeen>() == 16);
+const _: () = assert!(std::mem::offset_of!(WitnessSeen, last_ns) == 0);
+const _: () = assert!(std::mem::offset_of!(WitnessSeen, mac) == 8);
 
 const _: () = assert!(std::mem::size_of::<Lease>() == 16);
 const _: () = assert!(std::mem::offset_of!(Lease, until_ns) == 0);
@@ -584,6 +605,25 @@ impl SenderMaps {
         end_word.store(beat.stall_end_ns, Release);
         beat_word.store(beat.beat_ns, Release);
         true
+    }
+
+    /// The witness of `link` as the kernel last heard it (the default, never
+    /// heard, for a link out of range). Reads the time first: the kernel
+    /// stores it last.
+    pub fn witness_seen(&self, link: usize) -> WitnessSeen {
+        use std::sync::atomic::Ordering::Acquire;
+        let Some([last, mac]) = link
+            .checked_mul(WITNESS_WORDS)
+            .filter(|_| link < MAX_LINKS as usize)
+            .and_then(|first| self.witness_seen.words::<WITNESS_WORDS>(first))
+        else {
+            return WitnessSeen::default();
+        };
+        let last_ns = last.load(Acquire);
+        WitnessSeen {
+            last_ns,
+            mac: mac.load(Acquire),
+        }
     }
 }
 
@@ -766,34 +806,52 @@ mod tests {
         flags: u64,
     }
 
-    /// The element `key` of the array map `fd`, asked of the kernel
-    /// (BPF_MAP_LOOKUP_ELEM), as the program sees it.
-    fn lookup_array<T: aya::Pod + Default>(fd: std::os::fd::BorrowedFd<'_>, key: u32) -> T {
+    /// Runs the map element command `cmd` (BPF_MAP_*_ELEM) on element `key`
+    /// of the array map `fd`, with `value` of the map's value size.
+    fn array_elem<T: aya::Pod>(
+        cmd: libc::c_long,
+        fd: std::os::fd::BorrowedFd<'_>,
+        key: u32,
+        value: *mut T,
+    ) {
         use std::os::fd::AsRawFd;
-        let mut value = T::default();
         let attr = MapElemAttr {
             map_fd: fd.as_raw_fd() as u32,
             _pad: 0,
             key: std::ptr::addr_of!(key) as u64,
-            value: std::ptr::addr_of_mut!(value) as u64,
+            value: value as u64,
             flags: 0,
         };
-        // SAFETY: `attr` points to a key and a writable value of the map's
-        // sizes (the caller's `T`), live for the call.
+        // SAFETY: `attr` points to a key and a value of the map's sizes
+        // (the caller's `T`), live for the call.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
-                1, // BPF_MAP_LOOKUP_ELEM
+                cmd,
                 std::ptr::addr_of!(attr),
                 std::mem::size_of::<MapElemAttr>() as libc::c_uint,
             )
         };
         assert!(
             rc == 0,
-            "look up the map element: {}",
+            "map element command {cmd}: {}",
             io::Error::last_os_error()
         );
+    }
+
+    /// The element `key` of the array map `fd`, asked of the kernel
+    /// (BPF_MAP_LOOKUP_ELEM), as the program sees it.
+    fn lookup_array<T: aya::Pod + Default>(fd: std::os::fd::BorrowedFd<'_>, key: u32) -> T {
+        let mut value = T::default();
+        array_elem(1, fd, key, &mut value); // BPF_MAP_LOOKUP_ELEM
         value
+    }
+
+    /// Writes the element `key` of the array map `fd` (BPF_MAP_UPDATE_ELEM),
+    /// as the program would.
+    fn update_array<T: aya::Pod>(fd: std::os::fd::BorrowedFd<'_>, key: u32, value: &T) {
+        let mut v = *value;
+        array_elem(2, fd, key, &mut v); // BPF_MAP_UPDATE_ELEM
     }
 
     #[test]
@@ -860,6 +918,23 @@ mod tests {
                 until_ns: 52_000,
                 renewed_ns: 28_000,
             }
+        );
+
+        // Each witness as the kernel stored it (here: written through the
+        // map, as the XDP program does on a reply).
+        assert_eq!(maps.witness_seen(1), WitnessSeen::default());
+        let heard = WitnessSeen {
+            last_ns: 77_000,
+            mac: agent_ebpf::mac_to_word([2, 0, 0, 0, 0, 9]),
+        };
+        update_array(live.witness_seen.fd().as_fd(), 1, &heard);
+        assert_eq!(maps.witness_seen(1), heard);
+        assert_eq!(other.witness_seen(1), heard);
+        assert_eq!(maps.witness_seen(0), WitnessSeen::default());
+        assert_eq!(
+            maps.witness_seen(MAX_LINKS as usize),
+            WitnessSeen::default(),
+            "no such link"
         );
 
         // The mappings outlive the loader (they hold the maps).

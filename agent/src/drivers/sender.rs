@@ -180,6 +180,10 @@ pub struct SenderStats {
     pub send_errors: [AtomicU64; agent_ebpf::MAX_LINKS as usize],
     pub last_errno: [AtomicI32; agent_ebpf::MAX_LINKS as usize],
     pub witness_errors: AtomicU64,
+    /// Witness ARP requests sent, and those of them broadcast (the witness
+    /// had not answered the request before; the rest went to its MAC).
+    pub witness_requests: AtomicU64,
+    pub witness_broadcasts: AtomicU64,
     /// Failed writes of the lease or of a beat to the kernel.
     pub lease_errors: AtomicU64,
     /// The longest time one wake's own work took (sends, lease, witness
@@ -292,6 +296,8 @@ impl SenderStats {
             lateness_max_us: s.max_late_us.load(Relaxed),
             send_errors: s.send_errors.iter().map(|c| c.load(Relaxed)).sum(),
             witness_errors: s.witness_errors.load(Relaxed),
+            witness_requests: s.witness_requests.load(Relaxed),
+            witness_broadcasts: s.witness_broadcasts.load(Relaxed),
             lease_errors: s.lease_errors.load(Relaxed),
             loop_stale: s.loop_stale.load(Relaxed),
             work_max_us: s.max_work_us.load(Relaxed),
@@ -635,7 +641,7 @@ fn run(links: &[SenderLink], shared: &Shared, thread: usize) {
                     }
                 }
             }
-            send_witness_requests(links, shared, now);
+            send_witness_requests(links, shared, now, anchor_ns);
         }
         // After the sends, which matter more. A beat later than the gap
         // ends a stall of this CPU (the kernel's `just_ended`).
@@ -694,7 +700,11 @@ fn record_slot(shared: &Shared, slot: u64, recorded: u64, now: Instant) {
     stats.record_late(now.saturating_duration_since(slot_time(shared, slot)));
 }
 
-fn send_witness_requests(links: &[SenderLink], shared: &Shared, now: Instant) {
+/// Asks each link's witness, once per witness interval: by unicast to the
+/// MAC that answered the request before, else by broadcast (see
+/// [`agent_ebpf::WitnessSeen`]). `now_ns`: CLOCK_MONOTONIC, as the kernel
+/// stamps the replies.
+fn send_witness_requests(links: &[SenderLink], shared: &Shared, now: Instant, now_ns: u64) {
     for (i, link) in links.iter().enumerate() {
         let Some(w) = link.witness.as_ref() else {
             continue;
@@ -704,8 +714,23 @@ fn send_witness_requests(links: &[SenderLink], shared: &Shared, now: Instant) {
         if shared.witness_sent[i].load(Ordering::Acquire) > k {
             continue;
         }
-        if w.arp.send_request_raw(w.local_ip, w.target).is_err() {
+        let interval_ns = u64::try_from(w.interval.as_nanos()).unwrap_or(u64::MAX);
+        let to = shared
+            .maps
+            .as_ref()
+            .and_then(|m| m.witness_seen(i).unicast_to(now_ns, interval_ns));
+        if w.arp.send_request_raw(w.local_ip, w.target, to).is_err() {
             shared.stats.witness_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        shared
+            .stats
+            .witness_requests
+            .fetch_add(1, Ordering::Relaxed);
+        if to.is_none() {
+            shared
+                .stats
+                .witness_broadcasts
+                .fetch_add(1, Ordering::Relaxed);
         }
         shared.witness_sent[i].fetch_max(k + 1, Ordering::AcqRel);
     }

@@ -370,6 +370,20 @@ pub fn render(s: &Status) -> String {
             "Probe sends that failed (no route or carrier, full buffer)",
             [(Vec::new(), sender.send_errors)],
         );
+        m.counter(
+            "sender_witness_requests",
+            "Witness ARP requests sent, by destination (the witness's MAC, or broadcast when it had not answered the request before)",
+            [
+                (
+                    vec![("to", "unicast".to_string())],
+                    sender.witness_requests.saturating_sub(sender.witness_broadcasts),
+                ),
+                (
+                    vec![("to", "broadcast".to_string())],
+                    sender.witness_broadcasts,
+                ),
+            ],
+        );
         m.gauge(
             "sender_threads",
             "Probe sender threads, and how many run under SCHED_FIFO",

@@ -67,6 +67,8 @@ pub fn full_status() -> Status {
             lateness_p99_us: Some(1000),
             lateness_max_us: 1200,
             send_errors: 1,
+            witness_requests: 300,
+            witness_broadcasts: 2,
             ..SenderStatus::default()
         }),
         false_alarms: 0,
@@ -138,6 +140,8 @@ fn status_becomes_metrics() {
         "ha_agent_sender_lateness_seconds_count 5000",
         "ha_agent_sender_lateness_seconds_bucket{le=\"0.0001\"} 4900",
         "ha_agent_sender_lateness_seconds_bucket{le=\"+Inf\"} 5000",
+        "ha_agent_sender_witness_requests_total{to=\"unicast\"} 298",
+        "ha_agent_sender_witness_requests_total{to=\"broadcast\"} 2",
         "ha_agent_false_alarms_total 0",
         "ha_agent_transitions_total{from=\"BACKUP\",reason=\"peer_silent\",to=\"MASTER\"} 1",
         "ha_agent_hook_runs_total{state=\"MASTER\"} 2",

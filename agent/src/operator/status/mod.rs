@@ -174,6 +174,13 @@ pub struct SenderStatus {
     pub lateness_max_us: u64,
     pub send_errors: u64,
     pub witness_errors: u64,
+    /// Witness ARP requests sent, and those of them broadcast (to every
+    /// host of the LAN: the witness had not answered the request before;
+    /// the others went to its MAC only).
+    #[serde(default)]
+    pub witness_requests: u64,
+    #[serde(default)]
+    pub witness_broadcasts: u64,
     /// Failed writes of the lease or of a sender's beat to the kernel.
     pub lease_errors: u64,
     /// Wakes at which the decision loop looked hung (nothing sent).
@@ -457,6 +464,13 @@ impl SenderStatus {
             "senders: {} threads ({} real-time, {} pinned)  slots {}  missed {}",
             self.threads, self.realtime_threads, self.pinned_threads, self.slots, self.missed_slots
         );
+        if self.witness_requests > 0 {
+            let _ = writeln!(
+                o,
+                "  witness requests {} ({} broadcast)",
+                self.witness_requests, self.witness_broadcasts
+            );
+        }
         let _ = writeln!(
             o,
             "  best sender late p50 {} us  p99 {} us  max {} us  own work max {} us  errors: send {} witness {} lease {}  loop stale {}",
