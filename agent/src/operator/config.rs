@@ -616,9 +616,14 @@ impl MysqlConfig {
         }
     }
 
-    /// Where the journal and the undone transactions' records go.
+    /// Where the journal and the undone transactions' records go: the
+    /// node's directory unless set here (parsing fills it in), and the
+    /// default one for a config built by hand without either (never a
+    /// path relative to wherever the agent was started).
     pub fn state_dir(&self) -> &Path {
-        self.state_dir.as_deref().unwrap_or(Path::new(""))
+        self.state_dir
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_STATE_DIR))
     }
 }
 
@@ -643,8 +648,9 @@ fn default_max_replica_lag_s() -> u64 {
 fn default_semisync_timeout_ms() -> u64 {
     1000
 }
+const DEFAULT_STATE_DIR: &str = "/var/lib/ha-agent";
 fn default_state_dir() -> PathBuf {
-    PathBuf::from("/var/lib/ha-agent")
+    PathBuf::from(DEFAULT_STATE_DIR)
 }
 
 fn default_priority() -> u8 {
@@ -1694,6 +1700,12 @@ peer_address = "192.168.1.101:3306"
             .mysql
             .unwrap();
         assert_eq!(m.state_dir(), Path::new("/srv/db"));
+        // Built by hand without one: the default, never a relative path.
+        let bare = MysqlConfig {
+            state_dir: None,
+            ..m.clone()
+        };
+        assert_eq!(bare.state_dir(), Path::new("/var/lib/ha-agent"));
         // Semi-sync is strict unless told otherwise.
         let m = parse(&format!("{GOOD}{MYSQL}semisync = true\n"))
             .unwrap()
