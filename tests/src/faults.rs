@@ -165,6 +165,20 @@ impl Lab {
         )
     }
 
+    /// The switch (the servers' witness) ignores ARP requests sent to its
+    /// MAC, and answers only broadcast ones, as a gateway that polices
+    /// unicast ARP would.
+    ///
+    /// nft: `fault_in ether type arp ether daddr != ff:ff:ff:ff:ff:ff drop`.
+    pub fn witness_ignores_unicast_arp(&self) -> Result<()> {
+        nft(
+            self.switch_ns(),
+            &format!(
+                "add rule bridge {TABLE} fault_in ether type arp ether daddr != ff:ff:ff:ff:ff:ff drop comment \"witness_ignores_unicast_arp\"\n"
+            ),
+        )
+    }
+
     /// Drops `percent`% of the frames through any server port, chosen at
     /// random, each frame tested exactly once (a server-to-server frame is
     /// not tested twice). 0 adds nothing; more than 100 is an error.

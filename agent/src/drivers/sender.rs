@@ -49,7 +49,7 @@
 //! reads one thread's stall time with another's length.
 
 use std::net::{Ipv4Addr, UdpSocket};
-use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -320,6 +320,9 @@ struct Shared {
     sent_gen: Vec<AtomicU64>,
     /// Per link: witness slot + 1 last sent (0 = none).
     witness_sent: Vec<AtomicU64>,
+    /// Per link: the last witness request (when, whether unicast) and its
+    /// unicast strikes (see [`next_witness_ask`]).
+    witness_asks: Vec<WitnessAsks>,
     /// The kernel's lease and beats (none in tests without a kernel).
     maps: Option<SenderMaps>,
     lease_ns: u64,
@@ -386,6 +389,7 @@ impl Senders {
             sent_seq: (0..n).map(|_| AtomicU64::new(0)).collect(),
             sent_gen: (0..n).map(|_| AtomicU64::new(0)).collect(),
             witness_sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            witness_asks: (0..n).map(|_| WitnessAsks::default()).collect(),
             maps,
             lease_ns: u64::try_from(cfg.lease.as_nanos()).unwrap_or(u64::MAX),
             recorded_slots: AtomicU64::new(0),
@@ -700,10 +704,74 @@ fn record_slot(shared: &Shared, slot: u64, recorded: u64, now: Instant) {
     stats.record_late(now.saturating_duration_since(slot_time(shared, slot)));
 }
 
+/// Unanswered unicast requests in a row (each found again by broadcast)
+/// after which a link's witness is asked by broadcast for a while: a
+/// witness that ignores unicast ARP would otherwise answer every other
+/// request, and be heard half as often as its detection assumes.
+const UNICAST_STRIKES: u32 = 3;
+/// Requests sent by broadcast after the strikes before unicast is tried
+/// again (about a second at 16 ms): random loss strikes out too (three
+/// lost unicasts in a row, a few times an hour at 2% loss), and must not
+/// cost the unicast for good.
+const UNICAST_BACKOFF: u32 = 64;
+
+/// A link's last witness request, as the senders keep it (atomics: any
+/// thread may send the request; a race costs one request's choice).
+#[derive(Default)]
+struct WitnessAsks {
+    at_ns: AtomicU64,
+    unicast: AtomicBool,
+    strikes: AtomicU32,
+}
+
+/// A link's last witness request: when (CLOCK_MONOTONIC, 0 = none),
+/// whether it went by unicast, and the unanswered unicasts in a row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct LastAsk {
+    at_ns: u64,
+    unicast: bool,
+    strikes: u32,
+}
+
+/// Where the witness request of `now_ns` goes (None: broadcast), and the
+/// strikes after it: the MAC that answered the request before (see
+/// [`agent_ebpf::WitnessSeen::unicast_to`]), unless unicasts went
+/// unanswered [`UNICAST_STRIKES`] times in a row; then broadcast for
+/// [`UNICAST_BACKOFF`] requests, and one more unicast try (one more miss
+/// backs off again). An answered unicast clears the strikes.
+fn next_witness_ask(
+    seen: agent_ebpf::WitnessSeen,
+    last: LastAsk,
+    now_ns: u64,
+    interval_ns: u64,
+) -> (Option<[u8; 6]>, u32) {
+    let mut strikes = if last.at_ns != 0 && last.unicast {
+        if seen.last_ns >= last.at_ns {
+            0
+        } else {
+            last.strikes.saturating_add(1)
+        }
+    } else if last.strikes >= UNICAST_STRIKES {
+        // Backing off: one more broadcast.
+        last.strikes.saturating_add(1)
+    } else {
+        last.strikes
+    };
+    if strikes >= UNICAST_STRIKES + UNICAST_BACKOFF {
+        strikes = UNICAST_STRIKES - 1;
+    }
+    let to = if strikes >= UNICAST_STRIKES {
+        None
+    } else {
+        seen.unicast_to(now_ns, interval_ns)
+    };
+    (to, strikes)
+}
+
 /// Asks each link's witness, once per witness interval: by unicast to the
 /// MAC that answered the request before, else by broadcast (see
-/// [`agent_ebpf::WitnessSeen`]). `now_ns`: CLOCK_MONOTONIC, as the kernel
-/// stamps the replies.
+/// [`next_witness_ask`]). `now_ns`: CLOCK_MONOTONIC, as the kernel stamps
+/// the replies.
 fn send_witness_requests(links: &[SenderLink], shared: &Shared, now: Instant, now_ns: u64) {
     for (i, link) in links.iter().enumerate() {
         let Some(w) = link.witness.as_ref() else {
@@ -715,10 +783,22 @@ fn send_witness_requests(links: &[SenderLink], shared: &Shared, now: Instant, no
             continue;
         }
         let interval_ns = u64::try_from(w.interval.as_nanos()).unwrap_or(u64::MAX);
-        let to = shared
-            .maps
-            .as_ref()
-            .and_then(|m| m.witness_seen(i).unicast_to(now_ns, interval_ns));
+        let (to, strikes) = match (shared.maps.as_ref(), shared.witness_asks.get(i)) {
+            (Some(maps), Some(asks)) => {
+                let last = LastAsk {
+                    at_ns: asks.at_ns.load(Ordering::Acquire),
+                    unicast: asks.unicast.load(Ordering::Acquire),
+                    strikes: asks.strikes.load(Ordering::Acquire),
+                };
+                next_witness_ask(maps.witness_seen(i), last, now_ns, interval_ns)
+            }
+            _ => (None, 0),
+        };
+        if let Some(asks) = shared.witness_asks.get(i) {
+            asks.strikes.store(strikes, Ordering::Release);
+            asks.unicast.store(to.is_some(), Ordering::Release);
+            asks.at_ns.store(now_ns, Ordering::Release);
+        }
         if w.arp.send_request_raw(w.local_ip, w.target, to).is_err() {
             shared.stats.witness_errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -753,6 +833,106 @@ mod tests {
     use super::*;
     use crate::decisions::election::{Control, Role};
     use crate::protocol::{decode, Key, Origin};
+
+    #[test]
+    fn a_witness_that_ignores_unicast_is_asked_by_broadcast_after_three_strikes() {
+        const MS: u64 = 1_000_000;
+        let i = 16 * MS;
+        let mac = [2, 0, 0, 0, 0, 1];
+        let heard = |at: u64| agent_ebpf::WitnessSeen {
+            last_ns: at,
+            mac: agent_ebpf::mac_to_word(mac),
+        };
+        // Never asked: what the kernel heard decides.
+        assert_eq!(
+            next_witness_ask(heard(0), LastAsk::default(), 16 * MS, i),
+            (None, 0)
+        );
+        // A broadcast at 100 answered: unicast at 116.
+        let bcast = LastAsk {
+            at_ns: 100 * MS,
+            unicast: false,
+            strikes: 0,
+        };
+        assert_eq!(
+            next_witness_ask(heard(100 * MS + 50_000), bcast, 116 * MS, i),
+            (Some(mac), 0)
+        );
+        // That unicast answered: unicast again, no strike.
+        let uni = LastAsk {
+            at_ns: 116 * MS,
+            unicast: true,
+            strikes: 2,
+        };
+        assert_eq!(
+            next_witness_ask(heard(116 * MS + 50_000), uni, 132 * MS, i),
+            (Some(mac), 0)
+        );
+        // Unanswered: a strike, and broadcast (the reply is 32 ms old).
+        let last = heard(100 * MS + 50_000);
+        assert_eq!(
+            next_witness_ask(last, LastAsk { strikes: 0, ..uni }, 132 * MS, i),
+            (None, 1)
+        );
+        // The broadcast after it answered: unicast again, the strike kept.
+        let after = LastAsk {
+            at_ns: 132 * MS,
+            unicast: false,
+            strikes: 1,
+        };
+        assert_eq!(
+            next_witness_ask(heard(132 * MS + 50_000), after, 148 * MS, i),
+            (Some(mac), 1)
+        );
+        // The third unanswered unicast in a row: broadcast, however fresh
+        // the replies to the broadcasts, for the backoff.
+        let third = LastAsk {
+            at_ns: 148 * MS,
+            unicast: true,
+            strikes: 2,
+        };
+        assert_eq!(
+            next_witness_ask(heard(132 * MS + 50_000), third, 164 * MS, i),
+            (None, 3)
+        );
+        let mut last = LastAsk {
+            at_ns: 164 * MS,
+            unicast: false,
+            strikes: 3,
+        };
+        let mut broadcast = 1;
+        let mut now = 164 * MS;
+        let tried = loop {
+            now += i;
+            let (to, strikes) = next_witness_ask(heard(now - i + 50_000), last, now, i);
+            if to.is_some() {
+                break strikes;
+            }
+            broadcast += 1;
+            assert!(broadcast < 1_000, "never tried unicast again");
+            last = LastAsk {
+                at_ns: now,
+                unicast: false,
+                strikes,
+            };
+        };
+        assert_eq!(broadcast, UNICAST_BACKOFF);
+        // One more try: a miss backs off again at once, an answer clears.
+        assert_eq!(tried, UNICAST_STRIKES - 1);
+        let retry = LastAsk {
+            at_ns: now,
+            unicast: true,
+            strikes: tried,
+        };
+        assert_eq!(
+            next_witness_ask(heard(now - i), retry, now + i, i),
+            (None, UNICAST_STRIKES)
+        );
+        assert_eq!(
+            next_witness_ask(heard(now + 50_000), retry, now + i, i),
+            (Some(mac), 0)
+        );
+    }
 
     #[test]
     fn only_a_slot_nobody_sent_in_time_is_a_stall_of_the_machine() {
