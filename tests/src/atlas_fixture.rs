@@ -53,6 +53,7 @@ pub mod glib;
 pub mod proxy;
 pub mod wire;
 
+use crate::port::ReservedPort;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs;
@@ -475,15 +476,15 @@ struct Running {
 
 /// The fixture Atlas. Stops (closing every connection) when dropped.
 pub struct AtlasFixture {
+    /// The admin port, held while Atlas is down (see [`ReservedPort`]).
+    admin: ReservedPort,
     addr: SocketAddr,
+    /// The proxy port: held when the fixture chose it, else the address
+    /// the config gave (bound at each start).
+    proxy: Option<ReservedPort>,
     proxy_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     running: Mutex<Option<Running>>,
-}
-
-/// A free port on `ip` (bound then freed: connections are refused until start).
-fn free_port(ip: SocketAddr) -> io::Result<SocketAddr> {
-    TcpListener::bind(ip)?.local_addr()
 }
 
 impl AtlasFixture {
@@ -497,18 +498,23 @@ impl AtlasFixture {
     /// A fixture whose ports are chosen but not listening yet (Atlas is down
     /// until [`start`](Self::start)).
     pub fn new_stopped(cfg: FixtureConfig) -> io::Result<AtlasFixture> {
-        let addr = free_port(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-        let proxy_addr = match cfg.proxy_address {
-            Some(a) if a.port() == 0 => Some(free_port(a)?),
-            other => other,
+        // Held, not listening: connections are refused until start.
+        let admin = ReservedPort::new(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let addr = admin.addr();
+        let proxy = match cfg.proxy_address {
+            Some(a) if a.port() == 0 => Some(ReservedPort::new(a)?),
+            _ => None,
         };
+        let proxy_addr = proxy.as_ref().map(ReservedPort::addr).or(cfg.proxy_address);
         if let Some(path) = &cfg.cnf_path {
             fs::write(path, initial_cnf(&cfg))?;
             // As an operator keeps it: it holds the admin password.
             fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
         }
         Ok(AtlasFixture {
+            admin,
             addr,
+            proxy,
             proxy_addr,
             shared: Arc::new(Shared {
                 cfg,
@@ -559,9 +565,13 @@ impl AtlasFixture {
             g.backends = backends;
             g.push_change("start".into());
         }
-        // std sets SO_REUSEADDR, so the ports bind again after a stop.
-        let listener = TcpListener::bind(self.addr)?;
-        let proxy_listener = self.proxy_addr.map(TcpListener::bind).transpose()?;
+        let listener = self.admin.listen()?;
+        let proxy_listener = match (&self.proxy, self.proxy_addr) {
+            (Some(p), _) => Some(p.listen()?),
+            // std sets SO_REUSEADDR, so the port binds again after a stop.
+            (None, Some(a)) => Some(TcpListener::bind(a)?),
+            (None, None) => None,
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let conns: Connections = Arc::default();
         let mut threads = Vec::new();

@@ -33,6 +33,7 @@ pub mod mariadb;
 pub mod netns;
 pub mod pair;
 pub mod pinger;
+pub mod port;
 pub mod process;
 pub mod selftest;
 pub mod stack;

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -250,6 +250,8 @@ pub(crate) fn serve_client(shared: &Shared, s: &TcpStream) -> io::Result<()> {
 /// one user (any other login gets 1045), answers `SELECT @@server_id` with
 /// its id, `SELECT 1` with 1 and anything else with OK.
 pub struct FakeBackend {
+    /// Held while stopped (see [`ReservedPort`]).
+    port: crate::port::ReservedPort,
     addr: SocketAddrV4,
     server_id: u32,
     running: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
@@ -261,11 +263,13 @@ pub struct FakeBackend {
 impl FakeBackend {
     /// A running fake server on a free loopback port, for `user`.
     pub fn start(server_id: u32, user: (&str, &str)) -> io::Result<FakeBackend> {
-        let addr = match TcpListener::bind("127.0.0.1:0")?.local_addr()? {
+        let port = crate::port::ReservedPort::new(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let addr = match port.addr() {
             SocketAddr::V4(a) => a,
             SocketAddr::V6(_) => return Err(io::Error::other("no IPv4 loopback")),
         };
         let b = FakeBackend {
+            port,
             addr,
             server_id,
             running: Mutex::new(None),
@@ -295,7 +299,7 @@ impl FakeBackend {
         if running.is_some() {
             return Ok(());
         }
-        let listener = TcpListener::bind(self.addr)?;
+        let listener = self.port.listen()?;
         let stop = Arc::new(AtomicBool::new(false));
         let (stop2, queries, conns, id, user) = (
             stop.clone(),
