@@ -583,15 +583,7 @@ fn witness_is_asked_by_unicast_and_found_again_after_a_new_mac() -> Result<()> {
     let mut r = started()?;
     let sw = r.lab.switch_ns().to_string();
     let bridge = Link::Outside.bridge();
-    let mac_bytes = |text: &str| -> Result<[u8; 6]> {
-        let v: Vec<u8> = text
-            .split(':')
-            .map(|h| u8::from_str_radix(h, 16))
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("MAC {text:?}"))?;
-        v.try_into()
-            .map_err(|_| anyhow::anyhow!("MAC {text:?}: not 6 bytes"))
-    };
+    let mac_bytes = ha_lab::attacker::parse_mac;
     let witness_mac = || -> Result<[u8; 6]> {
         let out = ha_lab::netns::ip_in(&sw, &["-j", "link", "show", "dev", bridge])?;
         let v: serde_json::Value = serde_json::from_str(&out)?;

@@ -783,18 +783,20 @@ fn send_witness_requests(links: &[SenderLink], shared: &Shared, now: Instant, no
             continue;
         }
         let interval_ns = u64::try_from(w.interval.as_nanos()).unwrap_or(u64::MAX);
-        let (to, strikes) = match (shared.maps.as_ref(), shared.witness_asks.get(i)) {
-            (Some(maps), Some(asks)) => {
-                let last = LastAsk {
-                    at_ns: asks.at_ns.load(Ordering::Acquire),
-                    unicast: asks.unicast.load(Ordering::Acquire),
-                    strikes: asks.strikes.load(Ordering::Acquire),
-                };
-                next_witness_ask(maps.witness_seen(i), last, now_ns, interval_ns)
-            }
-            _ => (None, 0),
-        };
-        if let Some(asks) = shared.witness_asks.get(i) {
+        // Without the kernel's maps (tests), never heard: broadcast.
+        let seen = shared
+            .maps
+            .as_ref()
+            .map(|m| m.witness_seen(i))
+            .unwrap_or_default();
+        let asks = shared.witness_asks.get(i);
+        let last = asks.map_or_else(LastAsk::default, |a| LastAsk {
+            at_ns: a.at_ns.load(Ordering::Acquire),
+            unicast: a.unicast.load(Ordering::Acquire),
+            strikes: a.strikes.load(Ordering::Acquire),
+        });
+        let (to, strikes) = next_witness_ask(seen, last, now_ns, interval_ns);
+        if let Some(asks) = asks {
             asks.strikes.store(strikes, Ordering::Release);
             asks.unicast.store(to.is_some(), Ordering::Release);
             asks.at_ns.store(now_ns, Ordering::Release);
@@ -843,95 +845,65 @@ mod tests {
             last_ns: at,
             mac: agent_ebpf::mac_to_word(mac),
         };
-        // Never asked: what the kernel heard decides.
-        assert_eq!(
-            next_witness_ask(heard(0), LastAsk::default(), 16 * MS, i),
-            (None, 0)
-        );
-        // A broadcast at 100 answered: unicast at 116.
-        let bcast = LastAsk {
-            at_ns: 100 * MS,
-            unicast: false,
-            strikes: 0,
+        // The request at `now`, after a reply heard at `reply` and the last
+        // request (`at`, by unicast or not, with `strikes`).
+        let ask = |reply: u64, at: u64, unicast: bool, strikes: u32, now: u64| {
+            let last = LastAsk {
+                at_ns: at,
+                unicast,
+                strikes,
+            };
+            next_witness_ask(heard(reply), last, now, i)
         };
+        // Never asked: what the kernel heard decides.
+        assert_eq!(ask(0, 0, false, 0, 16 * MS), (None, 0));
+        // A broadcast at 100 answered: unicast at 116.
         assert_eq!(
-            next_witness_ask(heard(100 * MS + 50_000), bcast, 116 * MS, i),
+            ask(100 * MS + 50_000, 100 * MS, false, 0, 116 * MS),
             (Some(mac), 0)
         );
         // That unicast answered: unicast again, no strike.
-        let uni = LastAsk {
-            at_ns: 116 * MS,
-            unicast: true,
-            strikes: 2,
-        };
         assert_eq!(
-            next_witness_ask(heard(116 * MS + 50_000), uni, 132 * MS, i),
+            ask(116 * MS + 50_000, 116 * MS, true, 2, 132 * MS),
             (Some(mac), 0)
         );
         // Unanswered: a strike, and broadcast (the reply is 32 ms old).
-        let last = heard(100 * MS + 50_000);
         assert_eq!(
-            next_witness_ask(last, LastAsk { strikes: 0, ..uni }, 132 * MS, i),
+            ask(100 * MS + 50_000, 116 * MS, true, 0, 132 * MS),
             (None, 1)
         );
         // The broadcast after it answered: unicast again, the strike kept.
-        let after = LastAsk {
-            at_ns: 132 * MS,
-            unicast: false,
-            strikes: 1,
-        };
         assert_eq!(
-            next_witness_ask(heard(132 * MS + 50_000), after, 148 * MS, i),
+            ask(132 * MS + 50_000, 132 * MS, false, 1, 148 * MS),
             (Some(mac), 1)
         );
         // The third unanswered unicast in a row: broadcast, however fresh
         // the replies to the broadcasts, for the backoff.
-        let third = LastAsk {
-            at_ns: 148 * MS,
-            unicast: true,
-            strikes: 2,
-        };
         assert_eq!(
-            next_witness_ask(heard(132 * MS + 50_000), third, 164 * MS, i),
+            ask(132 * MS + 50_000, 148 * MS, true, 2, 164 * MS),
             (None, 3)
         );
-        let mut last = LastAsk {
-            at_ns: 164 * MS,
-            unicast: false,
-            strikes: 3,
-        };
+        // Broadcasts at 164 ms and after, each answered at once.
+        let (mut now, mut strikes) = (164 * MS, 3);
         let mut broadcast = 1;
-        let mut now = 164 * MS;
         let tried = loop {
+            let (to, next) = ask(now + 50_000, now, false, strikes, now + i);
             now += i;
-            let (to, strikes) = next_witness_ask(heard(now - i + 50_000), last, now, i);
             if to.is_some() {
-                break strikes;
+                break next;
             }
             broadcast += 1;
             assert!(broadcast < 1_000, "never tried unicast again");
-            last = LastAsk {
-                at_ns: now,
-                unicast: false,
-                strikes,
-            };
+            strikes = next;
         };
         assert_eq!(broadcast, UNICAST_BACKOFF);
         // One more try: a miss backs off again at once, an answer clears.
         assert_eq!(tried, UNICAST_STRIKES - 1);
-        let retry = LastAsk {
-            at_ns: now,
-            unicast: true,
-            strikes: tried,
-        };
         assert_eq!(
-            next_witness_ask(heard(now - i), retry, now + i, i),
+            ask(now - i, now, true, tried, now + i),
             (None, UNICAST_STRIKES)
         );
-        assert_eq!(
-            next_witness_ask(heard(now + 50_000), retry, now + i, i),
-            (Some(mac), 0)
-        );
+        assert_eq!(ask(now + 50_000, now, true, tried, now + i), (Some(mac), 0));
     }
 
     #[test]
