@@ -88,43 +88,52 @@ pub fn open_capture(ns: &str, ifname: &str, ethertype: u16) -> Result<Fd> {
     Ok(sock)
 }
 
-/// An ARP request seen on the wire: who sent it, to which Ethernet
-/// destination, asking for which address.
+/// An Ethernet/IPv4 ARP frame: its Ethernet destination and source, and
+/// the ARP fields the lab's observers read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ArpRequest {
-    pub source: [u8; 6],
+pub struct ArpFrame {
     pub destination: [u8; 6],
-    pub target: std::net::Ipv4Addr,
+    pub source: [u8; 6],
+    /// A request (operation 1); else a reply or another operation.
+    pub request: bool,
+    pub sender_mac: [u8; 6],
+    pub sender_ip: std::net::Ipv4Addr,
+    pub target_ip: std::net::Ipv4Addr,
 }
 
-impl ArpRequest {
+impl ArpFrame {
     pub fn broadcast(&self) -> bool {
         self.destination == [0xff; 6]
     }
 
-    /// Parses an Ethernet frame; None unless it is an IPv4 ARP request.
-    pub fn parse(frame: &[u8]) -> Option<ArpRequest> {
+    /// Parses an Ethernet frame; None unless it is an Ethernet/IPv4 ARP.
+    pub fn parse(frame: &[u8]) -> Option<ArpFrame> {
         let f = frame.get(..42)?;
-        if f[12..14] != [0x08, 0x06] || f[14..22] != [0, 1, 0x08, 0, 6, 4, 0, 1] {
+        // Ethertype ARP; htype 1 (Ethernet), ptype 0x0800, hlen 6, plen 4.
+        if f[12..14] != [0x08, 0x06] || f[14..20] != [0, 1, 0x08, 0, 6, 4] {
             return None;
         }
         let six = |at: usize| -> [u8; 6] { std::array::from_fn(|i| f[at + i]) };
-        Some(ArpRequest {
+        let ip = |at: usize| std::net::Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3]);
+        Some(ArpFrame {
             destination: six(0),
             source: six(6),
-            target: std::net::Ipv4Addr::new(f[38], f[39], f[40], f[41]),
+            request: f[20..22] == [0, 1],
+            sender_mac: six(22),
+            sender_ip: ip(28),
+            target_ip: ip(38),
         })
     }
 }
 
 /// Captures the ARP requests crossing `ifname` of namespace `ns` (either
 /// way) for `d`, with when each was read, in a thread of its own (it
-/// enters the namespace).
+/// enters the namespace). Replies and other frames are left out.
 pub fn watch_arp_requests(
     ns: &str,
     ifname: &str,
     d: std::time::Duration,
-) -> std::thread::JoinHandle<Result<Vec<(std::time::Instant, ArpRequest)>>> {
+) -> std::thread::JoinHandle<Result<Vec<(std::time::Instant, ArpFrame)>>> {
     let (ns, ifname) = (ns.to_string(), ifname.to_string());
     std::thread::spawn(move || {
         // All frames: a bridge port hands what it receives to the bridge
@@ -138,7 +147,8 @@ pub fn watch_arp_requests(
             let n = unsafe { libc::recv(sock.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
             if let Some(r) = usize::try_from(n)
                 .ok()
-                .and_then(|n| ArpRequest::parse(&buf[..n]))
+                .and_then(|n| ArpFrame::parse(&buf[..n]))
+                .filter(|r| r.request)
             {
                 seen.push((std::time::Instant::now(), r));
             }
@@ -152,20 +162,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn arp_requests_are_parsed_and_nothing_else() {
+    fn arp_frames_are_parsed_and_nothing_else() {
         let mut f = [0u8; 42];
         f[..6].copy_from_slice(&[0xff; 6]);
         f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
         f[12..14].copy_from_slice(&[0x08, 0x06]);
         f[14..22].copy_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
         f[38..42].copy_from_slice(&[198, 51, 100, 1]);
-        let r = ArpRequest::parse(&f).unwrap();
-        assert!(r.broadcast());
+        let r = ArpFrame::parse(&f).unwrap();
+        assert!(r.broadcast() && r.request);
         assert_eq!(r.source, [2, 0, 0, 0, 0, 1]);
-        assert_eq!(r.target, std::net::Ipv4Addr::new(198, 51, 100, 1));
+        assert_eq!(r.target_ip, std::net::Ipv4Addr::new(198, 51, 100, 1));
         let mut reply = f;
         reply[21] = 2;
-        assert_eq!(ArpRequest::parse(&reply), None);
-        assert_eq!(ArpRequest::parse(&f[..41]), None);
+        assert!(!ArpFrame::parse(&reply).unwrap().request);
+        assert_eq!(ArpFrame::parse(&f[..41]), None);
+        let mut ipv6 = f;
+        ipv6[16] = 0x86;
+        assert_eq!(ArpFrame::parse(&ipv6), None);
     }
 }

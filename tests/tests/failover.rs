@@ -596,13 +596,13 @@ fn witness_is_asked_by_unicast_and_found_again_after_a_new_mac() -> Result<()> {
     let requests = |h: [std::thread::JoinHandle<_>; 2]| -> Result<Vec<Vec<(Instant, _)>>> {
         let mut all = Vec::new();
         for (s, h) in Server::ALL.into_iter().zip(h) {
-            let seen: Vec<(Instant, ha_lab::capture::ArpRequest)> = h
+            let seen: Vec<(Instant, ha_lab::capture::ArpFrame)> = h
                 .join()
                 .map_err(|_| anyhow::anyhow!("capture thread panicked"))??;
             let from = mac_bytes(r.lab.mac(s, Link::Outside))?;
             all.push(
                 seen.into_iter()
-                    .filter(|(_, q)| q.source == from && q.target == GATEWAY)
+                    .filter(|(_, q)| q.source == from && q.target_ip == GATEWAY)
                     .collect(),
             );
         }

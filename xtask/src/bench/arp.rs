@@ -150,15 +150,8 @@ fn receive(
 
 /// Parses an Ethernet/IPv4 ARP frame.
 fn parse(frame: &[u8], at: Instant) -> Option<ArpFrame> {
-    if frame.len() < 14 + 28 || frame[12..14] != [0x08, 0x06] {
-        return None;
-    }
-    let a = &frame[14..];
-    // htype 1 (Ethernet), ptype 0x0800, hlen 6, plen 4.
-    if a[0..6] != [0, 1, 8, 0, 6, 4] {
-        return None;
-    }
-    let m = &a[8..14];
+    let a = ha_lab::capture::ArpFrame::parse(frame)?;
+    let m = a.sender_mac;
     let sender_mac = format!(
         "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
         m[0], m[1], m[2], m[3], m[4], m[5]
@@ -166,8 +159,8 @@ fn parse(frame: &[u8], at: Instant) -> Option<ArpFrame> {
     Some(ArpFrame {
         at,
         sender_mac,
-        sender_ip: Ipv4Addr::new(a[14], a[15], a[16], a[17]),
-        target_ip: Ipv4Addr::new(a[24], a[25], a[26], a[27]),
+        sender_ip: a.sender_ip,
+        target_ip: a.target_ip,
     })
 }
 
